@@ -1,0 +1,1 @@
+"""scorediff's PyTorch reference: the same modules and public names as ``jax_impl``."""
