@@ -103,6 +103,24 @@ class VPSDEConfig(SDEConfig):
         """DDPM betas ``linspace(beta_min/N, beta_max/N, N)``, float64 ``[N]``."""
         return schedules.vp_discrete_betas(self.beta_min, self.beta_max, self.N)
 
+    @property
+    def alphas(self) -> np.ndarray:
+        """``1 - discrete_betas``, float64 ``[N]``."""
+        return 1.0 - self.discrete_betas
+
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        """``cumprod(alphas)``, float64 ``[N]``."""
+        return np.cumprod(self.alphas)
+
+    @property
+    def sqrt_alphas_cumprod(self) -> np.ndarray:
+        return np.sqrt(self.alphas_cumprod)
+
+    @property
+    def sqrt_1m_alphas_cumprod(self) -> np.ndarray:
+        return np.sqrt(1.0 - self.alphas_cumprod)
+
 
 @dataclasses.dataclass(frozen=True)
 class subVPSDEConfig(VPSDEConfig):  # noqa: N801 (score_sde's name)

@@ -1,0 +1,223 @@
+"""Score SDEs of Song et al. 2021: VE, VP and sub-VP, with score_sde's public API.
+
+Twin: ``torch_ref/sde.py`` (same classes, methods and semantics, PyTorch).
+
+Each class is a frozen dataclass subclassing its ``spec`` config (hashable, usable as a
+``jax.jit`` static argument); the float64 discrete tables come from ``spec`` and are cast
+to the data dtype at use. Unlike score_sde, every method works for data of any rank
+``[B, ...]`` (2-D points, sequences, NHWC images), and ``t`` may be a scalar or ``[B]``.
+
+Conventions (the official code's, see DESIGN.md):
+  * VP:     dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw,  beta(t) = b0 + t (b1 - b0)
+            log m(t) = -1/4 t^2 (b1 - b0) - 1/2 t b0,  x_t | x_0 ~ N(m x_0, (1 - m^2) I)
+  * sub-VP: dx = -1/2 beta(t) x dt + sqrt(beta(t) (1 - exp(-2 b0 t - (b1 - b0) t^2))) dw
+            x_t | x_0 ~ N(m x_0, (1 - m^2)^2 I)
+  * VE:     sigma(t) = s0 (s1/s0)^t,  dx = sigma(t) sqrt(2 log(s1/s0)) dw,
+            x_t | x_0 ~ N(x_0, sigma(t)^2 I)  (score_sde ignores the sigma_min^2 offset)
+  * ``discretize`` uses the discrete index ``int(t (N-1) / T)`` (truncation) for VE and VP
+    (DDPM/SMLD steps; at index 0 VE's previous sigma is 0) and generic Euler-Maruyama
+    (f = drift / N, G = diffusion / sqrt(N)) for sub-VP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import spec
+from jax_impl.utils import append_dims, check_score_inputs
+
+ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class _SDEMethods:
+    """Methods shared by the three SDEs (their formulas live in the subclasses)."""
+
+    N: int
+    T: float
+
+    # -- helpers ---------------------------------------------------------------
+    def _prepare(self, x, t):
+        """Check ``(x, t)`` and return ``t`` as a ``[B]`` array in ``x.dtype``."""
+        check_score_inputs(x, t, self.T)
+        t = jnp.asarray(t, dtype=jnp.result_type(x))
+        return jnp.broadcast_to(t, (jnp.shape(x)[0],))
+
+    def discrete_index(self, t) -> jax.Array:
+        """Official discrete index ``int(t (N-1) / T)`` (truncation), int32 ``[B]``."""
+        t = jnp.asarray(t)
+        return (t * (self.N - 1) / self.T).astype(jnp.int32)
+
+    def _table(self, name: str, dtype) -> jax.Array:
+        return jnp.asarray(getattr(self, name), dtype=dtype)
+
+    # -- shared API --------------------------------------------------------------
+    def prior_sampling(self, rng: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+        """Draw ``x_T`` of ``shape`` from the prior p_T (uses one normal draw)."""
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"dtype must be floating, got {dtype}")
+        z = jax.random.normal(rng, tuple(shape), dtype=dtype)
+        return self.prior_from_noise(z)
+
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+        """The reverse-time SDE (or probability-flow ODE) driven by ``score_fn(x, t)``."""
+        return ReverseSDE(self, score_fn, bool(probability_flow))
+
+
+class _VPFamily(_SDEMethods):
+    """What VP and sub-VP share: the linear beta(t), the mean coefficient and the prior."""
+
+    beta_min: float
+    beta_max: float
+
+    def _beta(self, t):
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def _log_mean_coeff(self, t):
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def prior_from_noise(self, z):
+        """The prior is N(0, I): ``x_T = z``."""
+        return z
+
+    def prior_logp(self, z):
+        """``log N(z; 0, I)`` summed over all but the batch axis, ``[B]``."""
+        D = math.prod(z.shape[1:])
+        return -0.5 * D * math.log(2 * math.pi) - 0.5 * jnp.sum(z**2, axis=tuple(range(1, z.ndim)))
+
+
+@dataclasses.dataclass(frozen=True)
+class VPSDE(spec.VPSDEConfig, _VPFamily):
+    """Variance-preserving SDE (DDPM in the continuum limit). Args as score_sde."""
+
+    def sde(self, x, t):
+        """Drift ``-1/2 beta(t) x`` ``[B, ...]`` and diffusion ``sqrt(beta(t))`` ``[B]``."""
+        t = self._prepare(x, t)
+        beta_t = self._beta(t)
+        drift = -0.5 * append_dims(beta_t, x.ndim) * x
+        return drift, jnp.sqrt(beta_t)
+
+    def marginal_prob(self, x, t):
+        """Mean ``exp(log m(t)) x`` ``[B, ...]`` and std ``sqrt(1 - m(t)^2)`` ``[B]``."""
+        t = self._prepare(x, t)
+        log_m = self._log_mean_coeff(t)
+        mean = append_dims(jnp.exp(log_m), x.ndim) * x
+        std = jnp.sqrt(-jnp.expm1(2.0 * log_m))
+        return mean, std
+
+    def discretize(self, x, t):
+        """DDPM step: ``f = (sqrt(alpha_i) - 1) x``, ``G = sqrt(beta_i)``, i = int(t(N-1)/T)."""
+        self._prepare(x, t)
+        dtype = jnp.result_type(x)
+        i = jnp.broadcast_to(self.discrete_index(jnp.asarray(t, dtype)), (x.shape[0],))
+        beta = self._table("discrete_betas", dtype)[i]
+        alpha = self._table("alphas", dtype)[i]
+        f = append_dims(jnp.sqrt(alpha), x.ndim) * x - x
+        return f, jnp.sqrt(beta)
+
+
+@dataclasses.dataclass(frozen=True)
+class subVPSDE(spec.subVPSDEConfig, _VPFamily):  # noqa: N801 (score_sde's name)
+    """Sub-VP SDE: the VP drift with a smaller diffusion; its variance is bounded by VP's."""
+
+    def sde(self, x, t):
+        """Drift ``-1/2 beta(t) x``; diffusion ``sqrt(beta(t) (1 - exp(-2 int_0^t beta)))``."""
+        t = self._prepare(x, t)
+        beta_t = self._beta(t)
+        drift = -0.5 * append_dims(beta_t, x.ndim) * x
+        discount = -jnp.expm1(-2.0 * self.beta_min * t - (self.beta_max - self.beta_min) * t**2)
+        return drift, jnp.sqrt(beta_t * discount)
+
+    def marginal_prob(self, x, t):
+        """Mean ``m(t) x`` and std ``1 - m(t)^2`` (the variance is ``(1 - m^2)^2``)."""
+        t = self._prepare(x, t)
+        log_m = self._log_mean_coeff(t)
+        mean = append_dims(jnp.exp(log_m), x.ndim) * x
+        std = -jnp.expm1(2.0 * log_m)
+        return mean, std
+
+    def discretize(self, x, t):
+        """Generic Euler-Maruyama: ``f = drift / N``, ``G = diffusion / sqrt(N)``."""
+        drift, diffusion = self.sde(x, t)
+        dt = 1.0 / self.N
+        return drift * dt, diffusion * math.sqrt(dt)
+
+
+@dataclasses.dataclass(frozen=True)
+class VESDE(spec.VESDEConfig, _SDEMethods):
+    """Variance-exploding SDE (SMLD / NCSN in the continuum limit). Args as score_sde."""
+
+    def _sigma(self, t):
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def sde(self, x, t):
+        """Drift 0 and diffusion ``sigma(t) sqrt(2 log(sigma_max / sigma_min))`` ``[B]``."""
+        t = self._prepare(x, t)
+        sigma = self._sigma(t)
+        diffusion = sigma * math.sqrt(2.0 * (math.log(self.sigma_max) - math.log(self.sigma_min)))
+        return jnp.zeros_like(x), diffusion
+
+    def marginal_prob(self, x, t):
+        """Mean ``x`` and std ``sigma(t)`` ``[B]``."""
+        t = self._prepare(x, t)
+        return x, self._sigma(t)
+
+    def prior_from_noise(self, z):
+        """The prior is N(0, sigma_max^2 I): ``x_T = sigma_max z``."""
+        return z * self.sigma_max
+
+    def prior_logp(self, z):
+        """``log N(z; 0, sigma_max^2 I)`` summed over all but the batch axis, ``[B]``."""
+        D = math.prod(z.shape[1:])
+        return (-0.5 * D * math.log(2 * math.pi * self.sigma_max**2)
+                - jnp.sum(z**2, axis=tuple(range(1, z.ndim))) / (2 * self.sigma_max**2))
+
+    def discretize(self, x, t):
+        """SMLD step: ``f = 0``, ``G = sqrt(sigma_i^2 - sigma_{i-1}^2)`` (sigma_{-1} = 0)."""
+        self._prepare(x, t)
+        dtype = jnp.result_type(x)
+        i = jnp.broadcast_to(self.discrete_index(jnp.asarray(t, dtype)), (x.shape[0],))
+        sigmas = self._table("discrete_sigmas", dtype)
+        sigma = sigmas[i]
+        prev = jnp.where(i == 0, jnp.zeros_like(sigma), sigmas[jnp.maximum(i - 1, 0)])
+        return jnp.zeros_like(x), jnp.sqrt(sigma**2 - prev**2)
+
+
+class ReverseSDE:
+    """Reverse-time SDE ``dx = [f - g^2 score] dt + g dw_bar`` (Anderson 1982), or with
+    ``probability_flow`` the ODE ``dx = [f - 1/2 g^2 score] dt`` (Song et al. eq. 13).
+
+    Not a pytree: build it inside the function you jit (it closes over ``score_fn``).
+    """
+
+    def __init__(self, forward: _SDEMethods, score_fn: ScoreFn, probability_flow: bool):
+        self.forward = forward
+        self.score_fn = score_fn
+        self.probability_flow = probability_flow
+        self.N = forward.N
+        self.T = forward.T
+
+    def _combine(self, x, t, f, G):
+        score = self.score_fn(x, t)
+        weight = 0.5 if self.probability_flow else 1.0
+        rev_f = f - append_dims(G**2, x.ndim) * score * weight
+        rev_G = jnp.zeros_like(G) if self.probability_flow else G
+        return rev_f, rev_G
+
+    def sde(self, x, t):
+        """Reverse drift ``[B, ...]`` and diffusion ``[B]`` at time ``t``."""
+        drift, diffusion = self.forward.sde(x, t)
+        return self._combine(x, t, drift, diffusion)
+
+    def discretize(self, x, t):
+        """Discrete reverse step ``f - G^2 score (x 1/2)``, ``G`` (0 for probability flow)."""
+        f, G = self.forward.discretize(x, t)
+        return self._combine(x, t, f, G)
+
+
+SDE_CLASSES = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": subVPSDE}
