@@ -1,0 +1,1 @@
+"""float64 numpy oracles: closed forms and independent implementations used by tests."""
