@@ -1,0 +1,81 @@
+"""A small time/noise-conditional MLP score (or eps) network for low-dimensional data.
+
+Twin: ``torch_ref/models/mlp.py``. Config: ``spec.model_configs.MLPConfig``.
+
+For inputs ``x [B, D]`` and labels ``[B]`` (a time ``t``, a DDPM step, or a noise level
+sigma; whatever the score adapter feeds)::
+
+    e      = emb(label)                          # [B, E]: sinusoidal (positional), or
+                                                 # Gaussian Fourier features of log(label)
+    temb   = temb_1(act(temb_0(e)))              # [B, 4E]
+    h_0    = x
+    h_l    = act(layers_l(h_{l-1}) + temb_proj_l(act(temb)))   l = 1..L
+    out    = out(h_L)                            # [B, D]
+    out    = out / label   if scale_by_sigma
+
+Without ``conditional`` the label is ignored (no embedding, no ``temb_*`` layers).
+Dense layers use the DDPM initialiser (fan-avg uniform, zero bias). There is no dropout;
+``train`` is accepted for a uniform model interface.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jax_impl.models.layers import default_init, get_act, get_timestep_embedding
+from jax_impl.models.layerspp import GaussianFourierProjection
+from spec.model_configs import MLPConfig
+
+
+def _dense(features: int, name: str | None = None) -> nn.Dense:
+    return nn.Dense(features, kernel_init=default_init(), bias_init=nn.initializers.zeros, name=name)
+
+
+class MLP(nn.Module):
+    """Time/noise-conditional MLP, ``apply(variables, x [B, D], labels [B]) -> [B, D]``."""
+
+    config: MLPConfig
+
+    def setup(self):
+        cfg = self.config
+        if not isinstance(cfg, MLPConfig):
+            raise TypeError(f"config must be an MLPConfig, got {type(cfg).__name__}")
+        if cfg.conditional:
+            if cfg.embedding_type == "fourier":
+                self.embed = GaussianFourierProjection(cfg.embedding_dim // 2, cfg.fourier_scale)
+            self.temb_0 = _dense(cfg.temb_dim)
+            self.temb_1 = _dense(cfg.temb_dim)
+            self.temb_proj = [_dense(w) for w in cfg.hidden_dims]
+        self.layers = [_dense(w) for w in cfg.hidden_dims]
+        self.out = _dense(cfg.data_dim)
+
+    def __call__(self, x: jax.Array, labels: jax.Array, train: bool = False) -> jax.Array:
+        cfg = self.config
+        x = jnp.asarray(x)
+        labels = jnp.asarray(labels)
+        if x.ndim != 2 or x.shape[1] != cfg.data_dim:
+            raise ValueError(f"x must have shape [B, {cfg.data_dim}], got shape {x.shape}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"x must have a floating dtype, got {x.dtype}")
+        if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
+            raise ValueError(f"labels must have shape [B] = [{x.shape[0]}], got shape {labels.shape}")
+        act = get_act(cfg.nonlinearity)
+        temb = None
+        if cfg.conditional:
+            if cfg.embedding_type == "fourier":
+                emb = self.embed(jnp.log(labels.astype(jnp.float32)))
+            else:
+                emb = get_timestep_embedding(labels, cfg.embedding_dim)
+            temb = self.temb_1(act(self.temb_0(emb)))
+        h = x
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if temb is not None:
+                h = h + self.temb_proj[i](act(temb))
+            h = act(h)
+        out = self.out(h)
+        if cfg.scale_by_sigma:
+            out = out / labels.astype(out.dtype)[:, None]
+        return out
