@@ -1,0 +1,168 @@
+"""Timestep samplers for diffusion training (improved-diffusion's ``resample.py``), PyTorch.
+
+Twin: ``jax_impl/resample.py`` (functional state; see its docstring for the maths).
+
+Stateful classes with improved-diffusion's names and semantics: ``weights()`` (numpy
+float64 ``[T]``), ``sample(batch_size)`` -> ``(t, weights)`` with importance weights
+``1 / (T p_t)``, and for the loss-aware sampler ``update_with_all_losses(ts, losses)``
+(a numpy history of the last ``history_per_term`` losses per step; uniform until every
+step has that many). Randomness comes from a ``torch.Generator`` (improved-diffusion
+uses numpy's global generator). Where improved-diffusion would divide by zero (all
+recorded losses exactly 0) the weights fall back to uniform.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Optional
+
+import numpy as np
+import torch
+
+from spec.validate import check_float, check_int
+
+
+def _as_num_timesteps(value) -> int:
+    """An int, or an object with ``num_timesteps`` (e.g. a ``GaussianDiffusion``)."""
+    if hasattr(value, "num_timesteps") and not isinstance(value, (int, np.integer)):
+        value = value.num_timesteps
+    return check_int("num_timesteps", value, minimum=1)
+
+
+def sample_from_weights(
+    weights,
+    batch_size: int,
+    *,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+):
+    """Draw ``t ~ p = weights / sum(weights)``; return ``(t [B] int64, w [B])`` with
+    ``w = 1 / (T p_t)`` in ``dtype`` (float32 by default, as improved-diffusion)."""
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    w = np.asarray(weights, dtype=np.float64)
+    p = w / np.sum(w)
+    T = len(p)
+    t = torch.multinomial(torch.as_tensor(p), batch_size, replacement=True, generator=generator)
+    importance = 1.0 / (T * p[t.numpy()])
+    return t.to(device), torch.as_tensor(importance, dtype=dtype, device=device)
+
+
+class ScheduleSampler(abc.ABC):
+    """A distribution over timesteps with unbiased importance weights."""
+
+    num_timesteps: int
+
+    @abc.abstractmethod
+    def weights(self) -> np.ndarray:
+        """Positive (not necessarily normalised) weights ``[T]``, float64."""
+
+    def sample(
+        self,
+        batch_size: int,
+        *,
+        generator: Optional[torch.Generator] = None,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        """``(t [B] int64, weights [B])``: t ~ p and importance weights ``1 / (T p_t)``."""
+        return sample_from_weights(
+            self.weights(), batch_size, generator=generator, device=device, dtype=dtype
+        )
+
+
+class UniformSampler(ScheduleSampler):
+    """t ~ U{0, ..., T-1}, weights all 1."""
+
+    def __init__(self, num_timesteps):
+        self.num_timesteps = _as_num_timesteps(num_timesteps)
+        self._weights = np.ones([self.num_timesteps], dtype=np.float64)
+
+    def weights(self) -> np.ndarray:
+        return self._weights
+
+
+class LossAwareSampler(ScheduleSampler):
+    """A sampler that learns its weights from the training losses."""
+
+    @abc.abstractmethod
+    def update_with_all_losses(self, ts, losses) -> None:
+        """Record ``losses[i]`` for step ``ts[i]`` (all of the global batch, in order)."""
+
+
+class LossSecondMomentResampler(LossAwareSampler):
+    """p_t proportional to ``sqrt(mean of the last history_per_term L_t^2)``, mixed with
+    ``uniform_prob`` of the uniform distribution; uniform during warm-up."""
+
+    def __init__(self, num_timesteps, history_per_term: int = 10, uniform_prob: float = 0.001):
+        self.num_timesteps = _as_num_timesteps(num_timesteps)
+        self.history_per_term = check_int("history_per_term", history_per_term, minimum=1)
+        u = check_float("uniform_prob", uniform_prob, nonnegative=True)
+        if u > 1.0:
+            raise ValueError(f"uniform_prob must lie in [0, 1], got {u}")
+        self.uniform_prob = u
+        self._loss_history = np.zeros([self.num_timesteps, self.history_per_term], dtype=np.float64)
+        self._loss_counts = np.zeros([self.num_timesteps], dtype=np.int64)
+
+    def warmed_up(self) -> bool:
+        """True once every step has ``history_per_term`` recorded losses."""
+        return bool(np.all(self._loss_counts == self.history_per_term))
+
+    def weights(self) -> np.ndarray:
+        """Ones during warm-up, then ``(1 - u) rms_t / sum(rms) + u / T``."""
+        T = self.num_timesteps
+        if not self.warmed_up():
+            return np.ones([T], dtype=np.float64)
+        rms = np.sqrt(np.mean(self._loss_history**2, axis=-1))
+        total = rms.sum()
+        if not total > 0:
+            return np.ones([T], dtype=np.float64)
+        w = rms / total
+        return w * (1.0 - self.uniform_prob) + self.uniform_prob / T
+
+    def update_with_all_losses(self, ts, losses) -> None:
+        """Append ``losses[i]`` to step ``ts[i]``'s history, dropping its oldest once full."""
+        ts = torch.as_tensor(ts).detach().cpu().numpy() if isinstance(ts, torch.Tensor) else np.asarray(ts)
+        losses = (torch.as_tensor(losses).detach().cpu().double().numpy()
+                  if isinstance(losses, torch.Tensor) else np.asarray(losses, dtype=np.float64))
+        if not np.issubdtype(ts.dtype, np.integer):
+            raise TypeError(f"ts must be integer timesteps, got dtype {ts.dtype}")
+        if ts.ndim != 1 or losses.shape != ts.shape:
+            raise ValueError(
+                f"ts and losses must both have shape [B], got ts {ts.shape} and losses {losses.shape}"
+            )
+        if ts.size and (ts.min() < 0 or ts.max() >= self.num_timesteps):
+            raise ValueError(
+                f"ts must lie in [0, num_timesteps) = [0, {self.num_timesteps}), got values in "
+                f"[{ts.min()}, {ts.max()}]"
+            )
+        H = self.history_per_term
+        for t, loss in zip(ts.tolist(), losses.tolist()):
+            count = self._loss_counts[t]
+            if count == H:
+                self._loss_history[t, :-1] = self._loss_history[t, 1:]
+                self._loss_history[t, -1] = loss
+            else:
+                self._loss_history[t, count] = loss
+                self._loss_counts[t] = count + 1
+
+
+def create_named_schedule_sampler(name: str, num_timesteps, **kwargs) -> ScheduleSampler:
+    """``"uniform"`` or ``"loss-second-moment"`` -> a sampler (improved-diffusion's names)."""
+    if name == "uniform":
+        return UniformSampler(num_timesteps, **kwargs)
+    if name == "loss-second-moment":
+        return LossSecondMomentResampler(num_timesteps, **kwargs)
+    raise ValueError(
+        f"unknown schedule sampler name {name!r}; valid choices: 'uniform', 'loss-second-moment'"
+    )
+
+
+__all__ = [
+    "LossAwareSampler",
+    "LossSecondMomentResampler",
+    "ScheduleSampler",
+    "UniformSampler",
+    "create_named_schedule_sampler",
+    "sample_from_weights",
+]
