@@ -60,3 +60,97 @@ def nchw(x_nhwc: np.ndarray) -> np.ndarray:
 
 def nhwc(x_nchw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(x_nchw, (0, 2, 3, 1)))
+
+
+def image_model_pair(config, rng: np.random.Generator, torch_model_cls, flax_model_cls):
+    """(torch model perturbed + eval, flax model, flax variables converted from torch)."""
+    torch.manual_seed(0)
+    tm = perturb_(torch_model_cls(config), rng).eval()
+    fm = flax_model_cls(config)
+    x0 = np.zeros((1, config.image_size, config.image_size, config.num_channels), np.float32)
+    variables = flax_variables_from_torch(tm, config, fm, (x0, np.ones((1,), np.float32)))
+    return tm, fm, variables
+
+
+def check_image_parity(tm, fm, variables, x_nhwc: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                       rtol: float = 1e-5) -> dict:
+    """Outputs and input gradients of a scalar loss ``sum(out * w)`` agree (eval mode).
+
+    The flax side runs one jit-compiled program returning both (``jax.vjp``). Returns
+    the normalised max errors ``{'out': ..., 'grad': ...}``.
+    """
+    w = rng.normal(size=x_nhwc.shape).astype(np.float32)
+    labels_j = jnp.asarray(labels)
+
+    @jax.jit
+    def out_and_grad(v, x, w):
+        out, vjp = jax.vjp(lambda x: fm.apply(v, x, labels_j), x)
+        return out, vjp(w)[0]
+
+    out_j, grad_j = (np.asarray(a) for a in out_and_grad(variables, jnp.asarray(x_nhwc), jnp.asarray(w)))
+    xt = torch.as_tensor(nchw(x_nhwc)).requires_grad_(True)
+    out_t = tm(xt, torch.as_tensor(labels))
+    (out_t * torch.as_tensor(nchw(w))).sum().backward()
+    assert out_t.dtype == torch.float32 and out_j.dtype == np.float32
+    assert np.abs(out_j).max() > 1e-3, "degenerate network output"
+    err_out = assert_rel_close(out_j, nhwc(out_t.detach().numpy()), rtol, "output")
+    err_grad = assert_rel_close(grad_j, nhwc(xt.grad.numpy()), rtol, "input gradient")
+    return {"out": err_out, "grad": err_grad}
+
+
+def check_dropout_modes(tm, fm, variables, x_nhwc: np.ndarray, labels: np.ndarray) -> None:
+    """Train mode: two dropout keys (two torch draws) differ, a key reproduces itself and
+    differs from eval mode; eval mode is deterministic."""
+    x, l = jnp.asarray(x_nhwc), jnp.asarray(labels)
+
+    @jax.jit
+    def outputs(v, x, l):
+        train = lambda k: fm.apply(v, x, l, train=True, rngs={"dropout": jax.random.PRNGKey(k)})  # noqa: E731
+        return train(1), train(2), train(1), fm.apply(v, x, l), fm.apply(v, x, l, train=False)
+
+    a, b, a2, e1, e2 = (np.asarray(o) for o in outputs(variables, x, l))
+    assert np.abs(a - b).max() > 1e-4 and np.array_equal(a, a2)
+    assert np.array_equal(e1, e2) and np.abs(e1 - a).max() > 1e-4
+
+    xt, lt = torch.as_tensor(nchw(x_nhwc)), torch.as_tensor(labels)
+    with torch.no_grad():
+        tm.train()
+        ta, tb = tm(xt, lt), tm(xt, lt)
+        tm.eval()
+        te1, te2 = tm(xt, lt), tm(xt, lt)
+    assert (ta - tb).abs().max() > 1e-4
+    assert torch.equal(te1, te2) and (te1 - ta).abs().max() > 1e-4
+
+
+def check_bad_inputs_flax(fm, config, cases) -> None:
+    """Each ``(x_shape, labels_shape, error_regex)`` raises while tracing (no compute)."""
+    import pytest
+
+    x0 = jnp.zeros((1, config.image_size, config.image_size, config.num_channels), jnp.float32)
+    shapes = jax.eval_shape(fm.init, jax.random.PRNGKey(0), x0, jnp.ones((1,), jnp.float32))
+    for x_shape, l_shape, match in cases:
+        with pytest.raises(ValueError, match=match):
+            jax.eval_shape(fm.apply, shapes, jax.ShapeDtypeStruct(x_shape, jnp.float32),
+                           jax.ShapeDtypeStruct(l_shape, jnp.float32))
+
+
+def check_key_table(config, tm, fm) -> None:
+    """The table lists the torch state_dict keys in order (after the derived buffers),
+    with their shapes; its trainable entries are ``parameters()`` with grad, in order;
+    its flax paths are exactly the flax leaves."""
+    table = tconv.key_table(config)
+    sd = tm.state_dict()
+    derived = list(tconv.derived_buffers(config))
+    assert list(sd) == derived + [km.torch_key for km in table]
+    assert all(tuple(sd[km.torch_key].shape) == km.shape for km in table)
+    assert [km.torch_key for km in table if km.trainable] == [
+        n for n, p in tm.named_parameters() if p.requires_grad
+    ]
+    x0 = jnp.zeros((1, config.image_size, config.image_size, config.num_channels), jnp.float32)
+    shapes = jax.eval_shape(fm.init, jax.random.PRNGKey(0), x0, jnp.ones((1,), jnp.float32))
+    flat = tconv.flatten_paths(shapes)
+    assert sorted(flat) == sorted(km.flax_path for km in table)
+    for km in table:
+        want = km.shape if km.layout == "same" else (
+            km.shape[2:] + (km.shape[1], km.shape[0]) if km.layout == "conv" else km.shape[::-1])
+        assert tuple(flat[km.flax_path].shape) == want, km.torch_key

@@ -143,7 +143,8 @@ class NIN(nn.Module):
             raise ValueError(f"NIN: expected {self.in_dim} input channels, got shape {x.shape}")
         W = self.param("W", default_init(self.init_scale), (self.in_dim, self.num_units), jnp.float32)
         b = self.param("b", nn.initializers.zeros, (self.num_units,), jnp.float32)
-        return jnp.einsum("...i,ij->...j", x, W) + b
+        y = jnp.einsum("...i,ij->...j", x, W)
+        return y + b.reshape((1,) * (y.ndim - 1) + (-1,))
 
 
 def self_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:

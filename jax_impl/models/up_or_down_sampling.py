@@ -158,5 +158,5 @@ class Conv2d(nn.Module):
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if self.use_bias:
             b = self.param("bias", nn.initializers.zeros, (self.out_ch,), jnp.float32)
-            x = x + b.astype(x.dtype)
+            x = x + b.astype(x.dtype).reshape(1, 1, 1, -1)
         return x

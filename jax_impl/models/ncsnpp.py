@@ -1,0 +1,261 @@
+"""NCSN++ / DDPM++ (Song et al. 2021; score_sde model name ``ncsnpp``), Flax, NHWC.
+
+Twin: ``torch_ref/models/ncsnpp.py`` (NCHW). Config: ``spec.model_configs.NCSNppConfig``.
+
+``all_modules`` (flax ``all_modules_{i}``), in score_sde_pytorch's order:
+
+- ``embedding_type='fourier'``: GaussianFourierProjection(nf, fourier_scale) of
+  ``log(sigma)`` (the label is sigma; ``W`` fixed, in the ``'constants'`` collection),
+  embedding width 2nf; ``'positional'``: the sinusoidal embedding of the label (a
+  discrete index), width nf, and ``used_sigma = sigmas[int(label)]``;
+- conditional: ``Dense(-> 4nf)``, ``Dense(4nf -> 4nf)``;
+- ``conv3x3(C -> nf)`` on ``x`` (or ``2x - 1`` unless ``centered``);
+- down path, per level: ``num_res_blocks`` x (ResnetBlock [+ AttnBlockpp]); between
+  levels a down-sampling (Downsample for ``resblock_type='ddpm'``, a ResnetBlockBigGANpp
+  with ``down=True`` for ``'biggan'``), then the input pyramid: ``input_skip`` (FIR/mean
+  down-sampled image combined by a 1x1 Combine, sum or cat), ``residual`` (a
+  down-sampling conv of the pyramid, added to h, / sqrt 2 with ``skip_rescale``);
+- middle: ResnetBlock, AttnBlockpp, ResnetBlock;
+- up path, per level: ``num_res_blocks + 1`` x ResnetBlock on ``concat(h, skip)``, one
+  AttnBlockpp at ``attn_resolutions``, the output pyramid (``output_skip``: GroupNorm +
+  conv3x3 to C summed over up-sampled levels; ``residual``: as in score_sde), and an
+  up-sampling (Upsample or a BigGAN block with ``up=True``) except at level 0;
+- unless ``output_skip``: GroupNorm, act, ``conv3x3(-> C)``;
+- ``scale_by_sigma``: divide by ``used_sigma`` (the label itself for Fourier).
+
+Pyramid resamplers without parameters are plain functions (score_sde_pytorch keeps them
+outside ``all_modules``). GroupNorm uses ``min(C // 4, 32)`` groups. Attention is placed
+by level, from the config. Parameter counts of the CIFAR-10 presets: DDPM++ cont.
+61,804,419 (deep 106,632,579); NCSN++ cont. 62,758,915 of which 62,758,787 trainable
+(deep 107,587,075).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jax_impl.models import layerspp
+from jax_impl.models import up_or_down_sampling as ud
+from jax_impl.models.layers import (
+    check_image_inputs,
+    ddpm_conv3x3,
+    default_init,
+    get_act,
+    get_timestep_embedding,
+    group_norm,
+    naive_upsample,
+)
+from spec.model_configs import NCSNppConfig
+
+SQRT2 = layerspp.SQRT2
+
+
+class NCSNpp(nn.Module):
+    """``apply(variables, x [B, H, W, C], labels [B], train=False) -> [B, H, W, C]``.
+
+    ``variables`` holds ``'params'`` and, with Fourier features, ``'constants'``.
+    ``train=True`` enables dropout and needs ``rngs={'dropout': key}``.
+    """
+
+    config: NCSNppConfig
+
+    def setup(self):
+        cfg = self.config
+        if not isinstance(cfg, NCSNppConfig):
+            raise TypeError(f"config must be an NCSNppConfig, got {type(cfg).__name__}")
+        nf, C = cfg.nf, cfg.num_channels
+        temb_dim = 4 * nf
+        biggan = cfg.resblock_type == "biggan"
+
+        def resblock(in_ch, out_ch=None, up=False, down=False):
+            if biggan:
+                return layerspp.ResnetBlockBigGANpp(
+                    cfg.nonlinearity, in_ch, out_ch, temb_dim=temb_dim, up=up, down=down, dropout=cfg.dropout,
+                    fir=cfg.fir, fir_kernel=cfg.fir_kernel, skip_rescale=cfg.skip_rescale, init_scale=cfg.init_scale)
+            return layerspp.ResnetBlockDDPMpp(
+                cfg.nonlinearity, in_ch, out_ch, temb_dim=temb_dim, dropout=cfg.dropout,
+                skip_rescale=cfg.skip_rescale, init_scale=cfg.init_scale)
+
+        def attn(ch):
+            return layerspp.AttnBlockpp(ch, skip_rescale=cfg.skip_rescale, init_scale=cfg.init_scale)
+
+        def dense(features):
+            return nn.Dense(features, kernel_init=default_init(), bias_init=nn.initializers.zeros)
+
+        def norm(ch):
+            return group_norm(ch, layerspp.pp_groups(ch))
+
+        modules = []
+        if cfg.embedding_type == "fourier":
+            modules.append(layerspp.GaussianFourierProjection(embedding_size=nf, scale=cfg.fourier_scale))
+        if cfg.conditional:
+            modules.append(dense(temb_dim))
+            modules.append(dense(temb_dim))
+        modules.append(ddpm_conv3x3(nf))
+        input_pyramid_ch = C
+        hs_c = [nf]
+        in_ch = nf
+        for level, mult in enumerate(cfg.ch_mult):
+            for _ in range(cfg.num_res_blocks):
+                out_ch = nf * mult
+                modules.append(resblock(in_ch, out_ch))
+                in_ch = out_ch
+                if cfg.all_resolutions[level] in cfg.attn_resolutions:
+                    modules.append(attn(in_ch))
+                hs_c.append(in_ch)
+            if level != cfg.num_resolutions - 1:
+                if biggan:
+                    modules.append(resblock(in_ch, down=True))
+                else:
+                    modules.append(layerspp.Downsample(in_ch, with_conv=cfg.resamp_with_conv, fir=cfg.fir,
+                                                       fir_kernel=cfg.fir_kernel))
+                if cfg.progressive_input == "input_skip":
+                    modules.append(layerspp.Combine(input_pyramid_ch, in_ch, method=cfg.progressive_combine))
+                    if cfg.progressive_combine == "cat":
+                        in_ch *= 2
+                elif cfg.progressive_input == "residual":
+                    modules.append(layerspp.Downsample(input_pyramid_ch, in_ch, with_conv=True, fir=cfg.fir,
+                                                       fir_kernel=cfg.fir_kernel))
+                    input_pyramid_ch = in_ch
+                hs_c.append(in_ch)
+        in_ch = hs_c[-1]
+        modules.append(resblock(in_ch))
+        modules.append(attn(in_ch))
+        modules.append(resblock(in_ch))
+        pyramid_ch = 0
+        for level in reversed(range(cfg.num_resolutions)):
+            for _ in range(cfg.num_res_blocks + 1):
+                out_ch = nf * cfg.ch_mult[level]
+                modules.append(resblock(in_ch + hs_c.pop(), out_ch))
+                in_ch = out_ch
+            if cfg.all_resolutions[level] in cfg.attn_resolutions:
+                modules.append(attn(in_ch))
+            if cfg.progressive != "none":
+                if level == cfg.num_resolutions - 1:
+                    modules.append(norm(in_ch))
+                    if cfg.progressive == "output_skip":
+                        modules.append(ddpm_conv3x3(C, init_scale=cfg.init_scale))
+                        pyramid_ch = C
+                    else:
+                        modules.append(ddpm_conv3x3(in_ch))
+                        pyramid_ch = in_ch
+                elif cfg.progressive == "output_skip":
+                    modules.append(norm(in_ch))
+                    modules.append(ddpm_conv3x3(C, init_scale=cfg.init_scale))
+                    pyramid_ch = C
+                else:
+                    modules.append(layerspp.Upsample(pyramid_ch, in_ch, with_conv=True, fir=cfg.fir,
+                                                     fir_kernel=cfg.fir_kernel))
+                    pyramid_ch = in_ch
+            if level != 0:
+                if biggan:
+                    modules.append(resblock(in_ch, up=True))
+                else:
+                    modules.append(layerspp.Upsample(in_ch, with_conv=cfg.resamp_with_conv, fir=cfg.fir,
+                                                     fir_kernel=cfg.fir_kernel))
+        assert not hs_c
+        if cfg.progressive != "output_skip":
+            modules.append(norm(in_ch))
+            modules.append(ddpm_conv3x3(C, init_scale=cfg.init_scale))
+        self.all_modules = modules
+
+    def _pyramid_downsample(self, x: jax.Array) -> jax.Array:
+        if self.config.fir:
+            return ud.downsample_2d(x, self.config.fir_kernel, factor=2)
+        return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+    def _pyramid_upsample(self, x: jax.Array) -> jax.Array:
+        if self.config.fir:
+            return ud.upsample_2d(x, self.config.fir_kernel, factor=2)
+        return naive_upsample(x, 2)
+
+    def _skip_sum(self, a: jax.Array, b: jax.Array) -> jax.Array:
+        return (a + b) / SQRT2 if self.config.skip_rescale else a + b
+
+    def __call__(self, x: jax.Array, labels: jax.Array, train: bool = False) -> jax.Array:
+        cfg = self.config
+        x, labels = jnp.asarray(x), jnp.asarray(labels)
+        check_image_inputs(x, labels, num_channels=cfg.num_channels, factor=cfg.downsampling_factor)
+        act = get_act(cfg.nonlinearity)
+        biggan = cfg.resblock_type == "biggan"
+        modules = self.all_modules
+        m = 0
+        if cfg.embedding_type == "fourier":
+            used_sigmas = labels
+            temb = modules[m](jnp.log(labels.astype(jnp.float32)))
+            m += 1
+        else:
+            used_sigmas = jnp.asarray(cfg.sigmas)[labels.astype(jnp.int32)]
+            temb = get_timestep_embedding(labels, cfg.nf)
+        if cfg.conditional:
+            temb = modules[m](temb)
+            temb = modules[m + 1](act(temb))
+            m += 2
+        else:
+            temb = None
+        if not cfg.centered:
+            x = 2 * x - 1.0
+        input_pyramid = x if cfg.progressive_input != "none" else None
+        hs = [modules[m](x)]
+        m += 1
+        for level in range(cfg.num_resolutions):
+            attn = cfg.all_resolutions[level] in cfg.attn_resolutions
+            for _ in range(cfg.num_res_blocks):
+                h = modules[m](hs[-1], temb, train)
+                m += 1
+                if attn:
+                    h = modules[m](h)
+                    m += 1
+                hs.append(h)
+            if level != cfg.num_resolutions - 1:
+                h = modules[m](hs[-1], temb, train) if biggan else modules[m](hs[-1])
+                m += 1
+                if cfg.progressive_input == "input_skip":
+                    input_pyramid = self._pyramid_downsample(input_pyramid)
+                    h = modules[m](input_pyramid, h)
+                    m += 1
+                elif cfg.progressive_input == "residual":
+                    input_pyramid = self._skip_sum(modules[m](input_pyramid), h)
+                    m += 1
+                    h = input_pyramid
+                hs.append(h)
+        h = hs[-1]
+        h = modules[m](h, temb, train)
+        h = modules[m + 1](h)
+        h = modules[m + 2](h, temb, train)
+        m += 3
+        pyramid = None
+        for level in reversed(range(cfg.num_resolutions)):
+            for _ in range(cfg.num_res_blocks + 1):
+                h = modules[m](jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
+                m += 1
+            if cfg.all_resolutions[level] in cfg.attn_resolutions:
+                h = modules[m](h)
+                m += 1
+            if cfg.progressive != "none":
+                if level == cfg.num_resolutions - 1:
+                    pyramid = modules[m + 1](act(modules[m](h)))
+                    m += 2
+                elif cfg.progressive == "output_skip":
+                    pyramid = self._pyramid_upsample(pyramid)
+                    pyramid = pyramid + modules[m + 1](act(modules[m](h)))
+                    m += 2
+                else:
+                    pyramid = self._skip_sum(modules[m](pyramid), h)
+                    m += 1
+                    h = pyramid
+            if level != 0:
+                h = modules[m](h, temb, train) if biggan else modules[m](h)
+                m += 1
+        assert not hs
+        if cfg.progressive == "output_skip":
+            h = pyramid
+        else:
+            h = modules[m + 1](act(modules[m](h)))
+            m += 2
+        assert m == len(modules)
+        if cfg.scale_by_sigma:
+            h = h / jnp.asarray(used_sigmas, h.dtype)[:, None, None, None]
+        return h

@@ -1,0 +1,87 @@
+"""Thin name -> (config class, model class) map for the command line, and model helpers.
+
+Twin: ``torch_ref/models/registry.py``. Library code chooses models by config type
+(``create_model(config)``); the names only serve the CLI. The NCSN / NCSNv2 networks are
+added here by their module's owner (``ncsn``, ``ncsnv2``) when they land.
+"""
+
+from __future__ import annotations
+
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_impl.models.ddpm import DDPM
+from jax_impl.models.mlp import MLP
+from jax_impl.models.ncsnpp import NCSNpp
+from spec.model_configs import PRESETS, DDPMConfig, MLPConfig, NCSNppConfig
+from spec.validate import check_choice
+
+#: model name (score_sde's ``config.model.name``) -> (config class, flax module class)
+MODELS = types.MappingProxyType({
+    "mlp": (MLPConfig, MLP),
+    "ddpm": (DDPMConfig, DDPM),
+    "ncsnpp": (NCSNppConfig, NCSNpp),
+})
+
+
+def get_model_class(name: str):
+    """The flax module class registered under ``name``."""
+    check_choice("model name", name, tuple(MODELS))
+    return MODELS[name][1]
+
+
+def get_config_class(name: str):
+    """The config dataclass registered under ``name``."""
+    check_choice("model name", name, tuple(MODELS))
+    return MODELS[name][0]
+
+
+def config_from_name(name: str, **overrides):
+    """A preset (``PRESETS`` key, e.g. ``'ve/cifar10_ncsnpp_continuous'``) or a model name
+    with default fields, with ``overrides`` applied."""
+    import dataclasses
+
+    if name in PRESETS:
+        return dataclasses.replace(PRESETS[name], **overrides)
+    return get_config_class(name)(**overrides)
+
+
+def create_model(config):
+    """The flax module for a config (chosen by the config's type)."""
+    for config_cls, model_cls in MODELS.values():
+        if type(config) is config_cls:
+            return model_cls(config)
+    raise TypeError(f"no model registered for config type {type(config).__name__}")
+
+
+def example_inputs(config, batch: int = 1, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
+    """Zero inputs of the right shape (NHWC images or ``[B, D]``) and unit labels ``[B]``."""
+    if isinstance(config, MLPConfig):
+        x = jnp.zeros((batch, config.data_dim), dtype)
+    else:
+        x = jnp.zeros((batch, config.image_size, config.image_size, config.num_channels), dtype)
+    return x, jnp.ones((batch,), dtype)
+
+
+def init_variables(config, rng: jax.Array) -> dict:
+    """Freshly initialised variables (``'params'`` and, with Fourier features, ``'constants'``)."""
+    model = create_model(config)
+    return model.init({"params": rng}, *example_inputs(config))
+
+
+def variable_shapes(config) -> dict:
+    """``jax.ShapeDtypeStruct`` tree of the variables, computed without allocating."""
+    model = create_model(config)
+    return jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)}, *example_inputs(config)))
+
+
+def count_parameters(config) -> dict[str, int]:
+    """``{'total': ..., 'trainable': ...}``: every variable except buffers, and the
+    ``'params'`` collection only (the Fourier ``W`` in ``'constants'`` is not trained).
+    Computed with ``jax.eval_shape`` (no allocation)."""
+    shapes = variable_shapes(config)
+    size = lambda tree: sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(tree))  # noqa: E731
+    return {"total": size(shapes), "trainable": size(shapes.get("params", {}))}

@@ -1,0 +1,145 @@
+"""The DDPM U-Net (Ho et al. 2020) as ported by score_sde (model name ``ddpm``), PyTorch, NCHW.
+
+Twin: ``jax_impl/models/ddpm.py`` (NHWC). Config: ``spec.model_configs.DDPMConfig``.
+
+Module layout, attribute names and registration order are score_sde_pytorch's
+(``sigmas`` buffer, then ``all_modules.{i}``), so an official state_dict loads key for key
+and ``parameters()`` is in the order of score_sde's EMA ``shadow_params``:
+
+- conditional: ``Linear(nf -> 4nf)``, ``Linear(4nf -> 4nf)`` on the sinusoidal embedding
+  of the label (float32);
+- ``conv3x3(C -> nf)`` on ``x`` (or ``2x - 1`` unless ``centered``);
+- down path, per level: ``num_res_blocks`` x (ResnetBlockDDPM [+ AttnBlock]), then
+  Downsample except at the last level; middle: Resnet, Attn, Resnet;
+- up path, per level: ``num_res_blocks + 1`` x ResnetBlockDDPM on ``cat(h, skip)``, ONE
+  AttnBlock, Upsample except at level 0;
+- GroupNorm(32), act, ``conv3x3(-> C)``; ``scale_by_sigma`` divides by ``sigmas[label]``
+  (cast to the output dtype; score_sde divides by the float64 buffer and so returns
+  float64 there).
+
+Attention is placed by level, from the config (see the twin's docstring).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from spec.model_configs import DDPMConfig
+from torch_ref.models.layers import (
+    AttnBlock,
+    Downsample,
+    ResnetBlockDDPM,
+    Upsample,
+    check_image_inputs,
+    ddpm_conv3x3,
+    ddpm_linear,
+    get_act,
+    get_timestep_embedding,
+    group_norm,
+)
+
+
+class DDPM(nn.Module):
+    """``forward(x [B, C, H, W], labels [B]) -> [B, C, H, W]``."""
+
+    def __init__(self, config: DDPMConfig):
+        super().__init__()
+        if not isinstance(config, DDPMConfig):
+            raise TypeError(f"config must be a DDPMConfig, got {type(config).__name__}")
+        self.config = cfg = config
+        self.act = get_act(cfg.nonlinearity)
+        self.register_buffer("sigmas", torch.as_tensor(cfg.sigmas))
+        nf = cfg.nf
+        temb_dim = 4 * nf
+
+        def resnet(in_ch, out_ch=None):
+            return ResnetBlockDDPM(cfg.nonlinearity, in_ch, out_ch, temb_dim=temb_dim, dropout=cfg.dropout)
+
+        modules = []
+        if cfg.conditional:
+            modules.append(ddpm_linear(nf, temb_dim))
+            modules.append(ddpm_linear(temb_dim, temb_dim))
+        modules.append(ddpm_conv3x3(cfg.num_channels, nf))
+        hs_c = [nf]
+        in_ch = nf
+        for level, mult in enumerate(cfg.ch_mult):
+            for _ in range(cfg.num_res_blocks):
+                out_ch = nf * mult
+                modules.append(resnet(in_ch, out_ch))
+                in_ch = out_ch
+                if cfg.all_resolutions[level] in cfg.attn_resolutions:
+                    modules.append(AttnBlock(in_ch))
+                hs_c.append(in_ch)
+            if level != cfg.num_resolutions - 1:
+                modules.append(Downsample(in_ch, with_conv=cfg.resamp_with_conv))
+                hs_c.append(in_ch)
+        in_ch = hs_c[-1]
+        modules.append(resnet(in_ch))
+        modules.append(AttnBlock(in_ch))
+        modules.append(resnet(in_ch))
+        for level in reversed(range(cfg.num_resolutions)):
+            for _ in range(cfg.num_res_blocks + 1):
+                out_ch = nf * cfg.ch_mult[level]
+                modules.append(resnet(in_ch + hs_c.pop(), out_ch))
+                in_ch = out_ch
+            if cfg.all_resolutions[level] in cfg.attn_resolutions:
+                modules.append(AttnBlock(in_ch))
+            if level != 0:
+                modules.append(Upsample(in_ch, with_conv=cfg.resamp_with_conv))
+        assert not hs_c
+        modules.append(group_norm(in_ch, 32))
+        modules.append(ddpm_conv3x3(in_ch, cfg.num_channels, init_scale=0.0))
+        self.all_modules = nn.ModuleList(modules)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        labels = torch.as_tensor(labels, device=x.device)
+        check_image_inputs(x, labels, num_channels=cfg.num_channels, factor=cfg.downsampling_factor)
+        modules = self.all_modules
+        m = 0
+        temb = None
+        if cfg.conditional:
+            temb = get_timestep_embedding(labels, cfg.nf).to(modules[0].weight.dtype)
+            temb = modules[m](temb)
+            temb = modules[m + 1](self.act(temb))
+            m += 2
+        h = x if cfg.centered else 2 * x - 1.0
+        hs = [modules[m](h)]
+        m += 1
+        for level in range(cfg.num_resolutions):
+            attn = cfg.all_resolutions[level] in cfg.attn_resolutions
+            for _ in range(cfg.num_res_blocks):
+                h = modules[m](hs[-1], temb)
+                m += 1
+                if attn:
+                    h = modules[m](h)
+                    m += 1
+                hs.append(h)
+            if level != cfg.num_resolutions - 1:
+                hs.append(modules[m](hs[-1]))
+                m += 1
+        h = hs[-1]
+        h = modules[m](h, temb)
+        h = modules[m + 1](h)
+        h = modules[m + 2](h, temb)
+        m += 3
+        for level in reversed(range(cfg.num_resolutions)):
+            for _ in range(cfg.num_res_blocks + 1):
+                h = modules[m](torch.cat([h, hs.pop()], dim=1), temb)
+                m += 1
+            if cfg.all_resolutions[level] in cfg.attn_resolutions:
+                h = modules[m](h)
+                m += 1
+            if level != 0:
+                h = modules[m](h)
+                m += 1
+        assert not hs
+        h = self.act(modules[m](h))
+        h = modules[m + 1](h)
+        m += 2
+        assert m == len(modules)
+        if cfg.scale_by_sigma:
+            used_sigmas = self.sigmas.to(h.dtype)[labels.long()]
+            h = h / used_sigmas[:, None, None, None]
+        return h

@@ -1,0 +1,237 @@
+"""NCSN++ / DDPM++ (Song et al. 2021; score_sde model name ``ncsnpp``), PyTorch, NCHW.
+
+Twin: ``jax_impl/models/ncsnpp.py`` (NHWC; its docstring lists the module order).
+Config: ``spec.model_configs.NCSNppConfig``.
+
+Attribute names and registration order are score_sde_pytorch's (``sigmas`` buffer, then
+``all_modules.{i}``), so official state_dicts load key for key and ``parameters()`` is
+in the order of score_sde's EMA ``shadow_params``. The Fourier projection ``W`` is a
+frozen parameter (``requires_grad=False``). The parameter-free pyramid resamplers of
+``output_skip`` / ``input_skip`` are plain function calls (score_sde_pytorch keeps them
+outside ``all_modules`` too). ``scale_by_sigma`` divides by the used sigma cast to the
+output dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spec.model_configs import NCSNppConfig
+from torch_ref.models import layerspp
+from torch_ref.models import up_or_down_sampling as ud
+from torch_ref.models.layers import (
+    check_image_inputs,
+    ddpm_conv3x3,
+    ddpm_linear,
+    get_act,
+    get_timestep_embedding,
+    group_norm,
+)
+
+SQRT2 = layerspp.SQRT2
+
+
+class NCSNpp(nn.Module):
+    """``forward(x [B, C, H, W], labels [B]) -> [B, C, H, W]``."""
+
+    def __init__(self, config: NCSNppConfig):
+        super().__init__()
+        if not isinstance(config, NCSNppConfig):
+            raise TypeError(f"config must be an NCSNppConfig, got {type(config).__name__}")
+        self.config = cfg = config
+        self.act = get_act(cfg.nonlinearity)
+        self.register_buffer("sigmas", torch.as_tensor(cfg.sigmas))
+        nf, C = cfg.nf, cfg.num_channels
+        temb_dim = 4 * nf
+        biggan = cfg.resblock_type == "biggan"
+
+        def resblock(in_ch, out_ch=None, up=False, down=False):
+            if biggan:
+                return layerspp.ResnetBlockBigGANpp(
+                    cfg.nonlinearity, in_ch, out_ch, temb_dim=temb_dim, up=up, down=down, dropout=cfg.dropout,
+                    fir=cfg.fir, fir_kernel=cfg.fir_kernel, skip_rescale=cfg.skip_rescale, init_scale=cfg.init_scale)
+            return layerspp.ResnetBlockDDPMpp(
+                cfg.nonlinearity, in_ch, out_ch, temb_dim=temb_dim, dropout=cfg.dropout,
+                skip_rescale=cfg.skip_rescale, init_scale=cfg.init_scale)
+
+        def attn(ch):
+            return layerspp.AttnBlockpp(ch, skip_rescale=cfg.skip_rescale, init_scale=cfg.init_scale)
+
+        def norm(ch):
+            return group_norm(ch, layerspp.pp_groups(ch))
+
+        modules = []
+        if cfg.embedding_type == "fourier":
+            modules.append(layerspp.GaussianFourierProjection(embedding_size=nf, scale=cfg.fourier_scale))
+        if cfg.conditional:
+            modules.append(ddpm_linear(cfg.embed_dim, temb_dim))
+            modules.append(ddpm_linear(temb_dim, temb_dim))
+        modules.append(ddpm_conv3x3(C, nf))
+        input_pyramid_ch = C
+        hs_c = [nf]
+        in_ch = nf
+        for level, mult in enumerate(cfg.ch_mult):
+            for _ in range(cfg.num_res_blocks):
+                out_ch = nf * mult
+                modules.append(resblock(in_ch, out_ch))
+                in_ch = out_ch
+                if cfg.all_resolutions[level] in cfg.attn_resolutions:
+                    modules.append(attn(in_ch))
+                hs_c.append(in_ch)
+            if level != cfg.num_resolutions - 1:
+                if biggan:
+                    modules.append(resblock(in_ch, down=True))
+                else:
+                    modules.append(layerspp.Downsample(in_ch, with_conv=cfg.resamp_with_conv, fir=cfg.fir,
+                                                       fir_kernel=cfg.fir_kernel))
+                if cfg.progressive_input == "input_skip":
+                    modules.append(layerspp.Combine(input_pyramid_ch, in_ch, method=cfg.progressive_combine))
+                    if cfg.progressive_combine == "cat":
+                        in_ch *= 2
+                elif cfg.progressive_input == "residual":
+                    modules.append(layerspp.Downsample(input_pyramid_ch, in_ch, with_conv=True, fir=cfg.fir,
+                                                       fir_kernel=cfg.fir_kernel))
+                    input_pyramid_ch = in_ch
+                hs_c.append(in_ch)
+        in_ch = hs_c[-1]
+        modules.append(resblock(in_ch))
+        modules.append(attn(in_ch))
+        modules.append(resblock(in_ch))
+        pyramid_ch = 0
+        for level in reversed(range(cfg.num_resolutions)):
+            for _ in range(cfg.num_res_blocks + 1):
+                out_ch = nf * cfg.ch_mult[level]
+                modules.append(resblock(in_ch + hs_c.pop(), out_ch))
+                in_ch = out_ch
+            if cfg.all_resolutions[level] in cfg.attn_resolutions:
+                modules.append(attn(in_ch))
+            if cfg.progressive != "none":
+                if level == cfg.num_resolutions - 1:
+                    modules.append(norm(in_ch))
+                    if cfg.progressive == "output_skip":
+                        modules.append(ddpm_conv3x3(in_ch, C, init_scale=cfg.init_scale))
+                        pyramid_ch = C
+                    else:
+                        modules.append(ddpm_conv3x3(in_ch, in_ch))
+                        pyramid_ch = in_ch
+                elif cfg.progressive == "output_skip":
+                    modules.append(norm(in_ch))
+                    modules.append(ddpm_conv3x3(in_ch, C, init_scale=cfg.init_scale))
+                    pyramid_ch = C
+                else:
+                    modules.append(layerspp.Upsample(pyramid_ch, in_ch, with_conv=True, fir=cfg.fir,
+                                                     fir_kernel=cfg.fir_kernel))
+                    pyramid_ch = in_ch
+            if level != 0:
+                if biggan:
+                    modules.append(resblock(in_ch, up=True))
+                else:
+                    modules.append(layerspp.Upsample(in_ch, with_conv=cfg.resamp_with_conv, fir=cfg.fir,
+                                                     fir_kernel=cfg.fir_kernel))
+        assert not hs_c
+        if cfg.progressive != "output_skip":
+            modules.append(norm(in_ch))
+            modules.append(ddpm_conv3x3(in_ch, C, init_scale=cfg.init_scale))
+        self.all_modules = nn.ModuleList(modules)
+
+    def _pyramid_downsample(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.fir:
+            return ud.downsample_2d(x, self.config.fir_kernel, factor=2)
+        return F.avg_pool2d(x, kernel_size=2, stride=2)
+
+    def _pyramid_upsample(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.fir:
+            return ud.upsample_2d(x, self.config.fir_kernel, factor=2)
+        _, _, H, W = x.shape
+        return F.interpolate(x, (2 * H, 2 * W), mode="nearest")
+
+    def _skip_sum(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a + b) / SQRT2 if self.config.skip_rescale else a + b
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        labels = torch.as_tensor(labels, device=x.device)
+        check_image_inputs(x, labels, num_channels=cfg.num_channels, factor=cfg.downsampling_factor)
+        biggan = cfg.resblock_type == "biggan"
+        modules = self.all_modules
+        m = 0
+        if cfg.embedding_type == "fourier":
+            used_sigmas = labels
+            temb = modules[m](torch.log(labels.to(torch.float32)))
+            m += 1
+        else:
+            used_sigmas = self.sigmas[labels.long()]
+            temb = get_timestep_embedding(labels, cfg.nf)
+        if cfg.conditional:
+            temb = temb.to(modules[m].weight.dtype)
+            temb = modules[m](temb)
+            temb = modules[m + 1](self.act(temb))
+            m += 2
+        else:
+            temb = None
+        if not cfg.centered:
+            x = 2 * x - 1.0
+        input_pyramid = x if cfg.progressive_input != "none" else None
+        hs = [modules[m](x)]
+        m += 1
+        for level in range(cfg.num_resolutions):
+            attn = cfg.all_resolutions[level] in cfg.attn_resolutions
+            for _ in range(cfg.num_res_blocks):
+                h = modules[m](hs[-1], temb)
+                m += 1
+                if attn:
+                    h = modules[m](h)
+                    m += 1
+                hs.append(h)
+            if level != cfg.num_resolutions - 1:
+                h = modules[m](hs[-1], temb) if biggan else modules[m](hs[-1])
+                m += 1
+                if cfg.progressive_input == "input_skip":
+                    input_pyramid = self._pyramid_downsample(input_pyramid)
+                    h = modules[m](input_pyramid, h)
+                    m += 1
+                elif cfg.progressive_input == "residual":
+                    input_pyramid = self._skip_sum(modules[m](input_pyramid), h)
+                    m += 1
+                    h = input_pyramid
+                hs.append(h)
+        h = hs[-1]
+        h = modules[m](h, temb)
+        h = modules[m + 1](h)
+        h = modules[m + 2](h, temb)
+        m += 3
+        pyramid = None
+        for level in reversed(range(cfg.num_resolutions)):
+            for _ in range(cfg.num_res_blocks + 1):
+                h = modules[m](torch.cat([h, hs.pop()], dim=1), temb)
+                m += 1
+            if cfg.all_resolutions[level] in cfg.attn_resolutions:
+                h = modules[m](h)
+                m += 1
+            if cfg.progressive != "none":
+                if level == cfg.num_resolutions - 1:
+                    pyramid = modules[m + 1](self.act(modules[m](h)))
+                    m += 2
+                elif cfg.progressive == "output_skip":
+                    pyramid = self._pyramid_upsample(pyramid)
+                    pyramid = pyramid + modules[m + 1](self.act(modules[m](h)))
+                    m += 2
+                else:
+                    pyramid = self._skip_sum(modules[m](pyramid), h)
+                    m += 1
+                    h = pyramid
+            if level != 0:
+                h = modules[m](h, temb) if biggan else modules[m](h)
+                m += 1
+        assert not hs
+        if cfg.progressive == "output_skip":
+            h = pyramid
+        else:
+            h = modules[m + 1](self.act(modules[m](h)))
+            m += 2
+        assert m == len(modules)
+        if cfg.scale_by_sigma:
+            h = h / used_sigmas.to(h.dtype)[:, None, None, None]
+        return h

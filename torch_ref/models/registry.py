@@ -1,0 +1,68 @@
+"""Thin name -> (config class, model class) map for the command line, and model helpers.
+
+Twin: ``jax_impl/models/registry.py``. Library code chooses models by config type
+(``create_model(config)``); the names only serve the CLI. The NCSN / NCSNv2 networks are
+added here by their module's owner (``ncsn``, ``ncsnv2``) when they land.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+
+import torch
+
+from spec.model_configs import PRESETS, DDPMConfig, MLPConfig, NCSNppConfig
+from spec.validate import check_choice
+from torch_ref.models.ddpm import DDPM
+from torch_ref.models.mlp import MLP
+from torch_ref.models.ncsnpp import NCSNpp
+
+#: model name (score_sde's ``config.model.name``) -> (config class, torch module class)
+MODELS = types.MappingProxyType({
+    "mlp": (MLPConfig, MLP),
+    "ddpm": (DDPMConfig, DDPM),
+    "ncsnpp": (NCSNppConfig, NCSNpp),
+})
+
+
+def get_model_class(name: str):
+    """The torch module class registered under ``name``."""
+    check_choice("model name", name, tuple(MODELS))
+    return MODELS[name][1]
+
+
+def get_config_class(name: str):
+    """The config dataclass registered under ``name``."""
+    check_choice("model name", name, tuple(MODELS))
+    return MODELS[name][0]
+
+
+def config_from_name(name: str, **overrides):
+    """A preset (``PRESETS`` key) or a model name with default fields, with ``overrides``."""
+    if name in PRESETS:
+        return dataclasses.replace(PRESETS[name], **overrides)
+    return get_config_class(name)(**overrides)
+
+
+def create_model(config, device=None) -> torch.nn.Module:
+    """The torch module for a config (chosen by the config's type).
+
+    ``device="meta"`` builds it without allocating (shapes only, e.g. for counting).
+    """
+    for config_cls, model_cls in MODELS.values():
+        if type(config) is config_cls:
+            if device is None:
+                return model_cls(config)
+            with torch.device(device):
+                return model_cls(config)
+    raise TypeError(f"no model registered for config type {type(config).__name__}")
+
+
+def count_parameters(config) -> dict[str, int]:
+    """``{'total': ..., 'trainable': ...}`` parameter counts (buffers excluded; the frozen
+    Fourier ``W`` counts in total only), from a module built on the meta device."""
+    model = create_model(config, device="meta")
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}
