@@ -1,0 +1,511 @@
+"""Probability-flow ODE sampling, exact likelihoods and bits/dim (Song et al. 2021, sec. 4.3
+and app. D).
+
+Twin: ``torch_ref/ode.py`` (same public names and semantics, PyTorch + torchdiffeq).
+
+The probability-flow ODE of an SDE ``dx = f(x, t) dt + g(t) dw`` shares its marginals p_t:
+
+    dx/dt = f(x, t) - 1/2 g(t)^2 score(x, t)                       (Song et al. eq. 13)
+
+* ``ode_sample`` integrates it from T to ``eps``, starting at ``x_T = sde.prior_from_noise(z)``,
+  with a fixed-step solver on the uniform grid ``linspace(T, eps, num_steps + 1)``
+  (``euler``: 1 evaluation per step, ``heun`` = explicit trapezoid: 2, ``rk4``: 4) or an
+  adaptive Runge-Kutta pair (``dopri5`` = Dormand-Prince 5(4), the method of scipy's
+  ``RK45`` that score_sde uses; ``tsit5`` = Tsitouras 5(4)) run in-graph by
+  ``diffrax.diffeqsolve`` with a ``PIDController(rtol, atol)`` (an I-controller, like
+  torchdiffeq's) and a finite ``max_steps``. ``denoise=True`` ends, as score_sde's
+  ``denoise_update_fn``, with one reverse-diffusion predictor mean at ``eps``:
+  ``x <- x - f_rev(x, eps)`` where ``(f_rev, G) = sde.reverse(score_fn).discretize(x, eps)``
+  (for VE this is the Tweedie step ``x + sigma_min^2 score``).
+* ``likelihood`` integrates the augmented ODE from ``eps`` to T (Chen et al. 2018; Song
+  et al. eq. 39):
+
+      d/dt [x, l] = [v(x, t), div_x v(x, t)],   v = the probability-flow drift,
+      log p_eps(x) = log p_T(x_T) + int_eps^T div_x v(x_t, t) dt,
+
+  with the exact divergence (the trace of the Jacobian, ``D`` forward-mode products per
+  evaluation: for small dimensions) or the Hutchinson-Skilling estimate
+  ``div v ~ e^T (dv/dx) e`` with one probe ``e`` (Gaussian or Rademacher) drawn once per
+  call and kept for the whole trajectory (score_sde's semantics; unbiased over ``e``).
+* ``bits_per_dim`` turns that into bits per dimension of 8-bit data with the dequantization
+  bound (derivation in its docstring).
+
+All drivers are plain functions (jit them with ``sde``, ``score_fn``, ``shape`` and the
+keywords static, e.g. by closing over them: a new key or new network parameters passed as
+traced arguments never recompile); they are vmap-able and differentiable (fixed-step
+solvers through ``lax.scan``; adaptive ones through diffrax's default
+``RecursiveCheckpointAdjoint``). Arguments are checked while tracing, before compilation.
+``score_fn(x, t)`` always receives ``t`` as a ``[B]`` array.
+
+Randomness: the prior noise ``z`` comes from ``jax.random.split(rng)[0]`` unless given;
+the Hutchinson probe from ``split(rng)[1]`` unless given (``epsilon=``); ``bits_per_dim``
+draws its dequantization noise from ``split(rng)[0]`` and hands ``split(rng)[1]`` on.
+
+NFE (number of score evaluations, returned with every result): fixed-step solvers
+``evals_per_step * num_steps`` (a Python int); adaptive ones (a traced int32)
+``6 * num_steps + 1`` (7-stage first-same-as-last pairs: 6 new stages per attempted step
+plus the first stage of the first step), plus one more for each rejection of the very
+first step, which diffrax re-evaluates (rare: the count is then one short per such
+rejection; it is exact whenever the first attempted step is accepted). With ``denoise``,
+one more. For ``likelihood`` one "evaluation" is one call of the augmented vector field,
+i.e. one score evaluation together with its divergence.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_impl.sde import VESDE, VPSDE, subVPSDE
+from jax_impl.utils import append_dims, check_floating, is_concrete
+from spec.validate import check_choice, check_float, check_int
+
+ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+FIXED_STEP_METHODS = ("euler", "heun", "rk4")
+"""Fixed-step solvers on a uniform time grid (exact jax == torch parity)."""
+ADAPTIVE_METHODS = ("dopri5", "tsit5")
+"""Adaptive solvers (diffrax ``Dopri5`` / ``Tsit5`` with a ``PIDController``)."""
+ODE_METHODS = FIXED_STEP_METHODS + ADAPTIVE_METHODS
+HUTCHINSON_TYPES = (None, "gaussian", "rademacher")
+"""``None``: exact divergence; otherwise the Hutchinson-Skilling probe distribution."""
+
+_EVALS_PER_STEP = {"euler": 1, "heun": 2, "rk4": 4}
+_ADAPTIVE_NEW_STAGES = 6  # Dopri5 and Tsit5: 7 stages, first same as last
+
+__all__ = [
+    "FIXED_STEP_METHODS",
+    "ADAPTIVE_METHODS",
+    "ODE_METHODS",
+    "HUTCHINSON_TYPES",
+    "ode_time_grid",
+    "euler_step",
+    "heun_step",
+    "rk4_step",
+    "probability_flow_drift",
+    "exact_divergence",
+    "hutchinson_divergence",
+    "ode_sample",
+    "likelihood",
+    "bits_per_dim",
+]
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_sde(sde) -> None:
+    if not isinstance(sde, (VESDE, VPSDE, subVPSDE)):
+        raise TypeError(
+            "sde must be a jax_impl.sde.VESDE, VPSDE or subVPSDE instance, got "
+            f"{type(sde).__name__}"
+        )
+
+
+def _check_score_fn(score_fn) -> None:
+    if not callable(score_fn):
+        raise TypeError(f"score_fn must be callable score_fn(x, t), got {type(score_fn).__name__}")
+
+
+def _check_shape(shape) -> tuple[int, ...]:
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise TypeError(f"shape must be a tuple of ints [B, ...], got {shape!r}")
+    try:
+        shape = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"shape must be a tuple of ints [B, ...], got {shape!r}") from None
+    if len(shape) < 2 or any(s < 1 for s in shape):
+        raise ValueError(f"shape must be a tuple of >= 2 positive ints [B, ...], got {shape}")
+    return shape
+
+
+def _check_eps(eps, T: float) -> float:
+    eps = check_float("eps", eps)
+    if not 0.0 < eps < T:
+        raise ValueError(f"eps must lie in the open interval (0, T) = (0, {T}), got {eps}")
+    return eps
+
+
+def _check_method(method, num_steps, rtol, atol, max_steps):
+    """Validate the solver options; return ``(num_steps, rtol, atol, max_steps)``."""
+    check_choice("method", method, ODE_METHODS)
+    if method in FIXED_STEP_METHODS:
+        if num_steps is None:
+            raise ValueError(f"num_steps is required for the fixed-step method {method!r}")
+        num_steps = check_int("num_steps", num_steps, minimum=1)
+    elif num_steps is not None:
+        raise ValueError(
+            f"num_steps applies to the fixed-step methods {FIXED_STEP_METHODS}; the adaptive "
+            f"method {method!r} takes rtol/atol (and max_steps) instead"
+        )
+    rtol = check_float("rtol", rtol)
+    atol = check_float("atol", atol)
+    if not rtol > 0:
+        raise ValueError(f"rtol must be > 0, got {rtol}")
+    if not atol >= 0:
+        raise ValueError(f"atol must be >= 0, got {atol}")
+    max_steps = check_int("max_steps", max_steps, minimum=1)
+    return num_steps, rtol, atol, max_steps
+
+
+def _resolve_dtype(dtype, *arrays):
+    """``dtype`` if given, else the dtype of the first given array, else float32."""
+    if dtype is None:
+        for a in arrays:
+            if a is not None:
+                dtype = jnp.result_type(a)
+                break
+        else:
+            dtype = jnp.float32
+    dt = np.dtype(dtype)
+    if not np.issubdtype(dt, np.floating):
+        raise TypeError(f"dtype must be a floating dtype, got {dt}")
+    return dt
+
+
+def _check_array(name: str, a, expected_shape, dtype) -> jax.Array:
+    check_floating(name, a)
+    a = jnp.asarray(a)
+    if a.shape != tuple(expected_shape):
+        raise ValueError(f"{name} must have shape {tuple(expected_shape)}, got {a.shape}")
+    return a.astype(dtype)
+
+
+# ------------------------------------------------------------------ steps and grid
+
+
+def ode_time_grid(t_start: float, t_end: float, num_steps: int) -> np.ndarray:
+    """Uniform float64 grid ``linspace(t_start, t_end, num_steps + 1)`` of a fixed-step solve."""
+    num_steps = check_int("num_steps", num_steps, minimum=1)
+    return np.linspace(float(t_start), float(t_end), num_steps + 1, dtype=np.float64)
+
+
+def _axpy(y, h, k):
+    """``y + h k`` on matching pytrees (``h`` a scalar)."""
+    return jax.tree.map(lambda a, b: a + h * b, y, k)
+
+
+def euler_step(fn, y, t, t_next):
+    """Euler: ``y + h fn(y, t)``, h = t_next - t (1 evaluation). ``y`` any pytree."""
+    h = t_next - t
+    return _axpy(y, h, fn(y, t))
+
+
+def heun_step(fn, y, t, t_next):
+    """Heun (explicit trapezoid, order 2): ``k1 = fn(y, t)``, ``k2 = fn(y + h k1, t + h)``,
+    ``y + h/2 (k1 + k2)`` (2 evaluations)."""
+    h = t_next - t
+    k1 = fn(y, t)
+    k2 = fn(_axpy(y, h, k1), t_next)
+    return jax.tree.map(lambda a, b, c: a + 0.5 * h * (b + c), y, k1, k2)
+
+
+def rk4_step(fn, y, t, t_next):
+    """Classical 4th-order Runge-Kutta (4 evaluations):
+    ``y + h/6 (k1 + 2 k2 + 2 k3 + k4)``, k2, k3 at the midpoint, k4 at ``t + h``."""
+    h = t_next - t
+    half = 0.5 * h
+    k1 = fn(y, t)
+    k2 = fn(_axpy(y, half, k1), t + half)
+    k3 = fn(_axpy(y, half, k2), t + half)
+    k4 = fn(_axpy(y, h, k3), t_next)
+    return jax.tree.map(
+        lambda a, b, c, d, e: a + (h / 6.0) * (b + 2.0 * c + 2.0 * d + e), y, k1, k2, k3, k4
+    )
+
+
+_FIXED_STEPS = {"euler": euler_step, "heun": heun_step, "rk4": rk4_step}
+
+
+def probability_flow_drift(sde, score_fn: ScoreFn, x: jax.Array, t) -> jax.Array:
+    """``v(x, t) = f(x, t) - 1/2 g(t)^2 score(x, t)`` ``[B, ...]``; ``t`` scalar or ``[B]``
+    (the score sees ``[B]``). Computed by ``sde.reverse(score_fn, True).sde`` as score_sde."""
+    t = jnp.broadcast_to(jnp.asarray(t, dtype=x.dtype), (x.shape[0],))
+    return sde.reverse(score_fn, probability_flow=True).sde(x, t)[0]
+
+
+def exact_divergence(fn: Callable[[jax.Array], jax.Array], x: jax.Array):
+    """``(fn(x), div)``: ``fn`` maps ``[B, ...] -> [B, ...]`` example-wise and
+    ``div[b] = sum_j d fn(x)[b, j] / d x[b, j]`` ``[B]`` (the Jacobian trace).
+
+    One linearisation and ``D = prod(x.shape[1:])`` forward-mode products with the basis
+    vectors ``e_j`` set in every example at once (so ``fn`` must treat the examples
+    independently, as a score network does). Memory ``O(D^2 B)``: for small D.
+    """
+    B = x.shape[0]
+    D = math.prod(x.shape[1:])
+    out, f_jvp = jax.linearize(fn, x)
+    basis = jnp.broadcast_to(jnp.eye(D, dtype=x.dtype)[:, None, :], (D, B, D))
+    basis = basis.reshape((D,) + x.shape)
+    jac_cols = jax.vmap(f_jvp)(basis).reshape(D, B, D)  # [j, b, i] = d fn_i / d x_j
+    div = jnp.trace(jac_cols, axis1=0, axis2=2)
+    return out, div
+
+
+def hutchinson_divergence(fn: Callable[[jax.Array], jax.Array], x: jax.Array, epsilon: jax.Array):
+    """``(fn(x), e^T (d fn / dx) e)`` per example ``[B]``: the Hutchinson-Skilling estimate of
+    the divergence with probe ``epsilon`` (``[B, ...]``; E[e e^T] = I makes it unbiased)."""
+    out, jvp = jax.jvp(fn, (x,), (epsilon,))
+    div = jnp.sum((jvp * epsilon).reshape(x.shape[0], -1), axis=1)
+    return out, div
+
+
+# ----------------------------------------------------------------------- integrators
+
+
+def _integrate(fn, y0, t0: float, t1: float, method: str, num_steps, rtol, atol, max_steps):
+    """Integrate ``dy/dt = fn(y, t)`` (``y`` a pytree) from t0 to t1; return ``(y1, nfe)``."""
+    dtype = jax.tree.leaves(y0)[0].dtype
+    if method in FIXED_STEP_METHODS:
+        step = _FIXED_STEPS[method]
+        grid = jnp.asarray(ode_time_grid(t0, t1, num_steps), dtype=dtype)
+
+        def body(y, ts):
+            return step(fn, y, ts[0], ts[1]), None
+
+        y1, _ = jax.lax.scan(body, y0, (grid[:-1], grid[1:]))
+        return y1, _EVALS_PER_STEP[method] * num_steps
+
+    solver = diffrax.Dopri5() if method == "dopri5" else diffrax.Tsit5()
+    term = diffrax.ODETerm(lambda t, y, args: fn(y, jnp.asarray(t, dtype)))
+    sol = diffrax.diffeqsolve(
+        term,
+        solver,
+        t0=t0,
+        t1=t1,
+        dt0=None,
+        y0=y0,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps,
+        saveat=diffrax.SaveAt(t1=True),
+    )
+    y1 = jax.tree.map(lambda a: a[0], sol.ys)
+    nfe = _ADAPTIVE_NEW_STAGES * sol.stats["num_steps"] + 1
+    return y1, jnp.asarray(nfe, jnp.int32)
+
+
+def _denoise(sde, score_fn, x, eps):
+    """score_sde's ``denoise_update_fn``: the reverse-diffusion predictor's mean at ``eps``."""
+    vec_eps = jnp.full((x.shape[0],), eps, dtype=x.dtype)
+    rev_f, _ = sde.reverse(score_fn, probability_flow=False).discretize(x, vec_eps)
+    return x - rev_f
+
+
+# --------------------------------------------------------------------------- drivers
+
+
+def ode_sample(
+    rng: Optional[jax.Array],
+    sde,
+    score_fn: ScoreFn,
+    shape: Sequence[int],
+    *,
+    method: str = "dopri5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    num_steps: Optional[int] = None,
+    denoise: bool = False,
+    eps: float = 1e-3,
+    z: Optional[jax.Array] = None,
+    dtype=None,
+    max_steps: int = 4096,
+):
+    """Sample by integrating the probability-flow ODE from T to ``eps`` (score_sde's
+    ``get_ode_sampler``, solved in-graph).
+
+    Args:
+      rng: key for the prior noise (unused, may be None, when ``z`` is given).
+      sde: a ``VESDE``, ``VPSDE`` or ``subVPSDE``.
+      score_fn: ``score_fn(x [B, ...], t [B]) -> [B, ...]``.
+      shape: ``[B, ...]`` of the samples.
+      method: one of ``ODE_METHODS``; fixed-step methods need ``num_steps``, adaptive
+        ones use ``rtol``/``atol`` (> 0, >= 0) and at most ``max_steps`` steps.
+      denoise: finish with score_sde's one-step denoiser at ``eps`` (one more NFE).
+      eps: end time in (0, T).
+      z: prior noise ``[*shape]``; ``x_T = sde.prior_from_noise(z)``.
+      dtype: of the samples (default: ``z``'s dtype, else float32).
+
+    Returns:
+      ``(x_eps [*shape], nfe)``.
+    """
+    _check_sde(sde)
+    _check_score_fn(score_fn)
+    shape = _check_shape(shape)
+    eps = _check_eps(eps, sde.T)
+    num_steps, rtol, atol, max_steps = _check_method(method, num_steps, rtol, atol, max_steps)
+    dtype = _resolve_dtype(dtype, z)
+    if z is None:
+        if rng is None:
+            raise TypeError("rng must be a jax.random key unless z is given")
+        z = jax.random.normal(jax.random.split(rng)[0], shape, dtype)
+    else:
+        z = _check_array("z", z, shape, dtype)
+    x_T = sde.prior_from_noise(z)
+
+    def drift(x, t):
+        return probability_flow_drift(sde, score_fn, x, t)
+
+    x, nfe = _integrate(drift, x_T, float(sde.T), eps, method, num_steps, rtol, atol, max_steps)
+    if denoise:
+        x = _denoise(sde, score_fn, x, eps)
+        nfe = nfe + 1
+    return x, nfe
+
+
+def likelihood(
+    rng: Optional[jax.Array],
+    sde,
+    score_fn: ScoreFn,
+    x: jax.Array,
+    *,
+    hutchinson: Optional[str] = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    eps: float = 1e-5,
+    method: str = "dopri5",
+    num_steps: Optional[int] = None,
+    epsilon: Optional[jax.Array] = None,
+    max_steps: int = 4096,
+):
+    """Log-likelihood (nats) of ``x`` under the probability-flow ODE (score_sde's
+    ``get_likelihood_fn``, without dequantization or offsets).
+
+    Integrates ``d/dt [x, l] = [v(x, t), div v(x, t)]`` from ``eps`` to T, starting at
+    ``[x, 0]``; returns ``logp = sde.prior_logp(x_T) + l(T)``, the log-density of the
+    model's p_eps at ``x`` (exact up to the solver error when the score is exact and
+    p_T equals the prior).
+
+    Args:
+      rng: key for the Hutchinson probe (unused, may be None, when ``hutchinson`` is None
+        or ``epsilon`` is given).
+      x: data ``[B, ...]`` (floating).
+      hutchinson: ``None`` (exact divergence), ``"gaussian"`` or ``"rademacher"``.
+      epsilon: the probe ``[B, ...]`` (overrides drawing one from ``rng``).
+      eps: start time in (0, T). Other solver arguments as ``ode_sample``.
+
+    Returns:
+      ``(logp [B], z = x_T [B, ...], nfe)``.
+    """
+    _check_sde(sde)
+    _check_score_fn(score_fn)
+    check_floating("x", x)
+    x = jnp.asarray(x)
+    if x.ndim < 2:
+        raise ValueError(f"x must have shape [B, ...] with at least one data axis, got {x.shape}")
+    check_choice("hutchinson", hutchinson, HUTCHINSON_TYPES)
+    eps = _check_eps(eps, sde.T)
+    num_steps, rtol, atol, max_steps = _check_method(method, num_steps, rtol, atol, max_steps)
+    if hutchinson is not None:
+        if epsilon is None:
+            if rng is None:
+                raise TypeError("rng must be a jax.random key unless epsilon is given")
+            key = jax.random.split(rng)[1]
+            if hutchinson == "gaussian":
+                epsilon = jax.random.normal(key, x.shape, x.dtype)
+            else:
+                epsilon = jax.random.rademacher(key, x.shape, x.dtype)
+        else:
+            epsilon = _check_array("epsilon", epsilon, x.shape, x.dtype)
+    elif epsilon is not None:
+        raise ValueError("epsilon (a Hutchinson probe) was given but hutchinson is None")
+
+    def field(state, t):
+        y, _ = state
+        fn = lambda v: probability_flow_drift(sde, score_fn, v, t)  # noqa: E731
+        if hutchinson is None:
+            return exact_divergence(fn, y)
+        return hutchinson_divergence(fn, y, epsilon)
+
+    state0 = (x, jnp.zeros((x.shape[0],), x.dtype))
+    (z, delta), nfe = _integrate(
+        field, state0, eps, float(sde.T), method, num_steps, rtol, atol, max_steps
+    )
+    logp = sde.prior_logp(z) + delta
+    return logp, z, nfe
+
+
+def bits_per_dim(
+    rng: Optional[jax.Array],
+    sde,
+    score_fn: ScoreFn,
+    x: jax.Array,
+    *,
+    centered: bool = False,
+    dequantize: bool = True,
+    num_levels: int = 256,
+    u: Optional[jax.Array] = None,
+    hutchinson: Optional[str] = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    eps: float = 1e-5,
+    method: str = "dopri5",
+    num_steps: Optional[int] = None,
+    epsilon: Optional[jax.Array] = None,
+    max_steps: int = 4096,
+):
+    """Bits per dimension of quantized data (an upper bound on -log2 P(x) / D).
+
+    Data: ``x`` holds ``num_levels``-level pixels ``k`` (k = 0..L-1, L = ``num_levels``) in
+    the model's data space: ``k / (L-1)`` in [0, 1], or ``2 k / (L-1) - 1`` in [-1, 1] with
+    ``centered`` (score_sde's scaler). The model density ``p_y`` lives on ``y = a v + b``,
+    ``a = 2, b = -1`` if centered else ``a = 1, b = 0``, where ``v`` is a point of [0, 1).
+
+    Derivation: dequantize ``v = (k + u) / L``, u ~ U[0, 1)^D, so the bin of k is the cube
+    ``[k/L, (k+1)/L)`` of volume ``L^-D``, and
+    ``P(k) = int_bin p_v = L^-D E_u[p_v((k+u)/L)] >= L^-D exp E_u[log p_v]`` (Jensen).
+    With ``log p_v(v) = log p_y(a v + b) + D log a`` (change of variables):
+
+        -log2 P(k) / D <= -log p_y(y) / (D ln 2) + log2 L - log2 a,
+
+    i.e. the offset is ``8`` for 8-bit data in [0, 1] and ``8 - 1 = 7`` when centred in
+    [-1, 1] (score_sde's ``log2(d inverse_scaler / dy) + 8``). The right-hand side for one
+    draw of ``u`` is what is returned; its mean over ``u`` is the bound.
+    ``dequantize=False`` treats ``x`` as already-dequantized continuous ``y`` (no noise),
+    keeping the same offset (score_sde's behaviour without uniform dequantization).
+
+    Args:
+      u: the dequantization noise ``[B, ...]`` in [0, 1) (overrides drawing it).
+      Other arguments as ``likelihood``.
+
+    Returns:
+      ``(bpd [B], z [B, ...], nfe)``.
+    """
+    check_floating("x", x)
+    x = jnp.asarray(x)
+    num_levels = check_int("num_levels", num_levels, minimum=2)
+    lo = -1.0 if centered else 0.0
+    if is_concrete(x) and x.size and (float(jnp.min(x)) < lo or float(jnp.max(x)) > 1.0):
+        raise ValueError(
+            f"x must lie in [{lo}, 1] (centered={centered}), got values in "
+            f"[{float(jnp.min(x))}, {float(jnp.max(x))}]"
+        )
+    u_key = h_key = None
+    if rng is not None:
+        u_key, h_key = jax.random.split(rng)
+    if dequantize:
+        if u is None:
+            if u_key is None:
+                raise TypeError("rng must be a jax.random key unless u is given")
+            u = jax.random.uniform(u_key, x.shape, x.dtype)
+        else:
+            u = _check_array("u", u, x.shape, x.dtype)
+        x01 = (x + 1.0) * 0.5 if centered else x
+        v = (x01 * (num_levels - 1) + u) / num_levels
+        y = 2.0 * v - 1.0 if centered else v
+    else:
+        if u is not None:
+            raise ValueError("u (dequantization noise) was given but dequantize is False")
+        y = x
+    logp, z, nfe = likelihood(
+        h_key, sde, score_fn, y, hutchinson=hutchinson, rtol=rtol, atol=atol, eps=eps,
+        method=method, num_steps=num_steps, epsilon=epsilon, max_steps=max_steps,
+    )
+    D = math.prod(x.shape[1:])
+    offset = math.log2(num_levels) - (1.0 if centered else 0.0)
+    bpd = -logp / (D * math.log(2.0)) + offset
+    return bpd, z, nfe
