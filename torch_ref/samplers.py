@@ -1,0 +1,563 @@
+"""Predictor-corrector samplers (Song et al. 2021) and annealed Langevin dynamics (Song &
+Ermon 2019, 2020), in PyTorch; the public entry module of every torch sampler.
+
+Twin: ``jax_impl/samplers.py`` (same classes, functions and semantics, JAX). Its
+docstring lists the equations and the score_sde conventions reproduced here.
+
+The drivers loop in Python over the same float64 grid (``spec.grids``, cast at use) and
+draw each step's noise from an optional ``torch.Generator`` (per step, in this order: the
+corrector's ``[n_steps, B, ...]``, the predictor's ``[B, ...]``, then any data noise).
+The ``*_from_noise`` cores take pre-drawn noise instead, so a parity test feeds both
+frameworks identical arrays. Drivers run under ``torch.no_grad()``, like score_sde's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, ClassVar
+
+import torch
+
+import spec
+from spec import grids
+from spec.validate import check_choice, check_float, check_int
+from torch_ref.utils import append_dims
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none")
+"""score_sde's predictor names, as accepted by ``get_predictor`` and ``pc_sample``."""
+CORRECTORS = ("langevin", "ald", "none")
+"""score_sde's corrector names, as accepted by ``get_corrector`` and ``pc_sample``."""
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _check_sde(sde) -> None:
+    if not isinstance(sde, spec.SDEConfig) or not hasattr(sde, "reverse"):
+        raise TypeError(
+            "sde must be a torch_ref.sde SDE (VESDE, VPSDE or subVPSDE), "
+            f"got {type(sde).__name__}"
+        )
+
+
+def _discrete_alpha(sde, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """alpha_i = 1 - beta_i at i = int(t (N-1)/T) for VP and sub-VP, ones for VE; ``[B]``."""
+    if isinstance(sde, spec.VPSDEConfig):  # VPSDE and subVPSDE
+        table = torch.as_tensor(sde.alphas, dtype=like.dtype, device=like.device)
+        return table[sde.discrete_index(t)]
+    return torch.ones(t.shape, dtype=like.dtype, device=like.device)
+
+
+def _batch_mean_norm(v: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of the per-example L2 norms of ``v [B, ...]`` (a scalar)."""
+    return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=-1).mean()
+
+
+def _check_noise(name: str, z, shape) -> None:
+    if z is None:
+        raise ValueError(f"{name} is required here (a stochastic step) but got None")
+    if tuple(z.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(z.shape)}")
+
+
+def check_shape(shape) -> tuple[int, ...]:
+    """Validate a sample shape ``(B, ...)`` (positive ints, at least the batch axis)."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"shape must be a tuple of ints (B, ...), got {shape!r}") from None
+    if not dims:
+        raise ValueError("shape must have at least the batch axis, got ()")
+    return tuple(check_int(f"shape[{k}]", d, minimum=1) for k, d in enumerate(dims))
+
+
+def _check_dtype(dtype) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch dtype, got {dtype}")
+    return dtype
+
+
+def _as_tensor(name: str, x, like: torch.Tensor | None = None) -> torch.Tensor:
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if like is not None:
+        return x.to(dtype=like.dtype, device=like.device)
+    return x
+
+
+# --------------------------------------------------------------------------- predictors
+
+
+@dataclasses.dataclass(frozen=True)
+class EulerMaruyamaPredictor:
+    """Euler-Maruyama step of the reverse SDE (or Euler's step of the probability-flow ODE):
+    dt = -1/N, ``x_mean = x + f_rev dt``, ``x = x_mean + g_rev sqrt(-dt) z``."""
+
+    probability_flow: bool = False
+    name: ClassVar[str] = "euler_maruyama"
+    nfe: ClassVar[int] = 1
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether ``step`` uses its noise ``z`` (shape of x)."""
+        return not self.probability_flow
+
+    def check(self, sde) -> None:
+        """Raise if this predictor cannot run on ``sde``."""
+
+    def step(self, sde, score_fn: ScoreFn, x, t, z=None):
+        """One step at time ``t [B]``; returns ``(x, x_mean)``, each ``[B, ...]``."""
+        rsde = sde.reverse(score_fn, self.probability_flow)
+        dt = -1.0 / rsde.N
+        drift, diffusion = rsde.sde(x, t)
+        x_mean = x + drift * dt
+        if not self.stochastic:
+            return x_mean, x_mean
+        _check_noise("z", z, x.shape)
+        return x_mean + append_dims(diffusion, x.ndim) * math.sqrt(-dt) * z, x_mean
+
+
+@dataclasses.dataclass(frozen=True)
+class ReverseDiffusionPredictor:
+    """Reverse-diffusion step: ``f, G = rsde.discretize(x, t)``, ``x_mean = x - f``,
+    ``x = x_mean + G z``; with ``probability_flow`` G = 0."""
+
+    probability_flow: bool = False
+    name: ClassVar[str] = "reverse_diffusion"
+    nfe: ClassVar[int] = 1
+
+    @property
+    def stochastic(self) -> bool:
+        return not self.probability_flow
+
+    def check(self, sde) -> None:
+        """Raise if this predictor cannot run on ``sde``."""
+
+    def step(self, sde, score_fn: ScoreFn, x, t, z=None):
+        """One step at time ``t [B]``; returns ``(x, x_mean)``, each ``[B, ...]``."""
+        f, G = sde.reverse(score_fn, self.probability_flow).discretize(x, t)
+        x_mean = x - f
+        if not self.stochastic:
+            return x_mean, x_mean
+        _check_noise("z", z, x.shape)
+        return x_mean + append_dims(G, x.ndim) * z, x_mean
+
+
+@dataclasses.dataclass(frozen=True)
+class AncestralSamplingPredictor:
+    """Ancestral sampling of the discrete chain (DDPM for VP, SMLD for VE); see the twin's
+    docstring for the two update rules. Not defined for sub-VP or the probability flow."""
+
+    probability_flow: bool = False
+    name: ClassVar[str] = "ancestral_sampling"
+    nfe: ClassVar[int] = 1
+
+    def __post_init__(self):
+        if self.probability_flow:
+            raise ValueError(
+                "predictor 'ancestral_sampling' has no probability-flow form; use "
+                "'reverse_diffusion' or 'euler_maruyama' with probability_flow=True"
+            )
+
+    @property
+    def stochastic(self) -> bool:
+        return True
+
+    def check(self, sde) -> None:
+        """Raise ``ValueError`` for a sub-VP SDE (only VE and VP have a discrete chain)."""
+        if isinstance(sde, spec.subVPSDEConfig) or not isinstance(
+            sde, (spec.VPSDEConfig, spec.VESDEConfig)
+        ):
+            raise ValueError(
+                f"predictor 'ancestral_sampling' supports VESDE and VPSDE only, got "
+                f"{type(sde).__name__}; use 'reverse_diffusion' or 'euler_maruyama'"
+            )
+
+    def step(self, sde, score_fn: ScoreFn, x, t, z=None):
+        """One step at time ``t [B]``; returns ``(x, x_mean)``, each ``[B, ...]``."""
+        self.check(sde)
+        _check_noise("z", z, x.shape)
+        i = sde.discrete_index(t)
+        score = score_fn(x, t)
+        if isinstance(sde, spec.VESDEConfig):
+            sigmas = torch.as_tensor(sde.discrete_sigmas, dtype=x.dtype, device=x.device)
+            sigma = sigmas[i]
+            prev = torch.where(i == 0, torch.zeros_like(sigma), sigmas[torch.clamp(i - 1, min=0)])
+            gap = sigma**2 - prev**2
+            x_mean = x + append_dims(gap, x.ndim) * score
+            std = torch.sqrt(prev**2 * gap / sigma**2)
+        else:
+            beta = torch.as_tensor(sde.discrete_betas, dtype=x.dtype, device=x.device)[i]
+            x_mean = (x + append_dims(beta, x.ndim) * score) / append_dims(torch.sqrt(1.0 - beta), x.ndim)
+            std = torch.sqrt(beta)
+        return x_mean + append_dims(std, x.ndim) * z, x_mean
+
+
+@dataclasses.dataclass(frozen=True)
+class NonePredictor:
+    """The empty predictor (corrector-only sampling): returns ``(x, x)``, no evaluation."""
+
+    probability_flow: bool = False
+    name: ClassVar[str] = "none"
+    nfe: ClassVar[int] = 0
+
+    @property
+    def stochastic(self) -> bool:
+        return False
+
+    def check(self, sde) -> None:
+        """Runs on every SDE."""
+
+    def step(self, sde, score_fn: ScoreFn, x, t, z=None):
+        return x, x
+
+
+# --------------------------------------------------------------------------- correctors
+
+
+@dataclasses.dataclass(frozen=True)
+class _Corrector:
+    snr: float = 0.16
+    n_steps: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "snr", check_float("snr", self.snr, positive=True))
+        object.__setattr__(self, "n_steps", check_int("n_steps", self.n_steps, minimum=1))
+
+    @property
+    def nfe(self) -> int:
+        """Score evaluations per PC step."""
+        return self.n_steps
+
+    @property
+    def noise_shape_prefix(self) -> tuple[int, ...]:
+        """Leading axes of the noise ``step`` takes: ``(n_steps,)``."""
+        return (self.n_steps,)
+
+    def check(self, sde) -> None:
+        """Runs on every SDE (VE, VP and sub-VP)."""
+
+    def _step_size(self, sde, x, t, grad, z_j):
+        raise NotImplementedError
+
+    def step(self, sde, score_fn: ScoreFn, x, t, z):
+        """``n_steps`` Langevin steps at time ``t [B]`` with noise ``z [n_steps, B, ...]``;
+        returns ``(x, x_mean)`` of the last one."""
+        _check_noise("z", z, (self.n_steps, *x.shape))
+        alpha = _discrete_alpha(sde, t, x)
+        x_mean = x
+        for j in range(self.n_steps):
+            grad = score_fn(x, t)
+            step_size = self._step_size(sde, x, t, grad, z[j]) * 2.0 * alpha
+            x_mean = x + append_dims(step_size, x.ndim) * grad
+            x = x_mean + append_dims(torch.sqrt(2.0 * step_size), x.ndim) * z[j]
+        return x, x_mean
+
+
+@dataclasses.dataclass(frozen=True)
+class LangevinCorrector(_Corrector):
+    """Langevin MCMC with score_sde's SNR rule: ``eps = 2 alpha_i (snr ||z|| / ||score||)^2``
+    (norms averaged over the batch), ``x_mean = x + eps score``, ``x = x_mean + sqrt(2 eps) z``."""
+
+    name: ClassVar[str] = "langevin"
+
+    def _step_size(self, sde, x, t, grad, z_j):
+        ratio = self.snr * _batch_mean_norm(z_j) / _batch_mean_norm(grad)
+        return (ratio**2).expand(t.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnealedLangevinCorrector(_Corrector):
+    """NCSN's annealed Langevin step as a corrector: ``eps = 2 alpha_i (snr std(t))^2``."""
+
+    name: ClassVar[str] = "ald"
+
+    def _step_size(self, sde, x, t, grad, z_j):
+        std = sde.marginal_prob(x, t)[1]
+        return (self.snr * std) ** 2
+
+
+@dataclasses.dataclass(frozen=True)
+class NoneCorrector:
+    """The empty corrector (predictor-only sampling): returns ``(x, x)``, no evaluation."""
+
+    name: ClassVar[str] = "none"
+    nfe: ClassVar[int] = 0
+
+    def check(self, sde) -> None:
+        """Runs on every SDE."""
+
+    def step(self, sde, score_fn: ScoreFn, x, t, z=None):
+        return x, x
+
+
+_PREDICTOR_CLASSES = {
+    "euler_maruyama": EulerMaruyamaPredictor,
+    "reverse_diffusion": ReverseDiffusionPredictor,
+    "ancestral_sampling": AncestralSamplingPredictor,
+    "none": NonePredictor,
+}
+_CORRECTOR_CLASSES = {
+    "langevin": LangevinCorrector,
+    "ald": AnnealedLangevinCorrector,
+    "none": NoneCorrector,
+}
+
+Predictor = EulerMaruyamaPredictor | ReverseDiffusionPredictor | AncestralSamplingPredictor | NonePredictor
+Corrector = LangevinCorrector | AnnealedLangevinCorrector | NoneCorrector
+
+
+def get_predictor(name: str, *, probability_flow: bool = False) -> Predictor:
+    """The predictor called ``name`` (one of ``PREDICTORS``, score_sde's names)."""
+    check_choice("predictor", name, PREDICTORS)
+    return _PREDICTOR_CLASSES[name](probability_flow=bool(probability_flow))
+
+
+def get_corrector(name: str, *, snr: float = 0.16, n_steps: int = 1) -> Corrector:
+    """The corrector called ``name`` (one of ``CORRECTORS``) with its SNR and step count."""
+    check_choice("corrector", name, CORRECTORS)
+    if name == "none":
+        return NoneCorrector()
+    return _CORRECTOR_CLASSES[name](snr=snr, n_steps=n_steps)
+
+
+# ---------------------------------------------------------------------- the PC engine
+
+
+def pc_components(sde, *, predictor="reverse_diffusion", corrector="langevin", snr=0.16,
+                  n_steps=1, probability_flow=False, eps=None):
+    """Validate the PC options; return ``(predictor, corrector, timesteps [N] float64)``.
+    Same rules as the twin's ``pc_components``."""
+    _check_sde(sde)
+    if isinstance(predictor, str):
+        predictor = get_predictor(predictor, probability_flow=probability_flow)
+    elif not isinstance(predictor, tuple(_PREDICTOR_CLASSES.values())):
+        raise TypeError(f"predictor must be a name in {PREDICTORS} or a predictor instance, "
+                        f"got {predictor!r}")
+    if isinstance(corrector, str):
+        check_float("snr", snr, positive=True)
+        check_int("n_steps", n_steps, minimum=1)
+        corrector = get_corrector(corrector, snr=snr, n_steps=n_steps)
+    elif not isinstance(corrector, tuple(_CORRECTOR_CLASSES.values())):
+        raise TypeError(f"corrector must be a name in {CORRECTORS} or a corrector instance, "
+                        f"got {corrector!r}")
+    predictor.check(sde)
+    corrector.check(sde)
+    eps = grids.default_pc_eps(sde) if eps is None else eps
+    timesteps = grids.pc_timesteps(sde.N, eps, sde.T)
+    return predictor, corrector, timesteps
+
+
+def pc_nfe(predictor, corrector, num_steps: int) -> int:
+    """True score evaluations of a PC run: ``num_steps (predictor.nfe + corrector.nfe)``."""
+    return int(num_steps) * (predictor.nfe + corrector.nfe)
+
+
+def pc_noise_shapes(predictor, corrector, shape, n_data: int = 0) -> dict[str, tuple[int, ...]]:
+    """Shapes of the noise one PC step consumes, by name (absent when unused):
+    ``corrector [n_steps, *shape]``, ``predictor [*shape]``, ``data [n_data, *shape]``."""
+    shapes = {}
+    if corrector.nfe:
+        shapes["corrector"] = (*corrector.noise_shape_prefix, *shape)
+    if predictor.stochastic:
+        shapes["predictor"] = tuple(shape)
+    if n_data:
+        shapes["data"] = (n_data, *shape)
+    return shapes
+
+
+def stack_step_noise(shapes, num_steps: int, **arrays) -> dict:
+    """Check pre-drawn noise tensors ``[num_steps, *shapes[name]]`` and return the needed
+    ones (unneeded ones are ignored; a missing or misshapen one raises ``ValueError``)."""
+    out = {}
+    for name, s in shapes.items():
+        arg = f"{name}_noise"
+        z = arrays.get(arg)
+        if z is None:
+            raise ValueError(f"{arg} is required by this sampler configuration (shape "
+                             f"{(num_steps, *s)}), got None")
+        if tuple(z.shape) != (num_steps, *s):
+            raise ValueError(f"{arg} must have shape {(num_steps, *s)}, got {tuple(z.shape)}")
+        out[name] = z
+    return out
+
+
+def pc_loop(sde, score_fn: ScoreFn, x_init, predictor, corrector, timesteps, *,
+            generator=None, noise=None, project=None, n_data: int = 0, denoise: bool = True):
+    """Run corrector-then-predictor steps over ``timesteps`` (float64 numpy ``[N]``).
+
+    Noise: pre-drawn ``noise`` (a dict of ``[N, ...]`` tensors, ``stack_step_noise``) or,
+    when it is None, drawn per step from ``generator`` in the order of
+    ``pc_noise_shapes``. ``project(x, x_mean, t [B], z_data)`` (conditional sampling) runs
+    after the corrector and after the predictor. Returns the samples ``[B, ...]``.
+    """
+    x = x_init
+    shapes = pc_noise_shapes(predictor, corrector, x.shape, n_data)
+    ts = torch.as_tensor(timesteps, dtype=x.dtype, device=x.device)
+    x_mean = x
+    for i in range(len(ts)):
+        if noise is None:
+            z = {name: torch.randn(s, generator=generator, dtype=x.dtype, device=x.device)
+                 for name, s in shapes.items()}
+        else:
+            z = {name: v[i] for name, v in noise.items()}
+        vec_t = ts[i].expand(x.shape[0])
+        x, x_mean = corrector.step(sde, score_fn, x, vec_t, z.get("corrector"))
+        if project is not None:
+            x, x_mean = project(x, x_mean, vec_t, z["data"][0])
+        x, x_mean = predictor.step(sde, score_fn, x, vec_t, z.get("predictor"))
+        if project is not None:
+            x, x_mean = project(x, x_mean, vec_t, z["data"][1])
+    return x_mean if denoise else x
+
+
+# --------------------------------------------------------------------------- PC public
+
+
+@torch.no_grad()
+def pc_sample(sde, score_fn: ScoreFn, shape, *, generator: torch.Generator | None = None,
+              predictor="reverse_diffusion", corrector="langevin", snr: float = 0.16,
+              n_steps: int = 1, probability_flow: bool = False, denoise: bool = True,
+              eps: float | None = None, dtype=torch.float32, device=None):
+    """Predictor-corrector sampling (Song et al. 2021, Alg. 1-3); the twin's arguments
+    without the key, noise from ``generator`` (prior first, then per step).
+
+    Returns ``(samples [B, ...], nfe)`` with ``nfe = N (predictor.nfe + corrector.nfe)``.
+    """
+    shape = check_shape(shape)
+    dtype = _check_dtype(dtype)
+    pred, corr, ts = pc_components(sde, predictor=predictor, corrector=corrector, snr=snr,
+                                   n_steps=n_steps, probability_flow=probability_flow, eps=eps)
+    x = sde.prior_sampling(generator, shape, dtype, device)
+    samples = pc_loop(sde, score_fn, x, pred, corr, ts, generator=generator, denoise=denoise)
+    return samples, pc_nfe(pred, corr, len(ts))
+
+
+@torch.no_grad()
+def pc_sample_from_noise(sde, score_fn: ScoreFn, prior_noise, predictor_noise=None,
+                         corrector_noise=None, *, predictor="reverse_diffusion",
+                         corrector="langevin", snr: float = 0.16, n_steps: int = 1,
+                         probability_flow: bool = False, denoise: bool = True,
+                         eps: float | None = None):
+    """``pc_sample`` with pre-drawn noise: ``prior_noise [B, ...]``, ``predictor_noise
+    [N, B, ...]`` and ``corrector_noise [N, n_steps, B, ...]`` (None where unused).
+    Returns ``(samples, nfe)``."""
+    prior_noise = _as_tensor("prior_noise", prior_noise)
+    check_shape(prior_noise.shape)
+    _check_dtype(prior_noise.dtype)
+    pred, corr, ts = pc_components(sde, predictor=predictor, corrector=corrector, snr=snr,
+                                   n_steps=n_steps, probability_flow=probability_flow, eps=eps)
+    shapes = pc_noise_shapes(pred, corr, prior_noise.shape)
+    noise = stack_step_noise(shapes, len(ts), predictor_noise=predictor_noise,
+                             corrector_noise=corrector_noise)
+    noise = {k: _as_tensor(f"{k}_noise", v, prior_noise) for k, v in noise.items()}
+    x = sde.prior_from_noise(prior_noise)
+    samples = pc_loop(sde, score_fn, x, pred, corr, ts, noise=noise, denoise=denoise)
+    return samples, pc_nfe(pred, corr, len(ts))
+
+
+# ------------------------------------------------------------- annealed Langevin (NCSN)
+
+
+def ald_step(score_fn, x, level, z, step_size):
+    """One Langevin step at noise level ``level [B]`` (int64): ``x + a score(x, level) +
+    sqrt(2 a) z`` with step size ``a`` (a float or 0-d tensor). Returns the new ``x``."""
+    step_size = torch.as_tensor(step_size, dtype=x.dtype, device=x.device)
+    return x + step_size * score_fn(x, level) + torch.sqrt(2.0 * step_size) * z
+
+
+def _ald_loop(sigmas, score_fn, x, levels, step_sizes, *, generator, noise, denoise, final_only):
+    trajectory = []
+    steps = torch.as_tensor(step_sizes, dtype=x.dtype, device=x.device)
+    for s in range(len(levels)):
+        level = torch.full((x.shape[0],), int(levels[s]), dtype=torch.long, device=x.device)
+        if noise is None:
+            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        else:
+            z = noise[s]
+        x = ald_step(score_fn, x, level, z, steps[s])
+        if not final_only:
+            trajectory.append(x)
+    if denoise:
+        level = torch.full((x.shape[0],), len(sigmas) - 1, dtype=torch.long, device=x.device)
+        x = x + float(sigmas[-1]) ** 2 * score_fn(x, level)
+        if not final_only:
+            trajectory.append(x)
+    return x if final_only else torch.stack(trajectory)
+
+
+def _check_ald_options(sigmas, n_steps_each, step_lr, x_init, shape):
+    sig = grids.check_sigmas(sigmas)
+    levels, step_sizes = grids.ald_schedule(sig, n_steps_each, step_lr)
+    if x_init is not None:
+        x_init = _as_tensor("x_init", x_init)
+        if tuple(x_init.shape) != tuple(shape):
+            raise ValueError(f"x_init must have shape {tuple(shape)}, got {tuple(x_init.shape)}")
+        _check_dtype(x_init.dtype)
+    return sig, levels, step_sizes, x_init
+
+
+def ald_nfe(num_levels: int, n_steps_each: int, denoise: bool) -> int:
+    """Score evaluations of annealed Langevin dynamics: ``L n_steps_each (+1 to denoise)``."""
+    return int(num_levels) * int(n_steps_each) + int(bool(denoise))
+
+
+@torch.no_grad()
+def ald_sample(sigmas, score_fn, shape, *, generator: torch.Generator | None = None,
+               n_steps_each: int = 100, step_lr: float = 2e-5, denoise: bool = True,
+               final_only: bool = True, x_init=None, dtype=torch.float32, device=None):
+    """Annealed Langevin dynamics (Song & Ermon 2019 Alg. 1; NCSNv2's sampler); see the
+    twin. ``score_fn(x, level [B] int64)``. NCSNv2 draws each step's noise after calling
+    the score, NCSN v1 before; with one generator only the stream differs, and this
+    driver draws it after the initial sample, step by step.
+
+    Returns ``(samples [B, ...] or trajectory [S (+1), B, ...], nfe)``.
+    """
+    shape = check_shape(shape)
+    dtype = _check_dtype(dtype if x_init is None else x_init.dtype)
+    sig, levels, step_sizes, x_init = _check_ald_options(sigmas, n_steps_each, step_lr, x_init, shape)
+    if x_init is None:
+        x_init = float(sig[0]) * torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    out = _ald_loop(sig, score_fn, x_init, levels, step_sizes, generator=generator, noise=None,
+                    denoise=denoise, final_only=final_only)
+    return out, ald_nfe(len(sig), n_steps_each, denoise)
+
+
+@torch.no_grad()
+def ald_sample_from_noise(sigmas, score_fn, x_init, noise, *, n_steps_each: int = 100,
+                          step_lr: float = 2e-5, denoise: bool = True, final_only: bool = True):
+    """``ald_sample`` with pre-drawn noise ``[L n_steps_each, B, ...]`` from ``x_init``."""
+    x_init = _as_tensor("x_init", x_init)
+    shape = check_shape(x_init.shape)
+    sig, levels, step_sizes, x_init = _check_ald_options(sigmas, n_steps_each, step_lr, x_init, shape)
+    noise = _as_tensor("noise", noise)
+    if tuple(noise.shape) != (len(levels), *shape):
+        raise ValueError(f"noise must have shape {(len(levels), *shape)} "
+                         f"(L * n_steps_each, *x_init.shape), got {tuple(noise.shape)}")
+    noise = noise.to(dtype=x_init.dtype, device=x_init.device)
+    out = _ald_loop(sig, score_fn, x_init, levels, step_sizes, generator=None, noise=noise,
+                    denoise=denoise, final_only=final_only)
+    return out, ald_nfe(len(sig), n_steps_each, denoise)
+
+
+# ------------------------------------------------------------------- other samplers
+# The public entry point of every torch sampler: the discrete, ODE and fast samplers are
+# re-exported from their modules when those exist (an error inside one propagates).
+
+
+def _optional_module(name: str) -> bool:
+    """True if ``name`` exists; a failure while importing it propagates."""
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+if _optional_module("torch_ref.samplers_discrete"):
+    from torch_ref.samplers_discrete import ddim_invert, ddim_sample, ddpm_sample  # noqa: F401,E402
+if _optional_module("torch_ref.fast_samplers"):
+    from torch_ref.fast_samplers import dpm_solver_pp_sample, edm_heun_sample  # noqa: F401,E402
+if _optional_module("torch_ref.ode"):
+    from torch_ref.ode import ode_sample  # noqa: F401,E402
