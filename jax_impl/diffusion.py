@@ -54,6 +54,7 @@ import numpy as np
 
 import spec
 from spec.configs import LossType, ModelMeanType, ModelVarType
+from spec.validate import check_int
 from jax_impl.utils import append_dims, check_floating, is_concrete
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -123,8 +124,8 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales) -> jax.Array:
 def sample_timesteps_uniform(key: jax.Array, batch_size: int, num_timesteps: int) -> jax.Array:
     """Draw ``t ~ U{0, ..., num_timesteps - 1}``, int32 ``[batch_size]`` (the uniform
     schedule sampler; its importance weights are all 1)."""
-    batch_size = spec.validate.check_int("batch_size", batch_size, minimum=1)
-    num_timesteps = spec.validate.check_int("num_timesteps", num_timesteps, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    num_timesteps = check_int("num_timesteps", num_timesteps, minimum=1)
     return jax.random.randint(key, (batch_size,), 0, num_timesteps, dtype=jnp.int32)
 
 
@@ -187,7 +188,7 @@ class GaussianDiffusion:
                 f"config must be a spec.DiffusionConfig, got {type(self.config).__name__}"
             )
         object.__setattr__(self, "dtype", _normalize_dtype(self.dtype))
-        axis = spec.validate.check_int("channel_axis", self.channel_axis)
+        axis = check_int("channel_axis", self.channel_axis)
         if axis == 0:
             raise ValueError("channel_axis must not be 0 (the batch axis)")
         object.__setattr__(self, "channel_axis", axis)

@@ -28,6 +28,7 @@ import torch
 
 import spec
 from spec.configs import LossType, ModelMeanType, ModelVarType
+from spec.validate import check_int
 from torch_ref.utils import append_dims, check_floating
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -107,8 +108,8 @@ def sample_timesteps_uniform(
     generator: Optional[torch.Generator], batch_size: int, num_timesteps: int, *, device=None
 ) -> torch.Tensor:
     """Draw ``t ~ U{0, ..., num_timesteps - 1}``, int64 ``[batch_size]``, from ``generator``."""
-    batch_size = spec.validate.check_int("batch_size", batch_size, minimum=1)
-    num_timesteps = spec.validate.check_int("num_timesteps", num_timesteps, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    num_timesteps = check_int("num_timesteps", num_timesteps, minimum=1)
     return torch.randint(0, num_timesteps, (batch_size,), generator=generator, device=device)
 
 
@@ -159,7 +160,7 @@ class GaussianDiffusion:
             isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point
         ):
             raise TypeError(f"dtype must be a floating torch.dtype or None, got {self.dtype!r}")
-        axis = spec.validate.check_int("channel_axis", self.channel_axis)
+        axis = check_int("channel_axis", self.channel_axis)
         if axis == 0:
             raise ValueError("channel_axis must not be 0 (the batch axis)")
         object.__setattr__(self, "channel_axis", axis)
