@@ -1,0 +1,371 @@
+"""Probability-flow ODE sampling (``jax_impl/ode.py`` vs ``torch_ref/ode.py``).
+
+Checks: fixed-step solvers jax == torch == a float64 numpy oracle (written here from
+``spec.oracles``); adaptive dopri5 jax vs torch within the solver tolerance; the samples
+of the exact-score ODE reproduce the Gaussian mixture; the measured convergence orders of
+euler / heun / rk4 on a closed-form ODE; true NFE counts; jit / vmap / grad behaviour;
+argument errors raised before anything is traced through the score.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jax_impl import gmm as jgmm
+from jax_impl import ode as jode
+from jax_impl import sde as jsde
+from parity_tests.helpers import to_np, tol
+from spec.oracles import gmm as gmm_oracle
+from spec.oracles import sde as osde
+from torch_ref import gmm as tgmm
+from torch_ref import ode as tode
+from torch_ref import sde as tsde
+
+MIX = gmm_oracle.demo_mixture()
+KINDS = {
+    "vp": (jsde.VPSDE, tsde.VPSDE),
+    "ve": (jsde.VESDE, tsde.VESDE),
+    "subvp": (jsde.subVPSDE, tsde.subVPSDE),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors: one thread avoids OpenMP contention on the shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _pair(kind, **kw):
+    jcls, tcls = KINDS[kind]
+    return jcls(**kw), tcls(**kw)
+
+
+def _scores(js, ts, mixture=MIX):
+    return jgmm.score_fn_for_sde(js, mixture), tgmm.score_fn_for_sde(ts, mixture)
+
+
+# ------------------------------------------------------------------ numpy oracle
+
+
+def _np_score(cfg, mixture, x, t):
+    m, s = osde.marginal_prob(cfg, np.ones((1, 1)), np.array([t]))
+    return mixture.perturbed(m[0, 0], s[0]).score(x)
+
+
+def _np_drift(cfg, mixture, x, t):
+    f, g = osde.sde(cfg, x, np.full(len(x), t))
+    return f - 0.5 * g[:, None] ** 2 * _np_score(cfg, mixture, x, t)
+
+
+def _np_solve(cfg, mixture, x, method, n, t0, t1):
+    """Independent float64 Euler / Heun / RK4 on ``linspace(t0, t1, n + 1)``."""
+    f = lambda y, t: _np_drift(cfg, mixture, y, t)  # noqa: E731
+    grid = np.linspace(t0, t1, n + 1)
+    for t, tn in zip(grid[:-1], grid[1:]):
+        h = tn - t
+        if method == "euler":
+            x = x + h * f(x, t)
+        elif method == "heun":
+            k1 = f(x, t)
+            x = x + h / 2 * (k1 + f(x + h * k1, tn))
+        else:
+            k1 = f(x, t)
+            k2 = f(x + h / 2 * k1, t + h / 2)
+            k3 = f(x + h / 2 * k2, t + h / 2)
+            k4 = f(x + h * k3, tn)
+            x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return x
+
+
+def _np_denoise(cfg, mixture, x, eps):
+    """score_sde's reverse-diffusion predictor mean at eps: x - (f - G^2 score)."""
+    f, G = osde.discretize(cfg, x, np.full(len(x), eps))
+    return x - (f - G[:, None] ** 2 * _np_score(cfg, mixture, x, eps))
+
+
+# ------------------------------------------------------------------ mixture check
+
+
+def assert_reproduces_mixture(x, mixture, *, n_se=4.0, what=""):
+    """Means, covariances and component weights (mean responsibilities) of samples ``x``
+    match ``mixture`` within ``n_se`` Monte-Carlo standard errors, estimated from ``x``
+    itself (SE of a mean: sd / sqrt(n); of a covariance entry: the sd of the centred
+    products / sqrt(n); of a weight: the sd of the responsibilities / sqrt(n)).
+    4 SE over 8 statistics: a false alarm has probability < 1e-3 for an exact sampler.
+    """
+    x = np.asarray(x, np.float64)
+    n, D = x.shape
+    dx = x - x.mean(0)
+    se_mean = dx.std(0) / math.sqrt(n)
+    prods = (dx[:, :, None] * dx[:, None, :]).reshape(n, D * D)
+    cov = prods.mean(0).reshape(D, D)
+    se_cov = prods.std(0).reshape(D, D) / math.sqrt(n)
+    r = mixture.responsibilities(x)
+    se_w = r.std(0) / math.sqrt(n)
+    checks = [
+        ("mean", x.mean(0), mixture.mean, se_mean),
+        ("cov", cov, mixture.cov, se_cov),
+        ("weights", r.mean(0), mixture.weights, se_w),
+    ]
+    for name, got, want, se in checks:
+        err = np.abs(got - want)
+        assert np.all(err <= n_se * se), (
+            f"{what}: {name} {got.round(4).tolist()} vs exact {np.round(want, 4).tolist()}; "
+            f"error / SE = {(err / se).round(2).tolist()}"
+        )
+
+
+# -------------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize("kind,methods", [
+    ("vp", ("euler", "heun", "rk4")),
+    ("ve", ("euler", "heun", "rk4")),
+    ("subvp", ("rk4",)),
+])
+def test_fixed_step_three_way_float64(kind, methods, np_rng):
+    js, ts = _pair(kind)
+    jscore, tscore = _scores(js, ts)
+    z = np_rng.standard_normal((6, 2))
+    eps, n = 1e-3, 6
+    for method in methods:
+        for denoise in (False, True):
+            run = jax.jit(lambda z, m=method, d=denoise: jode.ode_sample(
+                None, js, jscore, z.shape, method=m, num_steps=n, eps=eps, denoise=d, z=z))
+            xj, nj = run(jnp.asarray(z))
+            xt, nt = tode.ode_sample(ts, tscore, z.shape, method=method, num_steps=n, eps=eps,
+                                     denoise=denoise, z=torch.as_tensor(z))
+            xo = _np_solve(js, MIX, np.asarray(js.prior_from_noise(z)), method, n, 1.0, eps)
+            if denoise:
+                xo = _np_denoise(js, MIX, xo, eps)
+            expected_nfe = {"euler": 1, "heun": 2, "rk4": 4}[method] * n + int(denoise)
+            assert int(nj) == nt == expected_nfe
+            what = f"{kind} {method} denoise={denoise}"
+            np.testing.assert_allclose(to_np(xj), to_np(xt), rtol=1e-9, atol=1e-12, err_msg=what)
+            np.testing.assert_allclose(to_np(xj), xo, rtol=1e-9, atol=1e-12, err_msg=what)
+
+
+def test_fixed_step_parity_float32(np_rng):
+    js, ts = _pair("vp")
+    jscore, tscore = _scores(js, ts)
+    z = np_rng.standard_normal((16, 2)).astype(np.float32)
+    xj, _ = jax.jit(lambda z: jode.ode_sample(None, js, jscore, z.shape, method="rk4",
+                                              num_steps=10, z=z))(jnp.asarray(z))
+    xt, _ = tode.ode_sample(ts, tscore, z.shape, method="rk4", num_steps=10, z=torch.as_tensor(z))
+    assert xj.dtype == jnp.float32 and xt.dtype == torch.float32
+    # 40 score evaluations in float32 through a Cholesky each: 10x the one-op tolerance.
+    t32 = tol(np.float32)
+    np.testing.assert_allclose(to_np(xj), to_np(xt), rtol=10 * t32["rtol"], atol=10 * t32["atol"])
+
+
+@pytest.mark.parametrize("kind", ["vp", "ve"])
+def test_dopri5_jax_vs_torch_within_tolerance(kind, np_rng):
+    js, ts = _pair(kind)
+    jscore, tscore = _scores(js, ts)
+    z = np_rng.standard_normal((32, 2))
+    tight, loose = 1e-10, 1e-7
+
+    def jrun(method, r):
+        return jax.jit(lambda z: jode.ode_sample(None, js, jscore, z.shape, method=method,
+                                                 rtol=r, atol=r, z=z, max_steps=20000))(jnp.asarray(z))
+
+    ref, _ = jrun("dopri5", tight)
+    xj, _ = jrun("dopri5", loose)
+    xs, _ = jrun("tsit5", loose)
+    xt, _ = tode.ode_sample(ts, tscore, z.shape, method="dopri5", rtol=loose, atol=loose,
+                            z=torch.as_tensor(z))
+    # rtol = atol bounds the local error per step; over the ~100-300 steps to eps, where
+    # the mixture's score sharpens, the global error measured is 10-30x that: allow 100x.
+    bound = 100 * loose
+    for name, x in (("jax dopri5", xj), ("jax tsit5", xs), ("torch dopri5", xt)):
+        err = np.abs(to_np(x) - to_np(ref)).max()
+        assert err < bound, f"{kind} {name}: max error {err:.2e} vs tight reference"
+    assert np.abs(to_np(xj) - to_np(xt)).max() < bound
+
+
+def test_nfe_counts_true_evaluations(np_rng):
+    """The reported NFE equals the number of score evaluations actually run."""
+    js, ts = _pair("vp")
+    jscore, tscore = _scores(js, ts)
+    z = np_rng.standard_normal((8, 2))
+    calls = [0]
+
+    def bump():
+        calls[0] += 1
+
+    def counted_jscore(x, t):
+        jax.debug.callback(bump)
+        return jscore(x, t)
+
+    for method in ("dopri5", "tsit5"):
+        calls[0] = 0
+        x, nfe = jax.jit(lambda z, m=method: jode.ode_sample(
+            None, js, counted_jscore, z.shape, method=m, z=z, denoise=True))(jnp.asarray(z))
+        jax.block_until_ready(x)
+        jax.effects_barrier()
+        assert int(nfe) == calls[0], method
+
+    tcalls = [0]
+
+    def counted_tscore(x, t):
+        tcalls[0] += 1
+        return tscore(x, t)
+
+    for method, n in (("dopri5", None), ("heun", 5)):
+        tcalls[0] = 0
+        _, nfe = tode.ode_sample(ts, counted_tscore, z.shape, method=method, num_steps=n,
+                                 z=torch.as_tensor(z))
+        assert nfe == tcalls[0], method
+
+
+# ----------------------------------------------------------- exact answers
+
+
+@pytest.mark.parametrize("kind,method,dtype", [
+    ("vp", "dopri5", jnp.float64),
+    ("ve", "rk4", jnp.float32),
+])
+def test_ode_samples_reproduce_mixture(kind, method, dtype):
+    js, _ = _pair(kind)
+    jscore = jgmm.score_fn_for_sde(js, MIX)
+    num_steps = 100 if method == "rk4" else None
+    x, _ = jax.jit(lambda key: jode.ode_sample(key, js, jscore, (2000, 2), method=method,
+                                               num_steps=num_steps, dtype=dtype))(
+        jax.random.PRNGKey(1))
+    assert x.dtype == dtype
+    assert_reproduces_mixture(x, MIX, what=f"{kind} {method}")
+
+
+def test_convergence_orders_on_closed_form_ode():
+    """Gaussian data N(mu, s0^2 I) under VP: p_t = N(m_t mu, v_t I), v_t = m_t^2 s0^2 + std_t^2,
+    and the probability-flow ODE keeps (x - m_t mu) / sqrt(v_t) constant, so
+    x_eps = m_eps mu + sqrt(v_eps / v_T) (x_T - m_T mu) exactly. The slope of log(error)
+    vs log(step) must be the order: 1 (euler), 2 (heun), 4 (rk4)."""
+    mu, s0, eps = np.array([0.7, -0.4]), 0.5, 1e-3
+    gauss = gmm_oracle.GaussianMixture(np.ones(1), mu[None], (s0**2 * np.eye(2))[None])
+    js = jsde.VPSDE()
+    score = jgmm.score_fn_for_sde(js, gauss)
+    z = np.random.default_rng(3).standard_normal((4, 2))
+    (m_T, m_e), (s_T, s_e) = osde.marginal_prob(js, np.ones((2, 1)), np.array([1.0, eps]))
+    m_T, m_e = m_T[0], m_e[0]
+    v_T, v_e = m_T**2 * s0**2 + s_T**2, m_e**2 * s0**2 + s_e**2
+    exact = m_e * mu + np.sqrt(v_e / v_T) * (z - m_T * mu)
+
+    def solve_all(method, counts):
+        # one program for all step counts (one compile per method)
+        def run(z):
+            return [jode.ode_sample(None, js, score, z.shape, method=method, num_steps=n,
+                                    eps=eps, z=z)[0] for n in counts]
+        return [np.abs(to_np(x) - exact).max() for x in jax.jit(run)(jnp.asarray(z))]
+
+    for method, order, counts in (("euler", 1, (50, 100, 200)), ("heun", 2, (25, 50, 100)),
+                                  ("rk4", 4, (12, 24, 48))):
+        errs = solve_all(method, counts)
+        slope = -np.polyfit(np.log(counts), np.log(errs), 1)[0]
+        assert abs(slope - order) < 0.35, f"{method}: errors {errs}, observed order {slope:.2f}"
+
+
+# --------------------------------------------------------- jit / vmap / grad
+
+
+def _param_score(sde, theta):
+    """The exact mixture score with all means scaled by ``theta`` (a tiny parametric model)."""
+    def score_fn(x, t):
+        mean, std = sde.marginal_prob(jnp.ones_like(x), t)
+        return jgmm.gmm_score(x, MIX.weights, theta * jnp.asarray(MIX.means), MIX.covs,
+                              mean[:, 0], std)
+    return score_fn
+
+
+def test_no_recompile_on_new_key_or_params_and_vmap():
+    js = jsde.VPSDE()
+    traces = []
+
+    @jax.jit
+    def run(key, theta):
+        traces.append(None)  # runs once per trace
+        return jode.ode_sample(key, js, _param_score(js, theta), (16, 2), method="heun",
+                               num_steps=4, dtype=jnp.float64)[0]
+
+    k1, k2 = jax.random.PRNGKey(0), jax.random.PRNGKey(1)
+    a = run(k1, jnp.float64(1.0))
+    b = run(k2, jnp.float64(1.0))
+    c = run(k1, jnp.float64(0.8))
+    assert len(traces) == 1 and run._cache_size() == 1
+    assert not np.allclose(a, b) and not np.allclose(a, c)
+    stacked = jax.vmap(run, in_axes=(0, None))(jnp.stack([k1, k2]), jnp.float64(1.0))
+    np.testing.assert_allclose(stacked, np.stack([a, b]), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["rk4", pytest.param("dopri5", marks=pytest.mark.slow)])
+def test_grad_of_sample_statistic_matches_finite_differences(method):
+    """d/dtheta mean(ode_sample) through lax.scan (rk4) or diffrax's
+    RecursiveCheckpointAdjoint (dopri5), vs a central difference in float64."""
+    js = jsde.VPSDE()
+    z = jnp.asarray(np.random.default_rng(5).standard_normal((8, 2)))
+    kw = dict(num_steps=10) if method == "rk4" else dict(rtol=1e-10, atol=1e-10)
+
+    def stat(theta):
+        x, _ = jode.ode_sample(None, js, _param_score(js, theta), z.shape, method=method, z=z, **kw)
+        return jnp.mean(x[:, 0] + 2.0 * x[:, 1] ** 2)
+
+    theta0, h = 0.9, 1e-4
+    g = jax.jit(jax.grad(stat))(jnp.float64(theta0))
+    f = jax.jit(stat)
+    fd = (f(jnp.float64(theta0 + h)) - f(jnp.float64(theta0 - h))) / (2 * h)
+    # FD truncation ~h^2 |f'''| ~ 1e-8; adaptive step-size changes between theta +- h add
+    # ~rtol / h ~ 1e-6 relative noise to the dopri5 difference.
+    rtol = 1e-6 if method == "rk4" else 1e-4
+    np.testing.assert_allclose(float(g), float(fd), rtol=rtol)
+
+
+# ------------------------------------------------------------------- errors
+
+
+def _never_called(x, t):
+    raise AssertionError("score_fn must not be evaluated for invalid arguments")
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(method="rk45"), ValueError, "valid choices: 'euler', 'heun', 'rk4', 'dopri5', 'tsit5'"),
+    (dict(method="dopri5", rtol=0.0), ValueError, "rtol must be > 0"),
+    (dict(method="dopri5", rtol=-1e-3), ValueError, "rtol must be > 0"),
+    (dict(method="dopri5", atol=-1.0), ValueError, "atol"),
+    (dict(method="rk4"), ValueError, "num_steps is required"),
+    (dict(method="rk4", num_steps=0), ValueError, "num_steps must be >= 1"),
+    (dict(method="dopri5", num_steps=10), ValueError, "num_steps applies to the fixed-step"),
+    (dict(eps=0.0), ValueError, r"eps must lie in the open interval \(0, T\)"),
+    (dict(eps=1.0), ValueError, r"eps must lie in the open interval \(0, T\)"),
+    (dict(z=np.zeros((5, 2))), ValueError, r"z must have shape \(4, 2\)"),
+    (dict(max_steps=0), ValueError, "max_steps must be >= 1"),
+])
+def test_bad_arguments_raise_before_compilation(kwargs, exc, match):
+    js, ts = _pair("vp")
+    shape = (4, 2)
+    with pytest.raises(exc, match=match):
+        jax.jit(lambda key: jode.ode_sample(key, js, _never_called, shape, **kwargs))(
+            jax.random.PRNGKey(0))
+    tkwargs = {k: (torch.as_tensor(v) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
+    with pytest.raises(exc, match=match):
+        tode.ode_sample(ts, _never_called, shape, **tkwargs)
+
+
+def test_bad_sde_shape_and_torch_tsit5():
+    js, ts = _pair("vp")
+    with pytest.raises(TypeError, match="sde must be"):
+        jode.ode_sample(jax.random.PRNGKey(0), object(), _never_called, (4, 2))
+    with pytest.raises(ValueError, match="shape must be"):
+        jode.ode_sample(jax.random.PRNGKey(0), js, _never_called, (4,))
+    with pytest.raises(TypeError, match="rng must be a jax.random key"):
+        jode.ode_sample(None, js, _never_called, (4, 2))
+    with pytest.raises(ValueError, match="valid torch methods: 'euler', 'heun', 'rk4', 'dopri5'"):
+        tode.ode_sample(ts, _never_called, (4, 2), method="tsit5")
