@@ -145,6 +145,9 @@ def _prepare(rng, diffusion, model_fn, shape, x_T, noise, dtype, *, needs_noise:
     _check_diffusion(diffusion)
     _check_model_fn(model_fn)
     shape = _check_shape(shape)
+    for name, a in (("x_T", x_T), ("noise", noise)):
+        if a is not None:
+            check_floating(name, a)
     dtype = _resolve_dtype(dtype, x_T, noise)
     K = diffusion.num_timesteps
     if x_T is not None:
