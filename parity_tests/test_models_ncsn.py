@@ -191,6 +191,31 @@ def test_pools_match_torch(np_rng):
                                F.avg_pool2d(xt, 5, 1, 2).numpy(), rtol=1e-6, atol=1e-6)
 
 
+def test_init_follows_official_distributions():
+    """Fresh weights as the official code draws them, on both sides: conv kernels and
+    biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch default), InstanceNorm++ scales
+    N(1, 0.02) and zero beta, conditional embeddings (gamma, alpha) ~ N(1, 0.02), beta 0."""
+    C, L = 16, 7
+    x = jnp.zeros((1, 5, 5, C), jnp.float32)
+    conv = jax.jit(jl.Conv2d(32, 3, 1).init)(jax.random.PRNGKey(1), x)["params"]
+    tconv = tl.conv3x3(C, 32)
+    bound = 1 / np.sqrt(9 * C)
+    for k, t in ((conv["kernel"], tconv.weight), (conv["bias"], tconv.bias)):
+        for a in (np.asarray(k), to_np(t)):
+            assert np.abs(a).max() <= bound and np.abs(a).max() > 0.9 * bound
+            assert abs(a.std() - bound / np.sqrt(3)) < 0.15 * bound
+    norm = jl.InstanceNorm2dPlus().init(jax.random.PRNGKey(2), x)["params"]
+    tnorm = tl.InstanceNorm2dPlus(C)
+    for a in (np.asarray(norm["alpha"]), np.asarray(norm["gamma"]), to_np(tnorm.alpha), to_np(tnorm.gamma)):
+        assert abs(a.mean() - 1) < 0.03 and 0.005 < a.std() < 0.04
+    assert not np.asarray(norm["beta"]).any() and not to_np(tnorm.beta).any()
+    cond = jl.ConditionalInstanceNorm2dPlus(L).init(jax.random.PRNGKey(3), x, jnp.zeros((1,), jnp.int32))
+    for emb in (np.asarray(cond["params"]["embed"]["embedding"]), to_np(tl.ConditionalInstanceNorm2dPlus(C, L).embed.weight)):
+        assert emb.shape == (L, 3 * C)
+        assert abs(emb[:, :2 * C].mean() - 1) < 0.01 and 0.01 < emb[:, :2 * C].std() < 0.03
+        assert not emb[:, 2 * C:].any()
+
+
 # --------------------------------------------------------------- network parity
 
 CASES = {

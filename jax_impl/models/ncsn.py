@@ -125,7 +125,13 @@ class CondRefineNetDilated(nn.Module):
     config: NCSNConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, y: jax.Array, train: bool = False) -> jax.Array:
+        """Score ``[B, H, W, C]`` of ``x [B, H, W, C]`` at integer noise levels ``y [B]``.
+
+        ``train`` is accepted for the uniform model interface; the network has no
+        dropout or batch statistics, so it changes nothing.
+        """
+        del train
         cfg = self.config
         if not isinstance(cfg, NCSNConfig):
             raise TypeError(f"config must be an NCSNConfig, got {type(cfg).__name__}")
