@@ -24,11 +24,10 @@ from torch_ref.models import registry as treg
 SMALL = DDPMConfig(image_size=8, num_channels=3, nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
                    dropout=0.1, resamp_with_conv=True, conditional=True, centered=False)
 CONFIGS = {
-    "conv_resample_uncentered": SMALL,
-    "pool_resample_centered_attn_top": dataclasses.replace(
-        SMALL, resamp_with_conv=False, centered=True, attn_resolutions=(8,), nonlinearity="elu"),
-    "unconditional_scale_by_sigma": dataclasses.replace(
-        SMALL, conditional=False, scale_by_sigma=True, num_scales=10, image_size=16, num_channels=1),
+    "conv_resample_conditional": SMALL,
+    "pool_resample_unconditional_scale_by_sigma": dataclasses.replace(
+        SMALL, resamp_with_conv=False, centered=True, attn_resolutions=(8,), nonlinearity="elu",
+        conditional=False, scale_by_sigma=True, num_scales=10, num_channels=1),
 }
 
 
@@ -71,7 +70,7 @@ def test_ddpm_cifar10_parameter_count_both_sides():
 
 
 def test_ddpm_bad_inputs_raise_before_compute():
-    config = CONFIGS["conv_resample_uncentered"]
+    config = CONFIGS["conv_resample_conditional"]
     fm, tm = jddpm.DDPM(config), tddpm.DDPM(config)
     netutils.check_bad_inputs_flax(fm, config, [
         ((2, 8, 8, 1), (2,), "x has 1 channels"),

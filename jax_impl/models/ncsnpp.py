@@ -187,7 +187,8 @@ class NCSNpp(nn.Module):
             temb = modules[m](jnp.log(labels.astype(jnp.float32)))
             m += 1
         else:
-            used_sigmas = jnp.asarray(cfg.sigmas)[labels.astype(jnp.int32)]
+            # score_sde looks sigma up here even without scale_by_sigma: only when needed.
+            used_sigmas = jnp.asarray(cfg.sigmas)[labels.astype(jnp.int32)] if cfg.scale_by_sigma else None
             temb = get_timestep_embedding(labels, cfg.nf)
         if cfg.conditional:
             temb = modules[m](temb)

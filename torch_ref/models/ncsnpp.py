@@ -162,7 +162,8 @@ class NCSNpp(nn.Module):
             temb = modules[m](torch.log(labels.to(torch.float32)))
             m += 1
         else:
-            used_sigmas = self.sigmas[labels.long()]
+            # score_sde looks sigma up here even without scale_by_sigma: only when needed.
+            used_sigmas = self.sigmas[labels.long()] if cfg.scale_by_sigma else None
             temb = get_timestep_embedding(labels, cfg.nf)
         if cfg.conditional:
             temb = temb.to(modules[m].weight.dtype)
