@@ -17,6 +17,9 @@ variance types, x_0 clipping) comes from ``GaussianDiffusion.p_mean_variance``.
   ``eta = 0`` is deterministic (the DDIM ODE), ``eta = 1`` has DDPM's posterior variance.
 * DDIM reverse step (the same update run forward in time, eta = 0):
       x_{t+1} = sqrt(abar_{t+1}) x0_hat(x_t, t) + sqrt(1 - abar_{t+1}) eps(x_t, t).
+  ``ddim_invert`` runs it on the mirror of ``ddim_sample``'s grid (abar = 1 -> abar_0 ->
+  ... -> abar_{K-1}) so that its output decodes back to x_0, optionally refining each step
+  by fixed-point iterations of the implicit equation ``ddim_step(x_t) = x_{t-1}``.
 
 Layout: pure step functions take the noise ``z`` (``ddpm_step``, ``ddim_step``,
 ``ddim_reverse_step``); the drivers (``ddpm_sample``, ``ddim_sample``, ``ddim_invert``) run
