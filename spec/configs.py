@@ -192,7 +192,8 @@ class DiffusionConfig:
             ("loss_type", LossType),
         ):
             object.__setattr__(self, name, _coerce_enum(name, getattr(self, name), cls))
-        # Validate the respacing string now, not at first use.
+        # Validate the schedule and the respacing string now, not at first use.
+        self.base_betas  # noqa: B018
         self.use_timesteps  # noqa: B018
 
     @property

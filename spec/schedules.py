@@ -36,7 +36,13 @@ def get_named_beta_schedule(name: str, num_diffusion_timesteps: int) -> np.ndarr
     check_choice("noise_schedule", name, ("linear", "cosine"))
     if name == "linear":
         scale = 1000.0 / T
-        return np.linspace(scale * 1e-4, scale * 0.02, T, dtype=np.float64)
+        betas = np.linspace(scale * 1e-4, scale * 0.02, T, dtype=np.float64)
+        if betas.max() >= 1.0:
+            raise ValueError(
+                "the linear schedule's betas reach 0.02 * 1000 / T >= 1 for "
+                f"num_diffusion_timesteps={T}: use T > 20 (or T = 1), or the cosine schedule"
+            )
+        return betas
     return betas_for_alpha_bar(
         T, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2, max_beta=0.999
     )
