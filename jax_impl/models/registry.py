@@ -69,7 +69,7 @@ def example_inputs(config, batch: int = 1, dtype=jnp.float32) -> tuple[jax.Array
 def init_variables(config, rng: jax.Array) -> dict:
     """Freshly initialised variables (``'params'`` and, with Fourier features, ``'constants'``)."""
     model = create_model(config)
-    return model.init({"params": rng}, *example_inputs(config))
+    return jax.jit(model.init)({"params": rng}, *example_inputs(config))
 
 
 def variable_shapes(config) -> dict:
