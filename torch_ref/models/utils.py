@@ -1,0 +1,74 @@
+"""Score adapters: a network's output -> the score ``grad_x log p_t(x)`` (score_sde semantics).
+
+Twin: ``jax_impl/models/utils.py`` (its docstring tabulates the labels per SDE).
+
+``get_model_fn(model, train=False)`` switches the module to train / eval mode and calls
+it; ``get_score_fn(sde, model_fn, *, continuous)`` returns ``score_fn(x, t)``:
+VP continuous and sub-VP feed ``999 t`` and return ``-out / std(t)``; VP discrete feeds
+``t (N - 1)`` and divides by ``sqrt(1 - abar_i)``, ``i = int(t (N - 1))`` (truncation, as
+score_sde's ``labels.long()``); VE continuous feeds ``sigma(t)``, VE discrete the integer
+``round((T - t)(N - 1))`` (label 0 = sigma_max), and returns the output as the score.
+``t`` may be a scalar or ``[B]``; data may have any rank ``[B, ...]``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+import spec
+from torch_ref.utils import append_dims, check_score_inputs
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def get_model_fn(model: torch.nn.Module, train: bool = False) -> ModelFn:
+    """``model_fn(x, labels)``: ``model.train()`` (dropout on) or ``model.eval()``, then ``model(x, labels)``."""
+
+    def model_fn(x, labels):
+        model.train(train)
+        return model(x, labels)
+
+    return model_fn
+
+
+def _batch_t(x, t):
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+
+def get_score_fn(sde, model_fn: ModelFn, *, continuous: bool) -> ScoreFn:
+    """``score_fn(x, t) -> score [B, ...]`` for a VPSDE / subVPSDE / VESDE."""
+    if not isinstance(continuous, bool):
+        raise TypeError(f"continuous must be a bool, got {type(continuous).__name__}")
+
+    if isinstance(sde, spec.VPSDEConfig):  # VP and sub-VP
+        def score_fn(x, t):
+            check_score_inputs(x, t, sde.T)
+            t = _batch_t(x, t)
+            if continuous or isinstance(sde, spec.subVPSDEConfig):
+                labels = t * 999
+                std = sde.marginal_prob(torch.zeros_like(x), t)[1]
+            else:
+                labels = t * (sde.N - 1)
+                table = torch.as_tensor(sde.sqrt_1m_alphas_cumprod, dtype=x.dtype, device=x.device)
+                std = table[sde.discrete_index(t)]
+            out = model_fn(x, labels)
+            return -out / append_dims(std.to(out.dtype), out.ndim)
+
+    elif isinstance(sde, spec.VESDEConfig):
+        def score_fn(x, t):
+            check_score_inputs(x, t, sde.T)
+            t = _batch_t(x, t)
+            if continuous:
+                labels = sde.marginal_prob(torch.zeros_like(x), t)[1]
+            else:
+                labels = torch.round((sde.T - t) * (sde.N - 1)).long()
+            return model_fn(x, labels)
+
+    else:
+        raise TypeError(f"get_score_fn: unsupported SDE type {type(sde).__name__}; "
+                        "expected VPSDE, subVPSDE or VESDE")
+    return score_fn
