@@ -276,8 +276,8 @@ def _integrate(fn, y0, t0: float, t1: float, method: str, num_steps, rtol, atol,
     sol = diffrax.diffeqsolve(
         term,
         solver,
-        t0=t0,
-        t1=t1,
+        t0=jnp.asarray(t0, dtype),  # typed times: diffrax promotes y to the time dtype
+        t1=jnp.asarray(t1, dtype),
         dt0=None,
         y0=y0,
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),

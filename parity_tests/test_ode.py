@@ -231,7 +231,7 @@ def test_nfe_counts_true_evaluations(np_rng):
 
 
 @pytest.mark.parametrize("kind,method,dtype", [
-    ("vp", "dopri5", jnp.float64),
+    ("vp", "dopri5", jnp.float32),  # float32 state with x64 on: diffrax must keep float32
     ("ve", "rk4", jnp.float32),
 ])
 def test_ode_samples_reproduce_mixture(kind, method, dtype):
