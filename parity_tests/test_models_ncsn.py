@@ -251,10 +251,11 @@ def torch_fwd_and_grad(tmodel, x, y, w, dtype):
     return to_np(out), to_np(xt.grad)
 
 
-# The gradient budget: each float32 implementation is 2e-5 to 6e-5 (relative to the
-# largest entry) from the float64 gradient of these deep nets (measured); the float64
-# comparison below shows the formulas agree to 1e-13.
-GRAD_REL = 2e-4
+# The float32 gradient budget. These deep nets amplify float32 rounding in their input
+# gradients: measured against the float64 gradient, each float32 implementation is off by
+# 2e-5 to 1.1e-4 of the largest entry, and XLA:CPU's figure varies between processes.
+# That the formulas agree exactly is shown in float64 (gradients to ~1e-13) below.
+GRAD_REL = 5e-4
 
 
 @pytest.mark.parametrize("case", ["ncsn_v1", "ncsnv2_32px", "ncsnv2_128"])
@@ -288,19 +289,24 @@ def test_network_parity(case, np_rng):
         assert max_rel(nchw(np.asarray(out2))[::-1], out_j) > 1e-3
 
 
-@pytest.mark.parametrize("case", ["ncsn_v1", "ncsnv2_256"])
-def test_network_parity_float64_forward(case, np_rng):
-    """The same formulas: in float64 the two sides agree to rounding (1e-10)."""
+@pytest.mark.parametrize("case,with_grad", [("ncsn_v1", False), ("ncsnv2_32px", True), ("ncsnv2_256", False)])
+def test_network_parity_float64(case, with_grad, np_rng):
+    """The same formulas: in float64 the two sides agree to rounding (1e-10), outputs and
+    (for the 32 px NCSNv2: max-pool CRP, mean-pool and dilated stages) input gradients."""
     jmodel, tmodel, variables = converted(case)
     cfg = jmodel.config
-    x = np_rng.uniform(size=(2, cfg.num_channels, cfg.image_size, cfg.image_size))
+    shape = (2, cfg.num_channels, cfg.image_size, cfg.image_size)
+    x, w = np_rng.uniform(size=shape), np_rng.normal(size=shape)
     y = np.array([cfg.num_scales - 1, 1])
-    with torch.no_grad():
-        want = to_np(copy.deepcopy(tmodel).double()(torch.from_numpy(x), torch.from_numpy(y)))
+    want_out, want_grad = torch_fwd_and_grad(tmodel, x, y, w, torch.float64)
     v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
-    got = jax.jit(jmodel.apply)(v64, jnp.asarray(nhwc(x)), jnp.asarray(y))
-    assert got.dtype == jnp.float64
-    assert max_rel(nchw(np.asarray(got)), want) < 1e-10
+    if with_grad:
+        out, grad = fwd_and_grad(jmodel)(v64, jnp.asarray(nhwc(x)), jnp.asarray(y), jnp.asarray(nhwc(w)))
+        assert max_rel(nchw(np.asarray(grad)), want_grad) < 1e-10
+    else:
+        out = jax.jit(jmodel.apply)(v64, jnp.asarray(nhwc(x)), jnp.asarray(y))
+    assert out.dtype == jnp.float64
+    assert max_rel(nchw(np.asarray(out)), want_out) < 1e-10
 
 
 # ------------------------------------------------------------------ parameter counts
