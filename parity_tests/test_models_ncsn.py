@@ -3,7 +3,9 @@
 Small networks (ngf 8, 16x16 or 32x32 images, batch 2); the torch weights are random
 and perturbed (no zero-initialised beta or embedding column can hide a mismatch),
 converted to flax through the explicit key table, and both sides are compared in
-float32 (outputs and input gradients of a scalar loss), the JAX side under ``jax.jit``.
+float32 (outputs and input gradients of a scalar loss, each also against the torch
+float64 result) and in float64 (to rounding), the JAX side under ``jax.jit``.
+InstanceNorm++ is checked against a float64 numpy oracle of its formula.
 """
 
 from __future__ import annotations
