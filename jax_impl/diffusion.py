@@ -132,23 +132,6 @@ def sample_timesteps_uniform(key: jax.Array, batch_size: int, num_timesteps: int
 # ------------------------------------------------------------------------- tables
 
 
-def _derived_tables(tables: spec.DiffusionTables) -> dict[str, np.ndarray]:
-    """float64 tables used at run time: the spec tables plus those derived from them."""
-    out = dict(tables.as_dict())
-    betas = tables.betas
-    post_var = tables.posterior_variance
-    # FIXED_LARGE: beta_t, but beta~_1 at t = 0 for a better decoder likelihood.
-    fixed_large = np.append(post_var[1], betas[1:]) if len(betas) > 1 else betas.copy()
-    out["fixed_large_variance"] = fixed_large
-    out["fixed_large_log_variance"] = np.log(fixed_large)
-    out["log_betas"] = np.log(betas)
-    out["one_minus_alphas_cumprod"] = 1.0 - tables.alphas_cumprod
-    # x_0 from the posterior mean: x_0 = (mu - coef2 x_t) / coef1.
-    out["recip_posterior_mean_coef1"] = 1.0 / tables.posterior_mean_coef1
-    out["posterior_mean_coef2_over_coef1"] = tables.posterior_mean_coef2 / tables.posterior_mean_coef1
-    return out
-
-
 def _normalize_dtype(dtype):
     if dtype is None:
         return None
@@ -192,7 +175,7 @@ class GaussianDiffusion:
         if axis == 0:
             raise ValueError("channel_axis must not be 0 (the batch axis)")
         object.__setattr__(self, "channel_axis", axis)
-        object.__setattr__(self, "_tables", _derived_tables(self.config.tables()))
+        object.__setattr__(self, "_tables", self.config.tables().runtime_tables())
 
     # -- properties ------------------------------------------------------------
     @property

@@ -239,6 +239,26 @@ class DiffusionTables:
             if isinstance(getattr(self, f.name), np.ndarray)
         }
 
+    def runtime_tables(self) -> dict[str, np.ndarray]:
+        """``as_dict()`` plus the float64 tables the samplers and losses index at run time.
+
+        ``fixed_large_variance`` is improved-diffusion's FIXED_LARGE choice
+        ``[beta~_1, beta_1, ..., beta_{T-1}]`` (beta~_1 at t = 0 for a better decoder
+        likelihood; ``betas[0]`` when T = 1); ``recip_posterior_mean_coef1`` and
+        ``posterior_mean_coef2_over_coef1`` recover x_0 from a posterior mean:
+        ``x_0 = (mu - coef2 x_t) / coef1``.
+        """
+        out = dict(self.as_dict())
+        betas, post_var = self.betas, self.posterior_variance
+        fixed_large = np.append(post_var[1], betas[1:]) if len(betas) > 1 else betas.copy()
+        out["fixed_large_variance"] = fixed_large
+        out["fixed_large_log_variance"] = np.log(fixed_large)
+        out["log_betas"] = np.log(betas)
+        out["one_minus_alphas_cumprod"] = 1.0 - self.alphas_cumprod
+        out["recip_posterior_mean_coef1"] = 1.0 / self.posterior_mean_coef1
+        out["posterior_mean_coef2_over_coef1"] = self.posterior_mean_coef2 / self.posterior_mean_coef1
+        return out
+
 
 def diffusion_tables(
     betas: np.ndarray,
