@@ -42,12 +42,12 @@ the Hutchinson probe from ``split(rng)[1]`` unless given (``epsilon=``); ``bits_
 draws its dequantization noise from ``split(rng)[0]`` and hands ``split(rng)[1]`` on.
 
 NFE (number of score evaluations, returned with every result): fixed-step solvers
-``evals_per_step * num_steps`` (a Python int); adaptive ones (a traced int32)
-``6 * num_steps + 1`` (7-stage first-same-as-last pairs: 6 new stages per attempted step
-plus the first stage of the first step), plus one more for each rejection of the very
-first step, which diffrax re-evaluates (rare: the count is then one short per such
-rejection; it is exact whenever the first attempted step is accepted). With ``denoise``,
-one more. For ``likelihood`` one "evaluation" is one call of the augmented vector field,
+``evals_per_step * num_steps`` (a Python int); adaptive ones (a traced int32, from
+diffrax's ``stats``) ``6 * num_steps + 1``: 7-stage first-same-as-last pairs evaluate 6
+new stages per attempted step, plus the first stage of the first step. diffrax
+re-evaluates that first stage after each rejection of the very first step, so the
+reported count is one short per such rejection (rare; exact whenever the first attempted
+step is accepted, as the tests check by counting). With ``denoise``, one more. For ``likelihood`` one "evaluation" is one call of the augmented vector field,
 i.e. one score evaluation together with its divergence.
 """
 
@@ -62,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_impl.sde import VESDE, VPSDE, subVPSDE
-from jax_impl.utils import append_dims, check_floating, is_concrete
+from jax_impl.utils import check_floating, is_concrete
 from spec.validate import check_choice, check_float, check_int
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]

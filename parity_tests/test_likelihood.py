@@ -169,16 +169,31 @@ def test_likelihood_equals_exact_mixture_log_density(kind):
 def test_likelihood_dopri5_jax_vs_torch_within_tolerance():
     js, ts = _pair("vp")
     x = MIX.sample(np.random.default_rng(2), 16)[0]
-    jl, _, _ = jax.jit(lambda x: jode.likelihood(None, js, jgmm.score_fn_for_sde(js, MIX), x,
-                                                 rtol=1e-6, atol=1e-6))(jnp.asarray(x))
-    tl, _, tn = tode.likelihood(ts, tgmm.score_fn_for_sde(ts, MIX), torch.as_tensor(x),
-                                rtol=1e-6, atol=1e-6)
+    jscore, tscore = jgmm.score_fn_for_sde(js, MIX), tgmm.score_fn_for_sde(ts, MIX)
+    calls = [0, 0]
+
+    def bump():
+        calls[0] += 1
+
+    def jcounted(y, t):
+        jax.debug.callback(bump)  # runs once per evaluation of the augmented field
+        return jscore(y, t)
+
+    def tcounted(y, t):
+        calls[1] += 1
+        return tscore(y, t)
+
+    jl, _, jn = jax.jit(lambda x: jode.likelihood(None, js, jcounted, x, rtol=1e-6, atol=1e-6))(
+        jnp.asarray(x))
+    jax.block_until_ready(jl)
+    jax.effects_barrier()
+    tl, _, tn = tode.likelihood(ts, tcounted, torch.as_tensor(x), rtol=1e-6, atol=1e-6)
+    assert int(jn) == calls[0] and tn == calls[1]  # true NFE on both sides
     exact = _perturbed(js, MIX, 1e-5).log_prob(x)
     # both within their global error (~100 x tol, see test_ode) of each other, and of the
     # exact p_eps up to the prior mismatch (< 1e-2, see above)
     np.testing.assert_allclose(to_np(jl), to_np(tl), rtol=0, atol=1e-4)
     np.testing.assert_allclose(to_np(tl), exact, rtol=0, atol=1e-2)
-    assert tn > 0
 
 
 def test_hutchinson_likelihood_is_unbiased():
