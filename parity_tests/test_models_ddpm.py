@@ -16,7 +16,7 @@ import torch
 from jax_impl.models import ddpm as jddpm
 from jax_impl.models import registry as jreg
 from parity_tests import netutils
-from spec.model_configs import PRESETS, DDPMConfig
+from spec.model_configs import PRESETS, DDPMConfig, from_score_sde_config
 from torch_ref import convert as tconv
 from torch_ref.models import ddpm as tddpm
 from torch_ref.models import registry as treg
@@ -90,3 +90,33 @@ def test_ddpm_bad_inputs_raise_before_compute():
         DDPMConfig(nonlinearity="gelu")
     with pytest.raises(ValueError, match="image_size 12 must be divisible"):
         DDPMConfig(image_size=12)
+
+
+def test_ddpm_from_score_sde_config_matches_preset():
+    official = {  # score_sde vp/ddpm/cifar10 config.to_dict(), abridged to the relevant parts
+        "training": {"sde": "vpsde", "continuous": False, "reduce_mean": True},
+        "data": {"dataset": "CIFAR10", "image_size": 32, "random_flip": True, "centered": True,
+                 "uniform_dequantization": False, "num_channels": 3},
+        "model": {"sigma_min": 0.01, "sigma_max": 50, "num_scales": 1000, "beta_min": 0.1, "beta_max": 20.0,
+                  "dropout": 0.1, "embedding_type": "fourier", "name": "ddpm", "scale_by_sigma": False,
+                  "ema_rate": 0.9999, "normalization": "GroupNorm", "nonlinearity": "swish", "nf": 128,
+                  "ch_mult": [1, 2, 2, 2], "num_res_blocks": 2, "attn_resolutions": [16],
+                  "resamp_with_conv": True, "conditional": True},
+    }
+    config = from_score_sde_config(official)
+    assert config == PRESETS["vp/ddpm/cifar10"] and isinstance(config, DDPMConfig)
+    assert hash(config) == hash(PRESETS["vp/ddpm/cifar10"])  # usable as a jit static argument
+    official["model"]["name"] = "unet"
+    with pytest.raises(ValueError, match="unknown config\\['model'\\]\\['name'\\] 'unet'"):
+        from_score_sde_config(official)
+
+
+def test_registry_names_and_presets():
+    for reg in (jreg, treg):
+        assert reg.config_from_name("vp/ddpm/cifar10", image_size=64) == dataclasses.replace(
+            PRESETS["vp/ddpm/cifar10"], image_size=64)
+        assert reg.config_from_name("ddpm", nf=64) == DDPMConfig(nf=64)
+        with pytest.raises(ValueError, match="unknown model name 'unet'"):
+            reg.get_model_class("unet")
+    assert type(jreg.create_model(SMALL)) is jddpm.DDPM
+    assert type(treg.create_model(SMALL, device="meta")) is tddpm.DDPM
