@@ -19,7 +19,9 @@ import torch  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One torch thread per test process: pytest-xdist runs one process per core, and torch's
+# intra-op threads on a loaded 2-core machine made small ops 10-50x slower.
+torch.set_num_threads(1)
 
 
 
