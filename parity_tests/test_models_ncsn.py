@@ -11,7 +11,8 @@ InstanceNorm++ is checked against a float64 numpy oracle of its formula.
 from __future__ import annotations
 
 import copy
-import dataclasses
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,7 @@ from jax_impl.models import ncsn as jncsn
 from jax_impl.models import ncsn_layers as jl
 from jax_impl.models import ncsnv2 as jv2
 from parity_tests.helpers import to_np
+from spec import ncsn_configs
 from torch_ref.convert import flatten_paths, flax_to_torch, torch_to_flax
 from torch_ref.models import ncsn as tncsn
 from torch_ref.models import ncsn_layers as tl
@@ -74,22 +76,28 @@ def fwd_and_grad(model):
     return jax.jit(f)
 
 
-# ---------------------------------------------------------------- mirror of the data
+# -------------------------------------------------------------- one copy of the data
 
 
-def test_plans_and_configs_mirror():
-    assert {k: dataclasses.asdict(v) for k, v in jl.REFINENET_PLANS.items()} == \
-        {k: dataclasses.asdict(v) for k, v in tl.REFINENET_PLANS.items()}
-    for name in jl.REFINENET_PLANS:
-        assert jl.REFINENET_PLANS[name].refines(8) == tuple(
-            jl.Refine(**dataclasses.asdict(r)) for r in tl.REFINENET_PLANS[name].refines(8))
-    pairs = [(jv2.NCSNv2Config, tv2.NCSNv2Config), (jncsn.NCSNConfig, tncsn.NCSNConfig)]
-    for jc, tc in pairs:
-        assert [(f.name, f.default) for f in dataclasses.fields(jc)] == \
-            [(f.name, f.default) for f in dataclasses.fields(tc)]
-    assert dataclasses.asdict(jv2.NCSNV2_CIFAR10) == dataclasses.asdict(tv2.NCSNV2_CIFAR10)
-    assert dataclasses.asdict(jncsn.NCSN_MNIST) == dataclasses.asdict(tncsn.NCSN_MNIST)
-    assert dataclasses.asdict(jncsn.NCSN_CIFAR10) == dataclasses.asdict(tncsn.NCSN_CIFAR10)
+def test_configs_and_plans_live_once_in_spec():
+    """Both sides re-export the very objects of ``spec.ncsn_configs`` (one copy of the data)."""
+    shared = {
+        (jl, tl): ("ACTIVATIONS", "INSTANCE_NORM_EPS", "Stage", "Refine", "RefineNetPlan", "REFINENET_PLANS",
+                   "lookup_config"),
+        (jncsn, tncsn): ("NCSNConfig", "NCSN_CIFAR10", "NCSN_MNIST", "NCSN_PLAN", "NORMALIZATIONS"),
+        (jv2, tv2): ("NCSNv2Config", "NCSNV2_CIFAR10", "NCSNV2_NAMES", "SIGMA_DISTS", "NORMALIZATIONS"),
+    }
+    for (jmod, tmod), names in shared.items():
+        for name in names:
+            assert getattr(jmod, name) is getattr(tmod, name) is getattr(ncsn_configs, name), name
+    # The data itself: ermongroup/ncsnv2 ``NCSNv2`` wires refine1 = RefineBlock([2ngf], 2ngf,
+    # start), refine2 = ([2ngf, 2ngf], 2ngf), refine3 = ([2ngf, 2ngf], ngf), refine4 =
+    # ([ngf, ngf], ngf, end), reading stages res4, res3, res2, res1.
+    R = ncsn_configs.Refine
+    assert ncsn_configs.REFINENET_PLANS["ncsnv2_64"].refines(8) == (
+        R("refine1", 3, (16,), 16, True, False), R("refine2", 2, (16, 16), 16, False, False),
+        R("refine3", 1, (16, 16), 8, False, False), R("refine4", 0, (8, 8), 8, False, True))
+    assert [p.down_factor for p in ncsn_configs.REFINENET_PLANS.values()] == [2, 4, 8]
     hash(jv2.NCSNV2_CIFAR10), hash(jncsn.NCSN_CIFAR10)  # jit-static
     # The preset's ladder is the official float32 buffer: 50 -> 0.01 geometric, L = 232.
     sig = jv2.NCSNV2_CIFAR10.sigmas
@@ -506,7 +514,7 @@ def test_bad_x_dtype_and_configs(tiny_models):
         jm.apply(variables, jnp.zeros((2, 8, 8, 3), jnp.int32), jnp.array([0, 1]))
     with pytest.raises(TypeError, match="x must have a floating dtype"):
         tm(torch.zeros(2, 3, 8, 8, dtype=torch.int64), torch.tensor([0, 1]))
-    for cfg_cls in (jv2.NCSNv2Config, tv2.NCSNv2Config):
+    for cfg_cls in (ncsn_configs.NCSNv2Config,):
         with pytest.raises(ValueError, match="not divisible by 4"):
             cfg_cls(name="ncsnv2_128", image_size=18)
         with pytest.raises(ValueError, match="unknown name"):
@@ -519,7 +527,9 @@ def test_bad_x_dtype_and_configs(tiny_models):
             cfg_cls(nonlinearity="gelu")
         with pytest.raises(ValueError, match="unknown normalization"):
             cfg_cls(normalization="GroupNorm")
-    for cfg_cls in (jncsn.NCSNConfig, tncsn.NCSNConfig):
+        with pytest.raises(ValueError, match="unknown sigma_dist"):
+            cfg_cls(sigma_dist="cosine")
+    for cfg_cls in (ncsn_configs.NCSNConfig,):
         with pytest.raises(ValueError, match="not divisible by 2"):
             cfg_cls(image_size=15)
         with pytest.raises(TypeError, match="num_scales must be an integer"):
@@ -528,3 +538,26 @@ def test_bad_x_dtype_and_configs(tiny_models):
         jv2.key_table(jncsn.NCSN_CIFAR10)
     with pytest.raises(TypeError, match="NCSNConfig"):
         tncsn.CondRefineNetDilated(tv2.NCSNV2_CIFAR10)
+
+
+def test_ncsn_configs_import_with_jax_and_torch_blocked():
+    """``spec.ncsn_configs`` is numpy/stdlib only: it imports, builds and reads every config
+    and plan with jax, torch and flax imports blocked."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('jax', 'jaxlib', 'torch', 'flax'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import spec.ncsn_configs as c\n"
+        "assert c.NCSNV2_CIFAR10.sigmas.shape == (232,) and c.NCSN_MNIST.sigmas.shape == (10,)\n"
+        "assert [len(p.refines(4)) for p in c.REFINENET_PLANS.values()] == [4, 5, 6]\n"
+        "assert c.NCSNv2Config.from_score_sde_config({'model': {'name': 'ncsnv2_128', 'nf': 8,\n"
+        "    'num_scales': 3, 'sigma_min': 0.1, 'sigma_max': 1.0}, 'data': {'image_size': 96,\n"
+        "    'num_channels': 3}}).name == 'ncsnv2_128'\n"
+        "assert not any(m.split('.')[0] in ('jax', 'jaxlib', 'torch', 'flax') for m in sys.modules)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"

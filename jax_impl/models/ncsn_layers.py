@@ -11,13 +11,16 @@ entry ``res1.0`` is the submodule ``res1_0``, a convolution's ``weight`` (OIHW) 
 ``kernel`` (HWIO), an embedding's ``weight`` is ``embed/embedding``. Convolutions are
 written with explicit padding and PyTorch's default initialisation
 (``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for kernel and bias), never flax ``'SAME'``.
+
+The layout tables (``Stage``, ``Refine``, ``RefineNetPlan``, ``REFINENET_PLANS``),
+``ACTIVATIONS``, ``INSTANCE_NORM_EPS`` and ``lookup_config`` are framework-neutral data
+defined once in ``spec/ncsn_configs.py`` and re-exported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -25,6 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_impl.utils import check_floating, is_concrete
+from spec.ncsn_configs import (  # noqa: F401  (re-exported: configs and layouts live once in spec)
+    ACTIVATIONS,
+    INSTANCE_NORM_EPS,
+    REFINENET_PLANS,
+    Refine,
+    RefineNetPlan,
+    Stage,
+    lookup_config,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -60,10 +72,6 @@ __all__ = [
     "RefineNetPlan",
     "REFINENET_PLANS",
 ]
-
-ACTIVATIONS = ("elu", "relu", "lrelu", "swish")
-INSTANCE_NORM_EPS = 1e-5
-
 
 def get_act(nonlinearity: str) -> Callable[[jax.Array], jax.Array]:
     """The activation named in ``config.model.nonlinearity`` (lrelu has slope 0.2)."""
@@ -546,98 +554,3 @@ def check_inputs(x, y, *, image_size: int, num_channels: int, num_scales: int) -
         if yv.min() < 0 or yv.max() >= num_scales:
             raise ValueError(f"y must lie in [0, num_scales) = [0, {num_scales}), got values in "
                              f"[{yv.min()}, {yv.max()}]")
-
-
-def lookup_config(cfg: Any, dotted: str, default: Any = dataclasses.MISSING) -> Any:
-    """``cfg["model"]["ngf"]`` for ``dotted="model.ngf"``, for nested mappings or attribute
-    objects (argparse namespaces, ml_collections); ``KeyError`` naming the entry if absent
-    and no ``default`` is given."""
-    node = cfg
-    for part in dotted.split("."):
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif not isinstance(node, Mapping) and hasattr(node, part):
-            node = getattr(node, part)
-        else:
-            if default is dataclasses.MISSING:
-                raise KeyError(f"config has no entry {dotted!r}")
-            return default
-    return node
-
-
-# ------------------------------------------------------------------ RefineNet plans
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """One residual stage: two blocks ``name_0, name_1``; ``mult`` times ngf channels;
-    the first block has ``resample`` (``None`` or ``"down"``); both use ``dilation``."""
-
-    name: str
-    mult: int
-    resample: str | None
-    dilation: int | None
-
-
-@dataclasses.dataclass(frozen=True)
-class Refine:
-    """One RefineNet block: ``name``, the stage it reads, its input widths and output width."""
-
-    name: str
-    stage_index: int
-    in_planes: tuple[int, ...]
-    features: int
-    start: bool
-    end: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class RefineNetPlan:
-    """The stage layout of an NCSN-family RefineNet; refine blocks run deepest first.
-
-    Refine block ``k`` reads stage ``s = n-1-k`` (and the previous refine output, same
-    width) and outputs the width of stage ``s-1`` (stage 0's for the last one).
-    """
-
-    stages: tuple[Stage, ...]
-    refine_names: tuple[str, ...]
-
-    @property
-    def down_factor(self) -> int:
-        """Total downsampling: 2 per non-dilated ``"down"`` stage."""
-        return 2 ** sum(1 for s in self.stages if s.resample == "down" and s.dilation is None)
-
-    def channels(self, ngf: int) -> tuple[int, ...]:
-        return tuple(s.mult * ngf for s in self.stages)
-
-    def refines(self, ngf: int) -> tuple[Refine, ...]:
-        ch = self.channels(ngf)
-        n = len(self.stages)
-        out = []
-        for k, name in enumerate(self.refine_names):
-            s = n - 1 - k
-            in_planes = (ch[s],) if k == 0 else (ch[s], ch[s])
-            out.append(Refine(name, s, in_planes, ch[max(s - 1, 0)], k == 0, s == 0))
-        return tuple(out)
-
-
-# NCSN v1 ``CondRefineNetDilated`` and NCSNv2 (score_sde ``ncsnv2_64``) share the first
-# layout; NCSNv2Deeper = ``ncsnv2_128``; NCSNv2Deepest = ``ncsnv2_256``.
-REFINENET_PLANS: dict[str, RefineNetPlan] = {
-    "ncsnv2_64": RefineNetPlan(
-        stages=(Stage("res1", 1, None, None), Stage("res2", 2, "down", None),
-                Stage("res3", 2, "down", 2), Stage("res4", 2, "down", 4)),
-        refine_names=("refine1", "refine2", "refine3", "refine4"),
-    ),
-    "ncsnv2_128": RefineNetPlan(
-        stages=(Stage("res1", 1, None, None), Stage("res2", 2, "down", None),
-                Stage("res3", 2, "down", None), Stage("res4", 4, "down", 2), Stage("res5", 4, "down", 4)),
-        refine_names=("refine1", "refine2", "refine3", "refine4", "refine5"),
-    ),
-    "ncsnv2_256": RefineNetPlan(
-        stages=(Stage("res1", 1, None, None), Stage("res2", 2, "down", None),
-                Stage("res3", 2, "down", None), Stage("res31", 2, "down", None),
-                Stage("res4", 4, "down", 2), Stage("res5", 4, "down", 4)),
-        refine_names=("refine1", "refine2", "refine31", "refine3", "refine4", "refine5"),
-    ),
-}
