@@ -5,6 +5,7 @@ bad input."""
 from __future__ import annotations
 
 import itertools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -154,11 +155,11 @@ def np_pc_sample(cfg, score_fn, prior_noise, pred_noise, corr_noise, predictor, 
 # ----------------------------------------------------------------------- per-step parity
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-@pytest.mark.parametrize("predictor,probability_flow", PREDICTOR_MODES)
-def test_predictor_step_three_way(kind, predictor, probability_flow, np_rng):
-    if not supported(kind, predictor, probability_flow):
-        pytest.skip("ancestral sampling: VE/VP only, no probability flow (tested in errors)")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind,predictor,probability_flow", [
+    (kind, p, pf) for kind in KINDS for p, pf in PREDICTOR_MODES if supported(kind, p, pf)])
+def test_predictor_step_three_way(kind, predictor, probability_flow, dtype, np_rng):
+    """One step, jax (jit) == torch == numpy float64 oracle, to the dtype's tolerance."""
     jsd, tsd = make_pair(kind, 50)
     x = np_rng.standard_normal(IMG)
     z = np_rng.standard_normal(IMG)
@@ -166,31 +167,37 @@ def test_predictor_step_three_way(kind, predictor, probability_flow, np_rng):
     t = np.array([1.0, 0.01, 0.0]) if kind != "ve" else np.array([1.0, 0.37, 0.0])
     jp = js.get_predictor(predictor, probability_flow=probability_flow)
     tp = ts.get_predictor(predictor, probability_flow=probability_flow)
-    j_out = jax.jit(lambda x, t, z: jp.step(jsd, j_iso_score(jsd), x, t, z))(x, t, z)
-    t_out = tp.step(tsd, t_iso_score(tsd), *(torch.as_tensor(a) for a in (x, t, z)))
-    o_out = np_predictor(predictor, jsd, np_iso_score(jsd), x, t, z, probability_flow)
+    args = [a.astype(dtype) for a in (x, t, z)]
+    j_out = jax.jit(lambda x, t, z: jp.step(jsd, j_iso_score(jsd), x, t, z))(*args)
+    t_out = tp.step(tsd, t_iso_score(tsd), *(torch.as_tensor(a) for a in args))
+    o_out = np_predictor(predictor, jsd, np_iso_score(jsd), *(a.astype(np.float64) for a in args),
+                         probability_flow)
     for a, b, c in zip(j_out, t_out, o_out):
-        np.testing.assert_allclose(to_np(a), to_np(b), **tol(np.float64))
-        np.testing.assert_allclose(to_np(a), c, **tol(np.float64))
+        assert to_np(a).dtype == to_np(b).dtype == dtype
+        np.testing.assert_allclose(to_np(a), to_np(b), **tol(dtype))
+        np.testing.assert_allclose(to_np(a), c, **tol(dtype))
     if predictor != "none":
         assert not np.allclose(to_np(j_out[1]), x)  # the step moved
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("corrector", ["langevin", "ald"])
-def test_corrector_step_three_way(kind, corrector, np_rng):
+def test_corrector_step_three_way(kind, corrector, dtype, np_rng):
     jsd, tsd = make_pair(kind, 50)
     x = np_rng.standard_normal(IMG)
     z = np_rng.standard_normal((2, *IMG))
     t = np.full(IMG[0], 0.41)
     jc = js.get_corrector(corrector, snr=0.2, n_steps=2)
     tc = ts.get_corrector(corrector, snr=0.2, n_steps=2)
-    j_out = jax.jit(lambda x, t, z: jc.step(jsd, j_iso_score(jsd), x, t, z))(x, t, z)
-    t_out = tc.step(tsd, t_iso_score(tsd), *(torch.as_tensor(a) for a in (x, t, z)))
-    o_out = np_corrector(corrector, jsd, np_iso_score(jsd), x, t, z, 0.2)
+    args = [a.astype(dtype) for a in (x, t, z)]
+    j_out = jax.jit(lambda x, t, z: jc.step(jsd, j_iso_score(jsd), x, t, z))(*args)
+    t_out = tc.step(tsd, t_iso_score(tsd), *(torch.as_tensor(a) for a in args))
+    o_out = np_corrector(corrector, jsd, np_iso_score(jsd), *(a.astype(np.float64) for a in args), 0.2)
     for a, b, c in zip(j_out, t_out, o_out):
-        np.testing.assert_allclose(to_np(a), to_np(b), **tol(np.float64))
-        np.testing.assert_allclose(to_np(a), c, **tol(np.float64))
+        assert to_np(a).dtype == to_np(b).dtype == dtype
+        np.testing.assert_allclose(to_np(a), to_np(b), **tol(dtype))
+        np.testing.assert_allclose(to_np(a), c, **tol(dtype))
 
 
 def test_langevin_step_size_is_snr_rule_with_batch_mean_norms(np_rng):
@@ -530,3 +537,61 @@ def test_grid_is_official_linspace():
     N = 50
     idx = (grids.pc_timesteps(N, 1e-3) * (N - 1)).astype(int)
     np.testing.assert_array_equal(idx[:-1], np.arange(N - 1, 0, -1))
+
+
+def test_samplers_module_re_exports_every_sampler():
+    """``samplers`` is the public entry module: the discrete, ODE and fast samplers of the
+    other modules are re-exported (same objects), on both sides."""
+    import importlib
+
+    for side, mod in (("jax_impl", js), ("torch_ref", ts)):
+        for module, names in (("samplers_discrete", ("ddpm_sample", "ddim_sample", "ddim_invert")),
+                              ("fast_samplers", ("edm_heun_sample", "dpm_solver_pp_sample")),
+                              ("ode", ("ode_sample",))):
+            try:
+                other = importlib.import_module(f"{side}.{module}")
+            except ModuleNotFoundError:
+                continue
+            for name in names:
+                assert getattr(mod, name) is getattr(other, name) and name in mod.__all__
+        for name in mod.__all__:
+            assert hasattr(mod, name)
+
+
+_SHARDING_SCRIPT = """
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["JAX_PLATFORMS"] = "cpu"
+import jax, numpy as np
+jax.config.update("jax_enable_x64", True)
+from jax.sharding import NamedSharding, PartitionSpec as P
+from jax_impl import samplers, sde
+assert len(jax.devices()) == 2
+vp = sde.VPSDE(N=25)
+def score(x, t):
+    a, s = vp.marginal_prob(x * 0 + 1, t)
+    return -(x - 0.3 * a) / (0.49 * a**2 + s[:, None] ** 2)
+rng = np.random.default_rng(0)
+prior, pn, cn = rng.standard_normal((8, 2)), rng.standard_normal((25, 8, 2)), rng.standard_normal((25, 1, 8, 2))
+f = jax.jit(lambda a, b, c: samplers.pc_sample_from_noise(vp, score, a, b, c)[0])
+mesh = jax.make_mesh((2,), ("data",))
+put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))
+one = np.asarray(f(prior, pn, cn))
+two = f(put(prior, P("data")), put(pn, P(None, "data")), put(cn, P(None, None, "data")))
+assert len(two.sharding.device_set) == 2
+print(float(np.max(np.abs(np.asarray(two) - one))))
+"""
+
+
+def test_langevin_batch_norms_are_global_under_sharding():
+    """The Langevin step size uses batch-mean norms over the GLOBAL batch: the same run
+    with its batch sharded over 2 (host) devices gives the same samples (a per-shard mean
+    would change every step). Runs in a subprocess, which needs its own XLA flags."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT], capture_output=True, text=True,
+                          env=env, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.strip().splitlines()[-1]) < 1e-12

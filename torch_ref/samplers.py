@@ -32,6 +32,15 @@ CORRECTORS = ("langevin", "ald", "none")
 """score_sde's corrector names, as accepted by ``get_corrector`` and ``pc_sample``."""
 
 
+__all__ = [
+    "PREDICTORS", "CORRECTORS",
+    "EulerMaruyamaPredictor", "ReverseDiffusionPredictor", "AncestralSamplingPredictor",
+    "NonePredictor", "LangevinCorrector", "AnnealedLangevinCorrector", "NoneCorrector",
+    "get_predictor", "get_corrector", "pc_components", "pc_nfe", "pc_noise_shapes",
+    "stack_step_noise", "pc_loop", "pc_sample", "pc_sample_from_noise",
+    "ald_step", "ald_nfe", "ald_sample", "ald_sample_from_noise", "check_shape",
+]
+
 # ------------------------------------------------------------------------------ helpers
 
 
@@ -556,8 +565,11 @@ def _optional_module(name: str) -> bool:
 
 
 if _optional_module("torch_ref.samplers_discrete"):
-    from torch_ref.samplers_discrete import ddim_invert, ddim_sample, ddpm_sample  # noqa: F401,E402
+    from torch_ref.samplers_discrete import ddim_invert, ddim_sample, ddpm_sample  # noqa: E402
+    __all__ += ["ddpm_sample", "ddim_sample", "ddim_invert"]
 if _optional_module("torch_ref.fast_samplers"):
-    from torch_ref.fast_samplers import dpm_solver_pp_sample, edm_heun_sample  # noqa: F401,E402
+    from torch_ref.fast_samplers import dpm_solver_pp_sample, edm_heun_sample  # noqa: E402
+    __all__ += ["edm_heun_sample", "dpm_solver_pp_sample"]
 if _optional_module("torch_ref.ode"):
-    from torch_ref.ode import ode_sample  # noqa: F401,E402
+    from torch_ref.ode import ode_sample  # noqa: E402
+    __all__ += ["ode_sample"]
