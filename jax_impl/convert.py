@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_impl.models import registry
+from jax_impl.models.ncsnv2 import from_ncsnv2  # noqa: F401  (re-exported next to from_score_sde)
 from torch_ref import convert as _core
 from torch_ref.convert import (  # noqa: F401  (re-exported)
     KeyMap,

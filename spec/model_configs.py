@@ -13,7 +13,8 @@ the nested dict of an official ``config.to_dict()``. Configs validate themselves
 construction (a bad field raises ``TypeError``/``ValueError`` naming it and, for choices,
 listing the valid values), are hashable and can be ``jax.jit`` static arguments.
 
-``PRESETS`` holds the official CIFAR-10 architectures of score_sde_pytorch.
+``PRESETS`` holds the official CIFAR-10 architectures of score_sde_pytorch (NCSNv2's
+config class lives in ``spec.ncsn_configs``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from spec.ncsn_configs import NCSNV2_CIFAR10, NCSNV2_NAMES, NCSNv2Config
 from spec.validate import check_choice, check_float, check_int
 
 NONLINEARITIES = ("elu", "relu", "lrelu", "swish")
@@ -322,10 +324,13 @@ class MLPConfig:
         return 4 * self.embedding_dim
 
 
-_CONFIG_CLASSES = types.MappingProxyType({"ddpm": DDPMConfig, "ncsnpp": NCSNppConfig})
+_CONFIG_CLASSES = types.MappingProxyType({
+    "ddpm": DDPMConfig, "ncsnpp": NCSNppConfig,
+    **{name: NCSNv2Config for name in NCSNV2_NAMES},  # config.model.name picks the layout
+})
 
 
-def from_score_sde_config(config: Mapping[str, Any]) -> ModelConfig:
+def from_score_sde_config(config: Mapping[str, Any]) -> "ModelConfig | NCSNv2Config":
     """The config class named by ``config["model"]["name"]`` built from score_sde's dict."""
     if not isinstance(config, Mapping) or not isinstance(config.get("model"), Mapping):
         raise TypeError("config must be a nested dict with a 'model' entry (score_sde's config.to_dict())")
@@ -356,7 +361,7 @@ def _ncsnpp(num_res_blocks: int) -> NCSNppConfig:
 
 
 #: Official score_sde_pytorch CIFAR-10 architectures, by config path.
-PRESETS: Mapping[str, ModelConfig] = types.MappingProxyType({
+PRESETS: Mapping[str, Any] = types.MappingProxyType({
     "vp/ddpm/cifar10": DDPMConfig(
         centered=True, nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
         dropout=0.1, resamp_with_conv=True, conditional=True, scale_by_sigma=False,
@@ -366,6 +371,7 @@ PRESETS: Mapping[str, ModelConfig] = types.MappingProxyType({
     "subvp/cifar10_ddpmpp_deep_continuous": _ddpmpp(8),
     "ve/cifar10_ncsnpp_continuous": _ncsnpp(4),
     "ve/cifar10_ncsnpp_deep_continuous": _ncsnpp(8),
+    "ve/ncsnv2/cifar10": NCSNV2_CIFAR10,
 })
 
 

@@ -540,8 +540,9 @@ def ncsnpp_key_table(config) -> KeyTable:
 
 
 def key_table(config) -> KeyTable:
-    """The key table of the network a config describes (MLP, DDPM or NCSN++)."""
+    """The key table of the network a config describes (MLP, DDPM, NCSN++, NCSN, NCSNv2)."""
     from spec.model_configs import DDPMConfig, MLPConfig, NCSNppConfig
+    from spec.ncsn_configs import NCSNConfig, NCSNv2Config
 
     if isinstance(config, MLPConfig):
         return mlp_key_table(config)
@@ -549,20 +550,41 @@ def key_table(config) -> KeyTable:
         return ddpm_key_table(config)
     if isinstance(config, NCSNppConfig):
         return ncsnpp_key_table(config)
-    raise TypeError(f"no key table for config type {type(config).__name__}; "
-                    "expected MLPConfig, DDPMConfig or NCSNppConfig")
+    # The NCSN modules import this one: import their tables lazily.
+    if isinstance(config, NCSNConfig):
+        from torch_ref.models.ncsn import key_table as ncsn_key_table
+
+        return ncsn_key_table(config)
+    if isinstance(config, NCSNv2Config):
+        from torch_ref.models.ncsnv2 import key_table as ncsnv2_key_table
+
+        return ncsnv2_key_table(config)
+    raise TypeError(f"no key table for config type {type(config).__name__}; expected MLPConfig, "
+                    "DDPMConfig, NCSNppConfig, NCSNConfig or NCSNv2Config")
+
+
+def from_ncsnv2(checkpoint, config, *, weights: str | None = None):
+    """The torch NCSNv2 module of an ermongroup/ncsnv2 checkpoint (see
+    ``torch_ref.models.ncsnv2.from_ncsnv2``; re-exported here next to ``from_score_sde``)."""
+    from torch_ref.models.ncsnv2 import from_ncsnv2 as _from_ncsnv2
+
+    return _from_ncsnv2(checkpoint, config, weights=weights)
 
 
 def derived_buffers(config) -> dict[str, np.ndarray]:
     """Buffers the torch module holds but flax recomputes from the config.
 
     score_sde's image networks hold ``sigmas`` (float64, decreasing; see
-    ``spec.model_configs.get_sigmas``); the MLP holds none.
+    ``spec.model_configs.get_sigmas``), NCSNv2 a float32 ``sigmas``; the MLP and NCSN v1
+    hold none.
     """
     from spec.model_configs import ModelConfig
+    from spec.ncsn_configs import NCSNv2Config
 
     if isinstance(config, ModelConfig):
         return {"sigmas": config.sigmas}
+    if isinstance(config, NCSNv2Config):  # ermongroup/ncsnv2 keeps a float32 buffer
+        return {"sigmas": np.asarray(config.sigmas, np.float32)}
     return {}
 
 

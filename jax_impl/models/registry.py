@@ -1,8 +1,9 @@
 """Thin name -> (config class, model class) map for the command line, and model helpers.
 
 Twin: ``torch_ref/models/registry.py``. Library code chooses models by config type
-(``create_model(config)``); the names only serve the CLI. The NCSN / NCSNv2 networks are
-added here by their module's owner (``ncsn``, ``ncsnv2``) when they land.
+(``create_model(config)``); the names only serve the CLI. The NCSNv2 names
+(``ncsnv2_64``, ``ncsnv2_128``, ``ncsnv2_256``) share one class; the config's ``name``
+field picks the layout.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import numpy as np
 
 from jax_impl.models.ddpm import DDPM
 from jax_impl.models.mlp import MLP
+from jax_impl.models.ncsn import CondRefineNetDilated
 from jax_impl.models.ncsnpp import NCSNpp
+from jax_impl.models.ncsnv2 import NCSNv2
 from spec.model_configs import PRESETS, DDPMConfig, MLPConfig, NCSNppConfig
+from spec.ncsn_configs import NCSNV2_NAMES, NCSNConfig, NCSNv2Config
 from spec.validate import check_choice
 
 #: model name (score_sde's ``config.model.name``) -> (config class, flax module class)
@@ -24,6 +28,8 @@ MODELS = types.MappingProxyType({
     "mlp": (MLPConfig, MLP),
     "ddpm": (DDPMConfig, DDPM),
     "ncsnpp": (NCSNppConfig, NCSNpp),
+    "ncsn": (NCSNConfig, CondRefineNetDilated),
+    **{name: (NCSNv2Config, NCSNv2) for name in NCSNV2_NAMES},
 })
 
 
@@ -46,7 +52,10 @@ def config_from_name(name: str, **overrides):
 
     if name in PRESETS:
         return dataclasses.replace(PRESETS[name], **overrides)
-    return get_config_class(name)(**overrides)
+    config_cls = get_config_class(name)
+    if config_cls is NCSNv2Config:
+        overrides = {"name": name, **overrides}
+    return config_cls(**overrides)
 
 
 def create_model(config):
@@ -58,11 +67,14 @@ def create_model(config):
 
 
 def example_inputs(config, batch: int = 1, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
-    """Zero inputs of the right shape (NHWC images or ``[B, D]``) and unit labels ``[B]``."""
+    """Zero inputs of the right shape (NHWC images or ``[B, D]``) and labels ``[B]``: ones
+    (a time or sigma) for MLP / DDPM / NCSN++, noise-level index 0 (int32) for NCSN / NCSNv2."""
     if isinstance(config, MLPConfig):
         x = jnp.zeros((batch, config.data_dim), dtype)
     else:
         x = jnp.zeros((batch, config.image_size, config.image_size, config.num_channels), dtype)
+    if isinstance(config, (NCSNConfig, NCSNv2Config)):
+        return x, jnp.zeros((batch,), jnp.int32)
     return x, jnp.ones((batch,), dtype)
 
 

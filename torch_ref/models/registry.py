@@ -1,8 +1,9 @@
 """Thin name -> (config class, model class) map for the command line, and model helpers.
 
 Twin: ``jax_impl/models/registry.py``. Library code chooses models by config type
-(``create_model(config)``); the names only serve the CLI. The NCSN / NCSNv2 networks are
-added here by their module's owner (``ncsn``, ``ncsnv2``) when they land.
+(``create_model(config)``); the names only serve the CLI. The NCSNv2 names
+(``ncsnv2_64``, ``ncsnv2_128``, ``ncsnv2_256``) share one class; the config's ``name``
+field picks the layout.
 """
 
 from __future__ import annotations
@@ -13,16 +14,21 @@ import types
 import torch
 
 from spec.model_configs import PRESETS, DDPMConfig, MLPConfig, NCSNppConfig
+from spec.ncsn_configs import NCSNV2_NAMES, NCSNConfig, NCSNv2Config
 from spec.validate import check_choice
 from torch_ref.models.ddpm import DDPM
 from torch_ref.models.mlp import MLP
+from torch_ref.models.ncsn import CondRefineNetDilated
 from torch_ref.models.ncsnpp import NCSNpp
+from torch_ref.models.ncsnv2 import NCSNv2
 
 #: model name (score_sde's ``config.model.name``) -> (config class, torch module class)
 MODELS = types.MappingProxyType({
     "mlp": (MLPConfig, MLP),
     "ddpm": (DDPMConfig, DDPM),
     "ncsnpp": (NCSNppConfig, NCSNpp),
+    "ncsn": (NCSNConfig, CondRefineNetDilated),
+    **{name: (NCSNv2Config, NCSNv2) for name in NCSNV2_NAMES},
 })
 
 
@@ -42,7 +48,10 @@ def config_from_name(name: str, **overrides):
     """A preset (``PRESETS`` key) or a model name with default fields, with ``overrides``."""
     if name in PRESETS:
         return dataclasses.replace(PRESETS[name], **overrides)
-    return get_config_class(name)(**overrides)
+    config_cls = get_config_class(name)
+    if config_cls is NCSNv2Config:
+        overrides = {"name": name, **overrides}
+    return config_cls(**overrides)
 
 
 def create_model(config, device=None) -> torch.nn.Module:
