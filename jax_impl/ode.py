@@ -63,6 +63,7 @@ import numpy as np
 
 from jax_impl.sde import VESDE, VPSDE, subVPSDE
 from jax_impl.utils import check_floating, is_concrete
+from spec.grids import ode_time_grid  # noqa: F401  (re-exported)
 from spec.validate import check_choice, check_float, check_int
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -177,12 +178,6 @@ def _check_array(name: str, a, expected_shape, dtype) -> jax.Array:
 
 
 # ------------------------------------------------------------------ steps and grid
-
-
-def ode_time_grid(t_start: float, t_end: float, num_steps: int) -> np.ndarray:
-    """Uniform float64 grid ``linspace(t_start, t_end, num_steps + 1)`` of a fixed-step solve."""
-    num_steps = check_int("num_steps", num_steps, minimum=1)
-    return np.linspace(float(t_start), float(t_end), num_steps + 1, dtype=np.float64)
 
 
 def _axpy(y, h, k):

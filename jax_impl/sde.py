@@ -27,7 +27,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import spec
 from jax_impl.utils import append_dims, check_score_inputs

@@ -144,6 +144,14 @@ def test_bad_config_errors_name_the_argument(make, match):
         make()
 
 
+def test_vp_discrete_view_needs_n_above_beta_max():
+    cfg = spec.VPSDEConfig(N=10)  # the continuous SDE is fine with any N
+    assert cfg.N == 10
+    with pytest.raises(ValueError, match=r"discrete betas reach 2 >= 1.*need N > beta_max"):
+        cfg.discrete_betas
+    assert spec.VPSDEConfig(N=21).discrete_betas.max() < 1
+
+
 def test_configs_are_hashable_and_coerce_enums():
     cfg = spec.DiffusionConfig(model_var_type="learned_range", loss_type="RESCALED_MSE")
     assert cfg.model_var_type is spec.ModelVarType.LEARNED_RANGE

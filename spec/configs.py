@@ -100,8 +100,20 @@ class VPSDEConfig(SDEConfig):
 
     @property
     def discrete_betas(self) -> np.ndarray:
-        """DDPM betas ``linspace(beta_min/N, beta_max/N, N)``, float64 ``[N]``."""
-        return schedules.vp_discrete_betas(self.beta_min, self.beta_max, self.N)
+        """DDPM betas ``linspace(beta_min/N, beta_max/N, N)``, float64 ``[N]``.
+
+        The discrete (DDPM) view needs every beta < 1, i.e. ``N > beta_max``: raises
+        ``ValueError`` otherwise (the continuous SDE itself works for any ``N``).
+        """
+        betas = schedules.vp_discrete_betas(self.beta_min, self.beta_max, self.N)
+        if betas.max() >= 1.0:
+            raise ValueError(
+                f"{type(self).__name__}(beta_min={self.beta_min}, beta_max={self.beta_max}, "
+                f"N={self.N}): the discrete betas reach {betas.max():g} >= 1; the discrete "
+                "(DDPM) steps -- reverse_diffusion / ancestral predictors, Langevin step sizes, "
+                "discrete losses -- need N > beta_max"
+            )
+        return betas
 
     @property
     def alphas(self) -> np.ndarray:

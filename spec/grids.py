@@ -10,6 +10,7 @@ scan over these arrays (cast at use), the torch samplers loop over the same arra
     one step per row: the noise-level index ``i`` and step size
     ``alpha_i = step_lr * (sigma_i / sigma_L)^2``.
   * ``colorization_matrix``: score_sde's orthogonal 3x3 channel-decoupling matrix, exact.
+  * ``ode_time_grid``: the uniform grid of a fixed-step probability-flow ODE solve.
 """
 
 from __future__ import annotations
@@ -105,3 +106,9 @@ def colorization_matrix() -> np.ndarray:
         [1.0 / s3, 1.0 / s6, 1.0 / s2],
         [1.0 / s3, 1.0 / s6, -1.0 / s2],
     ], dtype=np.float64)
+
+
+def ode_time_grid(t_start: float, t_end: float, num_steps: int) -> np.ndarray:
+    """Uniform float64 grid ``linspace(t_start, t_end, num_steps + 1)`` of a fixed-step solve."""
+    num_steps = check_int("num_steps", num_steps, minimum=1)
+    return np.linspace(float(t_start), float(t_end), num_steps + 1, dtype=np.float64)

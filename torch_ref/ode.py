@@ -25,10 +25,10 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 import torch
 from torchdiffeq import odeint
 
+from spec.grids import ode_time_grid  # noqa: F401  (re-exported)
 from spec.validate import check_choice, check_float, check_int
 from torch_ref.sde import VESDE, VPSDE, subVPSDE
 from torch_ref.utils import check_floating
@@ -133,12 +133,6 @@ def _check_tensor(name: str, a, expected_shape, dtype, device) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ steps and grid
-
-
-def ode_time_grid(t_start: float, t_end: float, num_steps: int) -> np.ndarray:
-    """Uniform float64 grid ``linspace(t_start, t_end, num_steps + 1)`` of a fixed-step solve."""
-    num_steps = check_int("num_steps", num_steps, minimum=1)
-    return np.linspace(float(t_start), float(t_end), num_steps + 1, dtype=np.float64)
 
 
 def _map(fn, *trees):

@@ -553,23 +553,12 @@ def ald_sample_from_noise(sigmas, score_fn, x_init, noise, *, n_steps_each: int 
 
 
 # ------------------------------------------------------------------- other samplers
-# The public entry point of every torch sampler: the discrete, ODE and fast samplers are
-# re-exported from their modules when those exist (an error inside one propagates).
+# This module is the public entry point of every sampler: the discrete (DDPM / DDIM), ODE
+# and fast samplers live in their own modules and are re-exported here.
 
+from torch_ref.fast_samplers import dpm_solver_pp_sample, edm_heun_sample  # noqa: E402
+from torch_ref.ode import ode_sample  # noqa: E402
+from torch_ref.samplers_discrete import ddim_invert, ddim_sample, ddpm_sample  # noqa: E402
 
-def _optional_module(name: str) -> bool:
-    """True if ``name`` exists; a failure while importing it propagates."""
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
-
-
-if _optional_module("torch_ref.samplers_discrete"):
-    from torch_ref.samplers_discrete import ddim_invert, ddim_sample, ddpm_sample  # noqa: E402
-    __all__ += ["ddpm_sample", "ddim_sample", "ddim_invert"]
-if _optional_module("torch_ref.fast_samplers"):
-    from torch_ref.fast_samplers import dpm_solver_pp_sample, edm_heun_sample  # noqa: E402
-    __all__ += ["edm_heun_sample", "dpm_solver_pp_sample"]
-if _optional_module("torch_ref.ode"):
-    from torch_ref.ode import ode_sample  # noqa: E402
-    __all__ += ["ode_sample"]
+__all__ += ["ddpm_sample", "ddim_sample", "ddim_invert", "edm_heun_sample",
+            "dpm_solver_pp_sample", "ode_sample"]
