@@ -68,16 +68,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_impl.sde import VESDE, VPSDE, subVPSDE
-from jax_impl.utils import append_dims, check_floating
-from spec import schedules
+from jax_impl.utils import append_dims, check_array, resolve_dtype
+from spec import grids, schedules
+from spec.sampler_args import (  # DPM_GRIDS, DEFAULT_T_MIN re-exported
+    DEFAULT_T_MIN,
+    DPM_GRIDS,
+    check_callable,
+    check_sample_shape,
+    check_sigma_range,
+)
 from spec.validate import check_choice, check_float, check_int
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
-DPM_GRIDS = ("logsnr", "karras")
-"""Noise-level grids of DPM-Solver++: uniform in lambda = -log sigma, or Karras' rho-ladder."""
-DEFAULT_T_MIN = 1e-3
-"""The time whose sigma is the default ``sigma_min`` (score_sde's ODE sampler end time)."""
 
 __all__ = [
     "DPM_GRIDS",
@@ -180,70 +183,27 @@ def dpm_solver_pp_step(denoise_fn, x_hat, sigma, sigma_next, sigma_prev, denoise
 # ------------------------------------------------------------------------ drivers
 
 
-def _check_shape(shape) -> tuple[int, ...]:
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
-        raise TypeError(f"shape must be a tuple of ints [B, ...], got {shape!r}")
-    try:
-        shape = tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"shape must be a tuple of ints [B, ...], got {shape!r}") from None
-    if len(shape) < 2 or any(s < 1 for s in shape):
-        raise ValueError(f"shape must be a tuple of >= 2 positive ints [B, ...], got {shape}")
-    return shape
-
-
-def _resolve_dtype(dtype, *arrays):
-    if dtype is None:
-        for a in arrays:
-            if a is not None:
-                dtype = jnp.result_type(a)
-                break
-        else:
-            dtype = jnp.float32
-    dt = np.dtype(dtype)
-    if not np.issubdtype(dt, np.floating):
-        raise TypeError(f"dtype must be a floating dtype, got {dt}")
-    return dt
-
-
-def _check_array(name: str, a, expected_shape, dtype) -> jax.Array:
-    check_floating(name, a)
-    a = jnp.asarray(a)
-    if a.shape != tuple(expected_shape):
-        raise ValueError(f"{name} must have shape {tuple(expected_shape)}, got {a.shape}")
-    return a.astype(dtype)
-
-
 def _sigma_range(sde, sigma_min, sigma_max, dtype):
     """Validated ``(sigma_min, sigma_max)`` as floats inside the SDE's ``[sigma(0), sigma(T)]``."""
     with jax.ensure_compile_time_eval():  # constants of the grid, known before tracing
         ends = sigma_from_t(sde, jnp.asarray([0.0, sde.T, DEFAULT_T_MIN], dtype))
         s_lo, s_T, s_def = (float(v) for v in np.asarray(ends))
-    smin = s_def if sigma_min is None else check_float("sigma_min", sigma_min, positive=True)
-    smax = s_T if sigma_max is None else check_float("sigma_max", sigma_max, positive=True)
-    slack = 1e-6
-    if not smax <= s_T * (1 + slack):
-        raise ValueError(f"sigma_max must be <= sigma(T) = {s_T} for this SDE, got {smax}")
-    if not smin >= s_lo * (1 - slack):
-        raise ValueError(f"sigma_min must be >= sigma(0) = {s_lo} for this SDE, got {smin}")
-    if not smin < smax:
-        raise ValueError(f"sigma_min must be < sigma_max, got {smin} >= {smax}")
+    smin, smax = check_sigma_range(sigma_min, sigma_max, s_lo, s_T, s_def)
     return smin, smax, s_T
 
 
 def _prepare(rng, sde, score_fn, shape, num_steps, z, noise, dtype, needs_noise):
     _check_sde(sde)
-    if not callable(score_fn):
-        raise TypeError(f"score_fn must be callable score_fn(x, t), got {type(score_fn).__name__}")
-    shape = _check_shape(shape)
+    check_callable("score_fn", score_fn, "score_fn(x, t)")
+    shape = check_sample_shape(shape, min_ndim=2)
     num_steps = check_int("num_steps", num_steps, minimum=1)
-    dtype = _resolve_dtype(dtype, z, noise)
+    dtype = resolve_dtype(dtype, z, noise)
     if z is not None:
-        z = _check_array("z", z, shape, dtype)
+        z = check_array("z", z, shape, dtype)
     if noise is not None:
         if not needs_noise:
             raise ValueError("noise is only used with S_churn > 0 (the stochastic EDM sampler)")
-        noise = _check_array("noise", noise, (num_steps,) + shape, dtype)
+        noise = check_array("noise", noise, (num_steps,) + shape, dtype)
     step_key = None
     if z is None or (needs_noise and noise is None):
         if rng is None:
@@ -353,10 +313,7 @@ def dpm_solver_pp_sample(
     shape, n, dtype, z, _, _ = _prepare(rng, sde, score_fn, shape, num_steps, z, None, dtype,
                                         needs_noise=False)
     smin, smax, _ = _sigma_range(sde, sigma_min, sigma_max, dtype)
-    if grid == "karras":
-        table = schedules.karras_sigmas(n, smin, smax, rho)
-    else:
-        table = np.append(schedules.geometric_sigmas(smax, smin, n), 0.0)
+    table = grids.dpm_solver_sigmas(grid, n, smin, smax, rho)
     sigmas = jnp.asarray(table, dtype=dtype)  # [n + 1], last = 0
     # sigma_{i-1} for step i (a placeholder for i = 0, where it is unused)
     sigmas_prev = jnp.concatenate([sigmas[:1] * 2.0, sigmas[:-2]])

@@ -59,24 +59,25 @@ from typing import Callable, Optional, Sequence
 import diffrax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jax_impl.sde import VESDE, VPSDE, subVPSDE
-from jax_impl.utils import check_floating, is_concrete
+from jax_impl.utils import check_array, check_floating, is_concrete, resolve_dtype
+from spec.grids import check_eps as _check_eps
 from spec.grids import ode_time_grid  # noqa: F401  (re-exported)
-from spec.validate import check_choice, check_float, check_int
+from spec.sampler_args import (  # the method and probe names are re-exported
+    ADAPTIVE_METHODS,
+    FIXED_STEP_METHODS,
+    HUTCHINSON_TYPES,
+    ODE_METHODS,
+    check_callable,
+    check_ode_method,
+    check_sample_shape,
+)
+from spec.sampler_args import EVALS_PER_STEP as _EVALS_PER_STEP
+from spec.validate import check_choice, check_int
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
-FIXED_STEP_METHODS = ("euler", "heun", "rk4")
-"""Fixed-step solvers on a uniform time grid (exact jax == torch parity)."""
-ADAPTIVE_METHODS = ("dopri5", "tsit5")
-"""Adaptive solvers (diffrax ``Dopri5`` / ``Tsit5`` with a ``PIDController``)."""
-ODE_METHODS = FIXED_STEP_METHODS + ADAPTIVE_METHODS
-HUTCHINSON_TYPES = (None, "gaussian", "rademacher")
-"""``None``: exact divergence; otherwise the Hutchinson-Skilling probe distribution."""
-
-_EVALS_PER_STEP = {"euler": 1, "heun": 2, "rk4": 4}
 _ADAPTIVE_NEW_STAGES = 6  # Dopri5 and Tsit5: 7 stages, first same as last
 
 __all__ = [
@@ -106,75 +107,6 @@ def _check_sde(sde) -> None:
             "sde must be a jax_impl.sde.VESDE, VPSDE or subVPSDE instance, got "
             f"{type(sde).__name__}"
         )
-
-
-def _check_score_fn(score_fn) -> None:
-    if not callable(score_fn):
-        raise TypeError(f"score_fn must be callable score_fn(x, t), got {type(score_fn).__name__}")
-
-
-def _check_shape(shape) -> tuple[int, ...]:
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
-        raise TypeError(f"shape must be a tuple of ints [B, ...], got {shape!r}")
-    try:
-        shape = tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"shape must be a tuple of ints [B, ...], got {shape!r}") from None
-    if len(shape) < 2 or any(s < 1 for s in shape):
-        raise ValueError(f"shape must be a tuple of >= 2 positive ints [B, ...], got {shape}")
-    return shape
-
-
-def _check_eps(eps, T: float) -> float:
-    eps = check_float("eps", eps)
-    if not 0.0 < eps < T:
-        raise ValueError(f"eps must lie in the open interval (0, T) = (0, {T}), got {eps}")
-    return eps
-
-
-def _check_method(method, num_steps, rtol, atol, max_steps):
-    """Validate the solver options; return ``(num_steps, rtol, atol, max_steps)``."""
-    check_choice("method", method, ODE_METHODS)
-    if method in FIXED_STEP_METHODS:
-        if num_steps is None:
-            raise ValueError(f"num_steps is required for the fixed-step method {method!r}")
-        num_steps = check_int("num_steps", num_steps, minimum=1)
-    elif num_steps is not None:
-        raise ValueError(
-            f"num_steps applies to the fixed-step methods {FIXED_STEP_METHODS}; the adaptive "
-            f"method {method!r} takes rtol/atol (and max_steps) instead"
-        )
-    rtol = check_float("rtol", rtol)
-    atol = check_float("atol", atol)
-    if not rtol > 0:
-        raise ValueError(f"rtol must be > 0, got {rtol}")
-    if not atol >= 0:
-        raise ValueError(f"atol must be >= 0, got {atol}")
-    max_steps = check_int("max_steps", max_steps, minimum=1)
-    return num_steps, rtol, atol, max_steps
-
-
-def _resolve_dtype(dtype, *arrays):
-    """``dtype`` if given, else the dtype of the first given array, else float32."""
-    if dtype is None:
-        for a in arrays:
-            if a is not None:
-                dtype = jnp.result_type(a)
-                break
-        else:
-            dtype = jnp.float32
-    dt = np.dtype(dtype)
-    if not np.issubdtype(dt, np.floating):
-        raise TypeError(f"dtype must be a floating dtype, got {dt}")
-    return dt
-
-
-def _check_array(name: str, a, expected_shape, dtype) -> jax.Array:
-    check_floating(name, a)
-    a = jnp.asarray(a)
-    if a.shape != tuple(expected_shape):
-        raise ValueError(f"{name} must have shape {tuple(expected_shape)}, got {a.shape}")
-    return a.astype(dtype)
 
 
 # ------------------------------------------------------------------ steps and grid
@@ -329,17 +261,17 @@ def ode_sample(
       ``(x_eps [*shape], nfe)``.
     """
     _check_sde(sde)
-    _check_score_fn(score_fn)
-    shape = _check_shape(shape)
+    check_callable("score_fn", score_fn, "score_fn(x, t)")
+    shape = check_sample_shape(shape, min_ndim=2)
     eps = _check_eps(eps, sde.T)
-    num_steps, rtol, atol, max_steps = _check_method(method, num_steps, rtol, atol, max_steps)
-    dtype = _resolve_dtype(dtype, z)
+    num_steps, rtol, atol, max_steps = check_ode_method(method, num_steps, rtol, atol, max_steps)
+    dtype = resolve_dtype(dtype, z)
     if z is None:
         if rng is None:
             raise TypeError("rng must be a jax.random key unless z is given")
         z = jax.random.normal(jax.random.split(rng)[0], shape, dtype)
     else:
-        z = _check_array("z", z, shape, dtype)
+        z = check_array("z", z, shape, dtype)
     x_T = sde.prior_from_noise(z)
 
     def drift(x, t):
@@ -387,14 +319,14 @@ def likelihood(
       ``(logp [B], z = x_T [B, ...], nfe)``.
     """
     _check_sde(sde)
-    _check_score_fn(score_fn)
+    check_callable("score_fn", score_fn, "score_fn(x, t)")
     check_floating("x", x)
     x = jnp.asarray(x)
     if x.ndim < 2:
         raise ValueError(f"x must have shape [B, ...] with at least one data axis, got {x.shape}")
     check_choice("hutchinson", hutchinson, HUTCHINSON_TYPES)
     eps = _check_eps(eps, sde.T)
-    num_steps, rtol, atol, max_steps = _check_method(method, num_steps, rtol, atol, max_steps)
+    num_steps, rtol, atol, max_steps = check_ode_method(method, num_steps, rtol, atol, max_steps)
     if hutchinson is not None:
         if epsilon is None:
             if rng is None:
@@ -405,7 +337,7 @@ def likelihood(
             else:
                 epsilon = jax.random.rademacher(key, x.shape, x.dtype)
         else:
-            epsilon = _check_array("epsilon", epsilon, x.shape, x.dtype)
+            epsilon = check_array("epsilon", epsilon, x.shape, x.dtype)
     elif epsilon is not None:
         raise ValueError("epsilon (a Hutchinson probe) was given but hutchinson is None")
 
@@ -488,7 +420,7 @@ def bits_per_dim(
                 raise TypeError("rng must be a jax.random key unless u is given")
             u = jax.random.uniform(u_key, x.shape, x.dtype)
         else:
-            u = _check_array("u", u, x.shape, x.dtype)
+            u = check_array("u", u, x.shape, x.dtype)
         x01 = (x + 1.0) * 0.5 if centered else x
         v = (x01 * (num_levels - 1) + u) / num_levels
         y = 2.0 * v - 1.0 if centered else v

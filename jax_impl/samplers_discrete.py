@@ -41,11 +41,11 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jax_impl.diffusion import GaussianDiffusion
-from jax_impl.utils import append_dims, check_floating
-from spec.validate import check_float, check_int
+from jax_impl.utils import append_dims, check_array, check_floating, resolve_dtype
+from spec.sampler_args import check_callable, check_ddim_eta, check_sample_shape
+from spec.validate import check_int
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 DenoisedFn = Optional[Callable[[jax.Array], jax.Array]]
@@ -70,11 +70,6 @@ def _check_diffusion(diffusion) -> None:
         )
 
 
-def _check_model_fn(model_fn) -> None:
-    if not callable(model_fn):
-        raise TypeError(f"model_fn must be callable, got {type(model_fn).__name__}")
-
-
 def _coef(diffusion: GaussianDiffusion, name: str, t, x) -> jax.Array:
     """``table[t]`` cast to the computing dtype, shaped ``[B, 1, ...]`` against ``x``."""
     dtype = diffusion.dtype if diffusion.dtype is not None else jnp.result_type(x)
@@ -92,71 +87,25 @@ def _as_t(t, x) -> jax.Array:
 
 
 def _check_eta(diffusion: GaussianDiffusion, eta) -> float:
-    """``eta >= 0`` and small enough that ``sigma_t^2 <= 1 - abar_{t-1}`` at every step
-    (checked in float64 on the tables: any eta in [0, 1] passes)."""
-    eta = check_float("eta", eta, nonnegative=True)
-    if eta > 1.0:
-        abar = diffusion.table("alphas_cumprod")
-        abar_prev = diffusion.table("alphas_cumprod_prev")
-        sigma2 = eta**2 * (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)
-        bad = np.nonzero(sigma2 > 1.0 - abar_prev)[0]
-        if bad.size:
-            raise ValueError(
-                f"eta={eta} makes the DDIM noise variance sigma_t^2 exceed 1 - alpha_bar_(t-1) "
-                f"at step t={int(bad[0])}: the update is undefined there; use 0 <= eta <= 1"
-            )
-    return eta
-
-
-def _check_shape(shape) -> tuple[int, ...]:
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
-        raise TypeError(f"shape must be a tuple of ints [B, ...], got {shape!r}")
-    try:
-        shape = tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"shape must be a tuple of ints [B, ...], got {shape!r}") from None
-    if len(shape) < 1 or any(s < 1 for s in shape):
-        raise ValueError(f"shape must be a non-empty tuple of positive ints [B, ...], got {shape}")
-    return shape
-
-
-def _resolve_dtype(dtype, *arrays):
-    """``dtype`` if given, else the dtype of the first given array, else float32."""
-    if dtype is None:
-        for a in arrays:
-            if a is not None:
-                dtype = jnp.result_type(a)
-                break
-        else:
-            dtype = jnp.float32
-    dt = np.dtype(dtype)
-    if not np.issubdtype(dt, np.floating):
-        raise TypeError(f"dtype must be a floating dtype, got {dt}")
-    return dt
-
-
-def _check_array(name: str, a, expected_shape: tuple[int, ...], what: str, dtype) -> jax.Array:
-    check_floating(name, a)
-    a = jnp.asarray(a)
-    if a.shape != expected_shape:
-        raise ValueError(f"{name} must have shape {what} = {expected_shape}, got {a.shape}")
-    return a.astype(dtype)
+    """``eta >= 0`` with ``sigma_t^2 <= 1 - abar_{t-1}`` at every step (float64 tables)."""
+    return check_ddim_eta(eta, diffusion.table("alphas_cumprod"),
+                          diffusion.table("alphas_cumprod_prev"))
 
 
 def _prepare(rng, diffusion, model_fn, shape, x_T, noise, dtype, *, needs_noise: bool):
     """Validate a driver's inputs; return ``(shape, dtype, x_T, noise, step_key)``."""
     _check_diffusion(diffusion)
-    _check_model_fn(model_fn)
-    shape = _check_shape(shape)
+    check_callable("model_fn", model_fn)
+    shape = check_sample_shape(shape)
     for name, a in (("x_T", x_T), ("noise", noise)):
         if a is not None:
             check_floating(name, a)
-    dtype = _resolve_dtype(dtype, x_T, noise)
+    dtype = resolve_dtype(dtype, x_T, noise)
     K = diffusion.num_timesteps
     if x_T is not None:
-        x_T = _check_array("x_T", x_T, shape, "shape", dtype)
+        x_T = check_array("x_T", x_T, shape, dtype, what="shape")
     if noise is not None:
-        noise = _check_array("noise", noise, (K,) + shape, "[num_timesteps, *shape]", dtype)
+        noise = check_array("noise", noise, (K,) + shape, dtype, what="[num_timesteps, *shape]")
     need_key = x_T is None or (needs_noise and noise is None)
     step_key = None
     if need_key:
@@ -455,7 +404,7 @@ def ddim_invert(
     t = K-1 (pass it as ``ddim_sample(..., x_T=x_T)``).
     """
     _check_diffusion(diffusion)
-    _check_model_fn(model_fn)
+    check_callable("model_fn", model_fn)
     n_iter = check_int("fixed_point_iters", fixed_point_iters, minimum=0)
     check_floating("x0", x0)
     x0 = jnp.asarray(x0)

@@ -67,3 +67,31 @@ def check_score_inputs(x, t, T: float = 1.0) -> None:
     check_floating("x", x)
     check_batch("x", x, "t", t)
     check_time_range("t", t, 0.0, T)
+
+
+def resolve_dtype(dtype, *arrays) -> np.dtype:
+    """``dtype`` if given, else the dtype of the first array that is not None, else
+    float32; raise ``TypeError`` unless it is floating."""
+    if dtype is None:
+        for a in arrays:
+            if a is not None:
+                dtype = jnp.result_type(a)
+                break
+        else:
+            dtype = jnp.float32
+    dt = np.dtype(dtype)
+    if not np.issubdtype(dt, np.floating):
+        raise TypeError(f"dtype must be a floating dtype, got {dt}")
+    return dt
+
+
+def check_array(name: str, a, expected_shape, dtype, what: str | None = None) -> jax.Array:
+    """``a`` as a floating array of ``expected_shape`` cast to ``dtype``, or raise naming
+    ``name`` (``what`` describes the expected shape in the message, e.g. ``"[K, *shape]"``)."""
+    check_floating(name, a)
+    a = jnp.asarray(a)
+    expected_shape = tuple(expected_shape)
+    if a.shape != expected_shape:
+        expected = expected_shape if what is None else f"{what} = {expected_shape}"
+        raise ValueError(f"{name} must have shape {expected}, got {a.shape}")
+    return a.astype(dtype)

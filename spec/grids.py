@@ -11,6 +11,7 @@ scan over these arrays (cast at use), the torch samplers loop over the same arra
     ``alpha_i = step_lr * (sigma_i / sigma_L)^2``.
   * ``colorization_matrix``: score_sde's orthogonal 3x3 channel-decoupling matrix, exact.
   * ``ode_time_grid``: the uniform grid of a fixed-step probability-flow ODE solve.
+  * ``dpm_solver_sigmas``: DPM-Solver++'s noise levels (log-SNR uniform or Karras), then 0.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import numbers
 
 import numpy as np
 
+from spec import schedules
 from spec.configs import SDEConfig, VESDEConfig
-from spec.validate import check_float, check_int
+from spec.sampler_args import DPM_GRIDS
+from spec.validate import check_choice, check_float, check_int
 
 VE_EPS = 1e-5
 """score_sde's default end time for VE SDEs (``sampling.eps`` in the VE configs)."""
@@ -112,3 +115,14 @@ def ode_time_grid(t_start: float, t_end: float, num_steps: int) -> np.ndarray:
     """Uniform float64 grid ``linspace(t_start, t_end, num_steps + 1)`` of a fixed-step solve."""
     num_steps = check_int("num_steps", num_steps, minimum=1)
     return np.linspace(float(t_start), float(t_end), num_steps + 1, dtype=np.float64)
+
+
+def dpm_solver_sigmas(grid: str, num_steps: int, sigma_min: float, sigma_max: float,
+                      rho: float = 7.0) -> np.ndarray:
+    """DPM-Solver++'s noise levels, float64 ``[num_steps + 1]``, decreasing from
+    ``sigma_max`` to ``sigma_min`` and then 0: ``"logsnr"`` is uniform in
+    lambda = -log sigma (``geometric_sigmas``), ``"karras"`` is Karras' rho-ladder."""
+    check_choice("grid", grid, DPM_GRIDS)
+    if grid == "karras":
+        return schedules.karras_sigmas(num_steps, sigma_min, sigma_max, rho)
+    return np.append(schedules.geometric_sigmas(sigma_max, sigma_min, num_steps), 0.0)

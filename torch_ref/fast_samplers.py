@@ -13,18 +13,22 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 import torch
 
-from spec import schedules
+from spec import grids, schedules
+from spec.sampler_args import (  # DPM_GRIDS, DEFAULT_T_MIN re-exported
+    DEFAULT_T_MIN,
+    DPM_GRIDS,
+    check_callable,
+    check_sample_shape,
+    check_sigma_range,
+)
 from spec.validate import check_choice, check_float, check_int
 from torch_ref.sde import VESDE, VPSDE, subVPSDE
-from torch_ref.utils import append_dims, check_floating
+from torch_ref.utils import append_dims, check_array, resolve_dtype
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-DPM_GRIDS = ("logsnr", "karras")
-DEFAULT_T_MIN = 1e-3
 
 __all__ = [
     "DPM_GRIDS",
@@ -112,57 +116,25 @@ def dpm_solver_pp_step(denoise_fn, x_hat, sigma, sigma_next, sigma_prev, denoise
     return ratio * x_hat + one_minus * corrected, denoised
 
 
-def _check_shape(shape) -> tuple[int, ...]:
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, (Sequence, torch.Size)):
-        raise TypeError(f"shape must be a tuple of ints [B, ...], got {shape!r}")
-    try:
-        shape = tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"shape must be a tuple of ints [B, ...], got {shape!r}") from None
-    if len(shape) < 2 or any(s < 1 for s in shape):
-        raise ValueError(f"shape must be a tuple of >= 2 positive ints [B, ...], got {shape}")
-    return shape
-
-
-def _check_tensor(name, a, expected_shape, dtype, device) -> torch.Tensor:
-    check_floating(name, a)
-    a = torch.as_tensor(a)
-    if tuple(a.shape) != tuple(expected_shape):
-        raise ValueError(f"{name} must have shape {tuple(expected_shape)}, got {tuple(a.shape)}")
-    return a.to(dtype=dtype, device=device)
-
-
 def _sigma_range(sde, sigma_min, sigma_max, dtype):
     ends = sigma_from_t(sde, torch.tensor([0.0, sde.T, DEFAULT_T_MIN], dtype=dtype))
     s_lo, s_T, s_def = (float(v) for v in ends)
-    smin = s_def if sigma_min is None else check_float("sigma_min", sigma_min, positive=True)
-    smax = s_T if sigma_max is None else check_float("sigma_max", sigma_max, positive=True)
-    slack = 1e-6
-    if not smax <= s_T * (1 + slack):
-        raise ValueError(f"sigma_max must be <= sigma(T) = {s_T} for this SDE, got {smax}")
-    if not smin >= s_lo * (1 - slack):
-        raise ValueError(f"sigma_min must be >= sigma(0) = {s_lo} for this SDE, got {smin}")
-    if not smin < smax:
-        raise ValueError(f"sigma_min must be < sigma_max, got {smin} >= {smax}")
+    smin, smax = check_sigma_range(sigma_min, sigma_max, s_lo, s_T, s_def)
     return smin, smax, s_T
 
 
 def _prepare(sde, score_fn, shape, num_steps, z, noise, dtype, device, generator, needs_noise):
     _check_sde(sde)
-    if not callable(score_fn):
-        raise TypeError(f"score_fn must be callable score_fn(x, t), got {type(score_fn).__name__}")
-    shape = _check_shape(shape)
+    check_callable("score_fn", score_fn, "score_fn(x, t)")
+    shape = check_sample_shape(shape, min_ndim=2)
     num_steps = check_int("num_steps", num_steps, minimum=1)
-    if dtype is None:
-        dtype = next((a.dtype for a in (z, noise) if torch.is_tensor(a)), torch.float32)
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be floating, got {dtype}")
+    dtype = resolve_dtype(dtype, z, noise)
     if z is not None:
-        z = _check_tensor("z", z, shape, dtype, device)
+        z = check_array("z", z, shape, dtype, device)
     if noise is not None:
         if not needs_noise:
             raise ValueError("noise is only used with S_churn > 0 (the stochastic EDM sampler)")
-        noise = _check_tensor("noise", noise, (num_steps,) + shape, dtype, device)
+        noise = check_array("noise", noise, (num_steps,) + shape, dtype, device)
     if z is None:
         z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
     return shape, num_steps, dtype, z, noise
@@ -241,10 +213,7 @@ def dpm_solver_pp_sample(
     shape, n, dtype, z, _ = _prepare(sde, score_fn, shape, num_steps, z, None, dtype, device,
                                      generator, needs_noise=False)
     smin, smax, _ = _sigma_range(sde, sigma_min, sigma_max, dtype)
-    if grid == "karras":
-        table = schedules.karras_sigmas(n, smin, smax, rho)
-    else:
-        table = np.append(schedules.geometric_sigmas(smax, smin, n), 0.0)
+    table = grids.dpm_solver_sigmas(grid, n, smin, smax, rho)
     sigmas = torch.as_tensor(table, dtype=dtype, device=z.device)
 
     def denoise_fn(x_hat, sigma):

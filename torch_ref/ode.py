@@ -28,21 +28,25 @@ from typing import Callable, Optional, Sequence
 import torch
 from torchdiffeq import odeint
 
+from spec.grids import check_eps as _check_eps
 from spec.grids import ode_time_grid  # noqa: F401  (re-exported)
-from spec.validate import check_choice, check_float, check_int
+from spec.sampler_args import (  # the method and probe names are re-exported
+    ADAPTIVE_METHODS,
+    FIXED_STEP_METHODS,
+    HUTCHINSON_TYPES,
+    ODE_METHODS,
+    check_callable,
+    check_ode_method,
+    check_sample_shape,
+)
+from spec.validate import check_choice, check_int
 from torch_ref.sde import VESDE, VPSDE, subVPSDE
-from torch_ref.utils import check_floating
+from torch_ref.utils import check_array, check_floating, resolve_dtype
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-FIXED_STEP_METHODS = ("euler", "heun", "rk4")
-ADAPTIVE_METHODS = ("dopri5", "tsit5")
-ODE_METHODS = FIXED_STEP_METHODS + ADAPTIVE_METHODS
 TORCH_ODE_METHODS = FIXED_STEP_METHODS + ("dopri5",)
 """The methods available on the torch side (no Tsit5 in torchdiffeq)."""
-HUTCHINSON_TYPES = (None, "gaussian", "rademacher")
-
-_EVALS_PER_STEP = {"euler": 1, "heun": 2, "rk4": 4}
 
 __all__ = [
     "FIXED_STEP_METHODS",
@@ -74,62 +78,15 @@ def _check_sde(sde) -> None:
         )
 
 
-def _check_score_fn(score_fn) -> None:
-    if not callable(score_fn):
-        raise TypeError(f"score_fn must be callable score_fn(x, t), got {type(score_fn).__name__}")
-
-
-def _check_shape(shape) -> tuple[int, ...]:
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, (Sequence, torch.Size)):
-        raise TypeError(f"shape must be a tuple of ints [B, ...], got {shape!r}")
-    try:
-        shape = tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"shape must be a tuple of ints [B, ...], got {shape!r}") from None
-    if len(shape) < 2 or any(s < 1 for s in shape):
-        raise ValueError(f"shape must be a tuple of >= 2 positive ints [B, ...], got {shape}")
-    return shape
-
-
-def _check_eps(eps, T: float) -> float:
-    eps = check_float("eps", eps)
-    if not 0.0 < eps < T:
-        raise ValueError(f"eps must lie in the open interval (0, T) = (0, {T}), got {eps}")
-    return eps
-
-
 def _check_method(method, num_steps, rtol, atol, max_steps):
+    """``spec.sampler_args.check_ode_method`` plus torchdiffeq's missing Tsit5."""
     check_choice("method", method, ODE_METHODS)
     if method not in TORCH_ODE_METHODS:
         raise ValueError(
             f"method {method!r} is not available on the torch side (torchdiffeq has no "
             f"Tsitouras 5(4) pair); valid torch methods: {', '.join(map(repr, TORCH_ODE_METHODS))}"
         )
-    if method in FIXED_STEP_METHODS:
-        if num_steps is None:
-            raise ValueError(f"num_steps is required for the fixed-step method {method!r}")
-        num_steps = check_int("num_steps", num_steps, minimum=1)
-    elif num_steps is not None:
-        raise ValueError(
-            f"num_steps applies to the fixed-step methods {FIXED_STEP_METHODS}; the adaptive "
-            f"method {method!r} takes rtol/atol (and max_steps) instead"
-        )
-    rtol = check_float("rtol", rtol)
-    atol = check_float("atol", atol)
-    if not rtol > 0:
-        raise ValueError(f"rtol must be > 0, got {rtol}")
-    if not atol >= 0:
-        raise ValueError(f"atol must be >= 0, got {atol}")
-    max_steps = check_int("max_steps", max_steps, minimum=1)
-    return num_steps, rtol, atol, max_steps
-
-
-def _check_tensor(name: str, a, expected_shape, dtype, device) -> torch.Tensor:
-    check_floating(name, a)
-    a = torch.as_tensor(a)
-    if tuple(a.shape) != tuple(expected_shape):
-        raise ValueError(f"{name} must have shape {tuple(expected_shape)}, got {tuple(a.shape)}")
-    return a.to(dtype=dtype, device=device)
+    return check_ode_method(method, num_steps, rtol, atol, max_steps)
 
 
 # ------------------------------------------------------------------ steps and grid
@@ -277,18 +234,15 @@ def ode_sample(
     Returns ``(x_eps [*shape], nfe)`` (nfe an int).
     """
     _check_sde(sde)
-    _check_score_fn(score_fn)
-    shape = _check_shape(shape)
+    check_callable("score_fn", score_fn, "score_fn(x, t)")
+    shape = check_sample_shape(shape, min_ndim=2)
     eps = _check_eps(eps, sde.T)
     num_steps, rtol, atol, max_steps = _check_method(method, num_steps, rtol, atol, max_steps)
-    if dtype is None:
-        dtype = z.dtype if torch.is_tensor(z) else torch.float32
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be floating, got {dtype}")
+    dtype = resolve_dtype(dtype, z)
     if z is None:
         z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
     else:
-        z = _check_tensor("z", z, shape, dtype, device)
+        z = check_array("z", z, shape, dtype, device)
     x_T = sde.prior_from_noise(z)
 
     def drift(x, t):
@@ -321,7 +275,7 @@ def likelihood(
     Returns ``(logp [B], z = x_T [B, ...], nfe)`` (detached).
     """
     _check_sde(sde)
-    _check_score_fn(score_fn)
+    check_callable("score_fn", score_fn, "score_fn(x, t)")
     check_floating("x", x)
     x = torch.as_tensor(x)
     if x.ndim < 2:
@@ -337,7 +291,7 @@ def likelihood(
                 bits = torch.randint(0, 2, x.shape, generator=generator, device=x.device)
                 epsilon = (2 * bits - 1).to(x.dtype)
         else:
-            epsilon = _check_tensor("epsilon", epsilon, x.shape, x.dtype, x.device)
+            epsilon = check_array("epsilon", epsilon, x.shape, x.dtype, x.device)
     elif epsilon is not None:
         raise ValueError("epsilon (a Hutchinson probe) was given but hutchinson is None")
 
@@ -394,7 +348,7 @@ def bits_per_dim(
         if u is None:
             u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         else:
-            u = _check_tensor("u", u, x.shape, x.dtype, x.device)
+            u = check_array("u", u, x.shape, x.dtype, x.device)
         x01 = (x + 1.0) * 0.5 if centered else x
         v = (x01 * (num_levels - 1) + u) / num_levels
         y = 2.0 * v - 1.0 if centered else v

@@ -21,16 +21,20 @@ import torch
 
 import spec
 from spec import grids
+from spec.sampler_args import (  # re-exported: the public names of this module
+    CORRECTORS,
+    PREDICTORS,
+    ald_nfe,
+    check_shape,
+    pc_nfe,
+    pc_noise_shapes,
+    stack_step_noise,
+)
+from spec.sampler_args import check_noise as _check_noise
 from spec.validate import check_choice, check_float, check_int
 from torch_ref.utils import append_dims
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none")
-"""score_sde's predictor names, as accepted by ``get_predictor`` and ``pc_sample``."""
-CORRECTORS = ("langevin", "ald", "none")
-"""score_sde's corrector names, as accepted by ``get_corrector`` and ``pc_sample``."""
-
 
 __all__ = [
     "PREDICTORS", "CORRECTORS",
@@ -63,24 +67,6 @@ def _discrete_alpha(sde, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def _batch_mean_norm(v: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of the per-example L2 norms of ``v [B, ...]`` (a scalar)."""
     return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=-1).mean()
-
-
-def _check_noise(name: str, z, shape) -> None:
-    if z is None:
-        raise ValueError(f"{name} is required here (a stochastic step) but got None")
-    if tuple(z.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(z.shape)}")
-
-
-def check_shape(shape) -> tuple[int, ...]:
-    """Validate a sample shape ``(B, ...)`` (positive ints, at least the batch axis)."""
-    try:
-        dims = tuple(shape)
-    except TypeError:
-        raise TypeError(f"shape must be a tuple of ints (B, ...), got {shape!r}") from None
-    if not dims:
-        raise ValueError("shape must have at least the batch axis, got ()")
-    return tuple(check_int(f"shape[{k}]", d, minimum=1) for k, d in enumerate(dims))
 
 
 def _check_dtype(dtype) -> torch.dtype:
@@ -360,40 +346,6 @@ def pc_components(sde, *, predictor="reverse_diffusion", corrector="langevin", s
     return predictor, corrector, timesteps
 
 
-def pc_nfe(predictor, corrector, num_steps: int) -> int:
-    """True score evaluations of a PC run: ``num_steps (predictor.nfe + corrector.nfe)``."""
-    return int(num_steps) * (predictor.nfe + corrector.nfe)
-
-
-def pc_noise_shapes(predictor, corrector, shape, n_data: int = 0) -> dict[str, tuple[int, ...]]:
-    """Shapes of the noise one PC step consumes, by name (absent when unused):
-    ``corrector [n_steps, *shape]``, ``predictor [*shape]``, ``data [n_data, *shape]``."""
-    shapes = {}
-    if corrector.nfe:
-        shapes["corrector"] = (*corrector.noise_shape_prefix, *shape)
-    if predictor.stochastic:
-        shapes["predictor"] = tuple(shape)
-    if n_data:
-        shapes["data"] = (n_data, *shape)
-    return shapes
-
-
-def stack_step_noise(shapes, num_steps: int, **arrays) -> dict:
-    """Check pre-drawn noise tensors ``[num_steps, *shapes[name]]`` and return the needed
-    ones (unneeded ones are ignored; a missing or misshapen one raises ``ValueError``)."""
-    out = {}
-    for name, s in shapes.items():
-        arg = f"{name}_noise"
-        z = arrays.get(arg)
-        if z is None:
-            raise ValueError(f"{arg} is required by this sampler configuration (shape "
-                             f"{(num_steps, *s)}), got None")
-        if tuple(z.shape) != (num_steps, *s):
-            raise ValueError(f"{arg} must have shape {(num_steps, *s)}, got {tuple(z.shape)}")
-        out[name] = z
-    return out
-
-
 def pc_loop(sde, score_fn: ScoreFn, x_init, predictor, corrector, timesteps, *,
             generator=None, noise=None, project=None, n_data: int = 0, denoise: bool = True):
     """Run corrector-then-predictor steps over ``timesteps`` (float64 numpy ``[N]``).
@@ -509,12 +461,6 @@ def _check_ald_options(sigmas, n_steps_each, step_lr, x_init, shape):
     return sig, levels, step_sizes, x_init
 
 
-def ald_nfe(num_levels: int, n_steps_each: int, denoise: bool) -> int:
-    """Score evaluations of annealed Langevin dynamics: ``L n_steps_each (+1 to denoise)``."""
-    return int(num_levels) * int(n_steps_each) + int(bool(denoise))
-
-
-@torch.no_grad()
 def ald_sample(sigmas, score_fn, shape, *, generator: torch.Generator | None = None,
                n_steps_each: int = 100, step_lr: float = 2e-5, denoise: bool = True,
                final_only: bool = True, x_init=None, dtype=torch.float32, device=None):

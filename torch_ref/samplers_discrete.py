@@ -27,12 +27,12 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 import torch
 
-from spec.validate import check_float, check_int
+from spec.sampler_args import check_callable, check_ddim_eta, check_sample_shape
+from spec.validate import check_int
 from torch_ref.diffusion import GaussianDiffusion
-from torch_ref.utils import append_dims, check_floating
+from torch_ref.utils import append_dims, check_array, check_floating, resolve_dtype
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DenoisedFn = Optional[Callable[[torch.Tensor], torch.Tensor]]
@@ -55,11 +55,6 @@ def _check_diffusion(diffusion) -> None:
         raise TypeError(
             f"diffusion must be a torch_ref.diffusion.GaussianDiffusion, got {type(diffusion).__name__}"
         )
-
-
-def _check_model_fn(model_fn) -> None:
-    if not callable(model_fn):
-        raise TypeError(f"model_fn must be callable, got {type(model_fn).__name__}")
 
 
 def _check_tensor(name: str, a) -> torch.Tensor:
@@ -87,68 +82,30 @@ def _as_t(t, x: torch.Tensor) -> torch.Tensor:
 
 
 def _check_eta(diffusion: GaussianDiffusion, eta) -> float:
-    """``eta >= 0`` and small enough that ``sigma_t^2 <= 1 - abar_{t-1}`` at every step
-    (checked in float64 on the tables: any eta in [0, 1] passes)."""
-    eta = check_float("eta", eta, nonnegative=True)
-    if eta > 1.0:
-        abar = diffusion.table("alphas_cumprod")
-        abar_prev = diffusion.table("alphas_cumprod_prev")
-        sigma2 = eta**2 * (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)
-        bad = np.nonzero(sigma2 > 1.0 - abar_prev)[0]
-        if bad.size:
-            raise ValueError(
-                f"eta={eta} makes the DDIM noise variance sigma_t^2 exceed 1 - alpha_bar_(t-1) "
-                f"at step t={int(bad[0])}: the update is undefined there; use 0 <= eta <= 1"
-            )
-    return eta
-
-
-def _check_shape(shape) -> tuple[int, ...]:
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, (Sequence, torch.Size)):
-        raise TypeError(f"shape must be a tuple of ints [B, ...], got {shape!r}")
-    try:
-        shape = tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"shape must be a tuple of ints [B, ...], got {shape!r}") from None
-    if len(shape) < 1 or any(s < 1 for s in shape):
-        raise ValueError(f"shape must be a non-empty tuple of positive ints [B, ...], got {shape}")
-    return shape
-
-
-def _resolve_dtype(dtype, *arrays) -> torch.dtype:
-    """``dtype`` if given, else the dtype of the first given tensor, else float32."""
-    if dtype is None:
-        dtype = next((a.dtype for a in arrays if a is not None), torch.float32)
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    return dtype
-
-
-def _check_array(name, a, expected_shape, what, dtype, device) -> torch.Tensor:
-    a = _check_tensor(name, a)
-    if tuple(a.shape) != expected_shape:
-        raise ValueError(f"{name} must have shape {what} = {expected_shape}, got {tuple(a.shape)}")
-    return a.to(dtype=dtype, device=device)
+    """``eta >= 0`` with ``sigma_t^2 <= 1 - abar_{t-1}`` at every step (float64 tables)."""
+    return check_ddim_eta(eta, diffusion.table("alphas_cumprod"),
+                          diffusion.table("alphas_cumprod_prev"))
 
 
 def _prepare(diffusion, model_fn, shape, x_T, noise, dtype, device, generator):
     """Validate a driver's inputs; return ``(shape, dtype, device, x_T, noise)``."""
     _check_diffusion(diffusion)
-    _check_model_fn(model_fn)
-    shape = _check_shape(shape)
+    check_callable("model_fn", model_fn)
+    shape = check_sample_shape(shape)
     for name, a in (("x_T", x_T), ("noise", noise)):
         if a is not None:
             _check_tensor(name, a)
-    dtype = _resolve_dtype(dtype, x_T, noise)
+    dtype = resolve_dtype(dtype, x_T, noise)
     if device is None:
         device = next((a.device for a in (x_T, noise) if a is not None), torch.device("cpu"))
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     K = diffusion.num_timesteps
     if x_T is not None:
-        x_T = _check_array("x_T", x_T, shape, "shape", dtype, device)
+        x_T = check_array("x_T", x_T, shape, dtype, device, what="shape")
     if noise is not None:
-        noise = _check_array("noise", noise, (K,) + shape, "[num_timesteps, *shape]", dtype, device)
+        noise = check_array("noise", noise, (K,) + shape, dtype, device,
+                            what="[num_timesteps, *shape]")
     if x_T is None:
         x_T = torch.randn(shape, generator=generator, dtype=dtype, device=device)
     return shape, dtype, device, x_T, noise
@@ -393,7 +350,7 @@ def ddim_invert(
     Returns ``(x_T [B, ...], nfe = K (1 + fixed_point_iters))``.
     """
     _check_diffusion(diffusion)
-    _check_model_fn(model_fn)
+    check_callable("model_fn", model_fn)
     n_iter = check_int("fixed_point_iters", fixed_point_iters, minimum=0)
     x0 = _check_tensor("x0", x0)
     if x0.ndim < 1:

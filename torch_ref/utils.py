@@ -58,3 +58,25 @@ def check_score_inputs(x, t, T: float = 1.0) -> None:
     check_floating("x", x)
     check_batch("x", x, "t", t)
     check_time_range("t", t, 0.0, T)
+
+
+def resolve_dtype(dtype, *arrays) -> torch.dtype:
+    """``dtype`` if given, else the dtype of the first tensor among ``arrays``, else
+    float32; raise ``TypeError`` unless it is a floating ``torch.dtype``."""
+    if dtype is None:
+        dtype = next((a.dtype for a in arrays if torch.is_tensor(a)), torch.float32)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    return dtype
+
+
+def check_array(name: str, a, expected_shape, dtype, device, what: str | None = None) -> torch.Tensor:
+    """``a`` as a floating tensor of ``expected_shape`` moved to ``dtype`` / ``device``, or
+    raise naming ``name`` (``what`` describes the expected shape in the message)."""
+    check_floating(name, a)
+    a = torch.as_tensor(a)
+    expected_shape = tuple(expected_shape)
+    if tuple(a.shape) != expected_shape:
+        expected = expected_shape if what is None else f"{what} = {expected_shape}"
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(a.shape)}")
+    return a.to(dtype=dtype, device=device)

@@ -1,0 +1,214 @@
+"""Sampler argument checks and option tables shared by both frameworks. numpy + stdlib only.
+
+Used by ``jax_impl/samplers*.py``, ``jax_impl/fast_samplers.py``, ``jax_impl/ode.py`` and
+their ``torch_ref`` twins, so the two sides accept and reject exactly the same arguments
+with the same messages. Only Python values, shapes, names and float64 tables are
+inspected here; every formula stays on its own side (DESIGN rule 1).
+
+Array arguments are looked at through ``np.shape`` only, which reads ``.shape`` of a JAX
+array (tracers included) or a torch tensor without converting it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from spec.validate import check_choice, check_float, check_int
+
+__all__ = [
+    "PREDICTORS",
+    "CORRECTORS",
+    "FIXED_STEP_METHODS",
+    "ADAPTIVE_METHODS",
+    "ODE_METHODS",
+    "HUTCHINSON_TYPES",
+    "EVALS_PER_STEP",
+    "DPM_GRIDS",
+    "DEFAULT_T_MIN",
+    "check_shape",
+    "check_sample_shape",
+    "check_callable",
+    "check_noise",
+    "pc_nfe",
+    "pc_noise_shapes",
+    "stack_step_noise",
+    "ald_nfe",
+    "check_ddim_eta",
+    "check_ode_method",
+    "check_sigma_range",
+]
+
+# ------------------------------------------------------------------------ names
+
+PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none")
+"""score_sde's predictor names, as accepted by ``get_predictor`` and ``pc_sample``."""
+CORRECTORS = ("langevin", "ald", "none")
+"""score_sde's corrector names, as accepted by ``get_corrector`` and ``pc_sample``."""
+
+FIXED_STEP_METHODS = ("euler", "heun", "rk4")
+"""Fixed-step probability-flow ODE solvers on a uniform time grid (exact jax == torch parity)."""
+ADAPTIVE_METHODS = ("dopri5", "tsit5")
+"""Adaptive ODE solvers (a 7-stage first-same-as-last pair with a PID step controller)."""
+ODE_METHODS = FIXED_STEP_METHODS + ADAPTIVE_METHODS
+HUTCHINSON_TYPES = (None, "gaussian", "rademacher")
+"""``None``: exact divergence; otherwise the Hutchinson-Skilling probe distribution."""
+EVALS_PER_STEP = {"euler": 1, "heun": 2, "rk4": 4}
+"""Score evaluations per step of each fixed-step ODE method."""
+
+DPM_GRIDS = ("logsnr", "karras")
+"""Noise-level grids of DPM-Solver++: uniform in lambda = -log sigma, or Karras' rho-ladder."""
+DEFAULT_T_MIN = 1e-3
+"""The time whose sigma is the default ``sigma_min`` (score_sde's ODE sampler end time)."""
+
+# ----------------------------------------------------------------------- shapes
+
+
+def check_shape(shape) -> tuple[int, ...]:
+    """Validate a sample shape ``(B, ...)`` (positive ints, at least the batch axis)."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"shape must be a tuple of ints (B, ...), got {shape!r}") from None
+    if not dims:
+        raise ValueError("shape must have at least the batch axis, got ()")
+    return tuple(check_int(f"shape[{k}]", d, minimum=1) for k, d in enumerate(dims))
+
+
+def check_sample_shape(shape, *, min_ndim: int = 1) -> tuple[int, ...]:
+    """A driver's ``shape`` ``[B, ...]`` as a tuple of positive ints with at least
+    ``min_ndim`` (1 or 2) entries; raises ``TypeError`` / ``ValueError`` naming ``shape``."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise TypeError(f"shape must be a tuple of ints [B, ...], got {shape!r}")
+    try:
+        shape = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"shape must be a tuple of ints [B, ...], got {shape!r}") from None
+    if len(shape) < min_ndim or any(s < 1 for s in shape):
+        if min_ndim <= 1:
+            raise ValueError(f"shape must be a non-empty tuple of positive ints [B, ...], got {shape}")
+        raise ValueError(f"shape must be a tuple of >= {min_ndim} positive ints [B, ...], got {shape}")
+    return shape
+
+
+def check_callable(name: str, fn, signature: str | None = None) -> None:
+    """Raise ``TypeError`` naming ``name`` unless ``fn`` is callable."""
+    if not callable(fn):
+        what = f"callable {signature}" if signature else "callable"
+        raise TypeError(f"{name} must be {what}, got {type(fn).__name__}")
+
+
+def check_noise(name: str, z, shape) -> None:
+    """Raise ``ValueError`` naming ``name`` unless the noise ``z`` is given with ``shape``."""
+    if z is None:
+        raise ValueError(f"{name} is required here (a stochastic step) but got None")
+    if tuple(np.shape(z)) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(np.shape(z))}")
+
+
+# ------------------------------------------------------------ predictor-corrector
+
+
+def pc_nfe(predictor, corrector, num_steps: int) -> int:
+    """True score evaluations of a PC run: ``num_steps (predictor.nfe + corrector.nfe)``."""
+    return int(num_steps) * (predictor.nfe + corrector.nfe)
+
+
+def pc_noise_shapes(predictor, corrector, shape, n_data: int = 0) -> dict[str, tuple[int, ...]]:
+    """Shapes of the noise one PC step consumes, by name (absent when unused):
+    ``corrector [n_steps, *shape]``, ``predictor [*shape]``, ``data [n_data, *shape]``
+    (the re-noising of known data in conditional samplers)."""
+    shapes = {}
+    if corrector.nfe:
+        shapes["corrector"] = (*corrector.noise_shape_prefix, *shape)
+    if predictor.stochastic:
+        shapes["predictor"] = tuple(shape)
+    if n_data:
+        shapes["data"] = (n_data, *shape)
+    return shapes
+
+
+def stack_step_noise(shapes, num_steps: int, **arrays) -> dict:
+    """Check pre-drawn noise arrays ``[num_steps, *shapes[name]]`` and return the needed ones.
+
+    Unneeded arrays are ignored (so callers may pass every array); a needed one that is
+    missing or of the wrong shape raises ``ValueError`` naming it.
+    """
+    out = {}
+    for name, s in shapes.items():
+        arg = f"{name}_noise"
+        z = arrays.get(arg)
+        if z is None:
+            raise ValueError(f"{arg} is required by this sampler configuration (shape "
+                             f"{(num_steps, *s)}), got None")
+        if tuple(np.shape(z)) != (num_steps, *s):
+            raise ValueError(f"{arg} must have shape {(num_steps, *s)}, got {tuple(np.shape(z))}")
+        out[name] = z
+    return out
+
+
+def ald_nfe(num_levels: int, n_steps_each: int, denoise: bool) -> int:
+    """Score evaluations of annealed Langevin dynamics: ``L n_steps_each (+1 to denoise)``."""
+    return int(num_levels) * int(n_steps_each) + int(bool(denoise))
+
+
+# ---------------------------------------------------------------------- DDIM, ODE
+
+
+def check_ddim_eta(eta, alphas_cumprod: np.ndarray, alphas_cumprod_prev: np.ndarray) -> float:
+    """``eta >= 0`` and small enough that ``sigma_t^2 <= 1 - abar_{t-1}`` at every step
+    (checked in float64 on the tables: any eta in [0, 1] passes)."""
+    eta = check_float("eta", eta, nonnegative=True)
+    if eta > 1.0:
+        abar = np.asarray(alphas_cumprod, dtype=np.float64)
+        abar_prev = np.asarray(alphas_cumprod_prev, dtype=np.float64)
+        sigma2 = eta**2 * (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)
+        bad = np.nonzero(sigma2 > 1.0 - abar_prev)[0]
+        if bad.size:
+            raise ValueError(
+                f"eta={eta} makes the DDIM noise variance sigma_t^2 exceed 1 - alpha_bar_(t-1) "
+                f"at step t={int(bad[0])}: the update is undefined there; use 0 <= eta <= 1"
+            )
+    return eta
+
+
+def check_ode_method(method, num_steps, rtol, atol, max_steps):
+    """Validate the ODE solver options; return ``(num_steps, rtol, atol, max_steps)``
+    (``num_steps`` is required by, and only by, the fixed-step methods)."""
+    check_choice("method", method, ODE_METHODS)
+    if method in FIXED_STEP_METHODS:
+        if num_steps is None:
+            raise ValueError(f"num_steps is required for the fixed-step method {method!r}")
+        num_steps = check_int("num_steps", num_steps, minimum=1)
+    elif num_steps is not None:
+        raise ValueError(
+            f"num_steps applies to the fixed-step methods {FIXED_STEP_METHODS}; the adaptive "
+            f"method {method!r} takes rtol/atol (and max_steps) instead"
+        )
+    rtol = check_float("rtol", rtol)
+    atol = check_float("atol", atol)
+    if not rtol > 0:
+        raise ValueError(f"rtol must be > 0, got {rtol}")
+    if not atol >= 0:
+        raise ValueError(f"atol must be >= 0, got {atol}")
+    max_steps = check_int("max_steps", max_steps, minimum=1)
+    return num_steps, rtol, atol, max_steps
+
+
+# ------------------------------------------------------------------ EDM / DPM-Solver
+
+
+def check_sigma_range(sigma_min, sigma_max, s_lo: float, s_T: float, s_default: float):
+    """Validated ``(sigma_min, sigma_max)`` as floats inside the SDE's ``[s_lo, s_T]`` =
+    ``[sigma(0), sigma(T)]``; ``None`` picks ``s_default`` = sigma(DEFAULT_T_MIN) and ``s_T``."""
+    smin = s_default if sigma_min is None else check_float("sigma_min", sigma_min, positive=True)
+    smax = s_T if sigma_max is None else check_float("sigma_max", sigma_max, positive=True)
+    slack = 1e-6
+    if not smax <= s_T * (1 + slack):
+        raise ValueError(f"sigma_max must be <= sigma(T) = {s_T} for this SDE, got {smax}")
+    if not smin >= s_lo * (1 - slack):
+        raise ValueError(f"sigma_min must be >= sigma(0) = {s_lo} for this SDE, got {smin}")
+    if not smin < smax:
+        raise ValueError(f"sigma_min must be < sigma_max, got {smin} >= {smax}")
+    return smin, smax
