@@ -39,6 +39,7 @@ from jax_impl.models.layers import (
     get_act,
     get_timestep_embedding,
     group_norm,
+    res_attn_stage,
 )
 from spec.model_configs import DDPMConfig
 
@@ -114,14 +115,8 @@ class DDPM(nn.Module):
         hs = [modules[m](h)]
         m += 1
         for level in range(cfg.num_resolutions):
-            attn = cfg.all_resolutions[level] in cfg.attn_resolutions
-            for _ in range(cfg.num_res_blocks):
-                h = modules[m](hs[-1], temb, train)
-                m += 1
-                if attn:
-                    h = modules[m](h)
-                    m += 1
-                hs.append(h)
+            m = res_attn_stage(modules, m, hs, temb, train, num_blocks=cfg.num_res_blocks,
+                               attn=cfg.all_resolutions[level] in cfg.attn_resolutions)
             if level != cfg.num_resolutions - 1:
                 hs.append(modules[m](hs[-1]))
                 m += 1

@@ -127,6 +127,21 @@ def check_image_inputs(x: jax.Array, labels: jax.Array, *, num_channels: int, fa
         raise ValueError(f"labels must have shape [B] = [{x.shape[0]}], got shape {jnp.shape(labels)}")
 
 
+def res_attn_stage(modules, m: int, hs: list, temb, train: bool, *, num_blocks: int,
+                   attn: bool) -> int:
+    """One resolution of a score_sde U-Net's down path: ``num_blocks`` times
+    ``h = ResBlock(hs[-1], temb)`` (then ``AttnBlock(h)`` when ``attn``), appending each
+    ``h`` to ``hs``. ``modules[m]`` is the first block; returns the next module index."""
+    for _ in range(num_blocks):
+        h = modules[m](hs[-1], temb, train)
+        m += 1
+        if attn:
+            h = modules[m](h)
+            m += 1
+        hs.append(h)
+    return m
+
+
 class NIN(nn.Module):
     """Network-in-network: a per-pixel dense layer, ``y = x W + b`` over the channel axis.
 

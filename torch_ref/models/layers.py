@@ -121,6 +121,20 @@ def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=num_groups, num_channels=channels, eps=GROUPNORM_EPS)
 
 
+def res_attn_stage(modules, m: int, hs: list, temb, *, num_blocks: int, attn: bool) -> int:
+    """One resolution of a score_sde U-Net's down path: ``num_blocks`` times
+    ``h = ResBlock(hs[-1], temb)`` (then ``AttnBlock(h)`` when ``attn``), appending each
+    ``h`` to ``hs``. ``modules[m]`` is the first block; returns the next module index."""
+    for _ in range(num_blocks):
+        h = modules[m](hs[-1], temb)
+        m += 1
+        if attn:
+            h = modules[m](h)
+            m += 1
+        hs.append(h)
+    return m
+
+
 def check_channels(module: str, x: torch.Tensor, expected: int) -> None:
     """Raise ``ValueError`` unless ``x`` is NCHW with ``expected`` channels."""
     if x.ndim != 4 or x.shape[1] != expected:
