@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import spec
+from spec.diffusion_process import DiffusionProcess
 from spec.configs import LossType, ModelMeanType, ModelVarType
 from spec.validate import check_int
 from jax_impl.utils import append_dims, check_floating, is_concrete
@@ -148,7 +149,7 @@ def _normalize_dtype(dtype):
 
 
 @dataclasses.dataclass(frozen=True)
-class GaussianDiffusion:
+class GaussianDiffusion(DiffusionProcess):
     """A discrete Gaussian diffusion q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I)
     and the reverse model p(x_{t-1} | x_t) = N(mu_theta, Sigma_theta) (Ho et al. 2020,
     Nichol & Dhariwal 2021), with improved-diffusion's method names.
@@ -166,56 +167,8 @@ class GaussianDiffusion:
     _tables: dict = dataclasses.field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self):
-        if not isinstance(self.config, spec.DiffusionConfig):
-            raise TypeError(
-                f"config must be a spec.DiffusionConfig, got {type(self.config).__name__}"
-            )
+        self._init_process()
         object.__setattr__(self, "dtype", _normalize_dtype(self.dtype))
-        axis = check_int("channel_axis", self.channel_axis)
-        if axis == 0:
-            raise ValueError("channel_axis must not be 0 (the batch axis)")
-        object.__setattr__(self, "channel_axis", axis)
-        object.__setattr__(self, "_tables", self.config.tables().runtime_tables())
-
-    # -- properties ------------------------------------------------------------
-    @property
-    def num_timesteps(self) -> int:
-        """T of the respaced process (the length of every table)."""
-        return len(self._tables["betas"])
-
-    @property
-    def model_mean_type(self) -> ModelMeanType:
-        return self.config.model_mean_type
-
-    @property
-    def model_var_type(self) -> ModelVarType:
-        return self.config.model_var_type
-
-    @property
-    def loss_type(self) -> LossType:
-        return self.config.loss_type
-
-    @property
-    def rescale_timesteps(self) -> bool:
-        return bool(self.config.rescale_timesteps)
-
-    @property
-    def original_num_steps(self) -> int:
-        return int(self.config.steps)
-
-    @property
-    def learned_variance(self) -> bool:
-        return self.model_var_type in (ModelVarType.LEARNED, ModelVarType.LEARNED_RANGE)
-
-    def table(self, name: str) -> np.ndarray:
-        """A float64 table ``[T]`` by name (improved-diffusion's names, e.g. ``"betas"``,
-        ``"alphas_cumprod"``, ``"posterior_variance"``, ``"timestep_map"``)."""
-        try:
-            return self._tables[name]
-        except KeyError:
-            raise ValueError(
-                f"unknown table name {name!r}; valid names: {sorted(self._tables)}"
-            ) from None
 
     # -- checks and helpers ---------------------------------------------------------
     def _compute_dtype(self, x):

@@ -23,10 +23,10 @@ import dataclasses
 import math
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 import spec
+from spec.diffusion_process import DiffusionProcess
 from spec.configs import LossType, ModelMeanType, ModelVarType
 from spec.validate import check_int
 from torch_ref.utils import append_dims, check_floating
@@ -120,7 +120,7 @@ def sample_timesteps_uniform(
 
 
 @dataclasses.dataclass(frozen=True)
-class GaussianDiffusion:
+class GaussianDiffusion(DiffusionProcess):
     """A discrete Gaussian diffusion and its reverse model, improved-diffusion's API.
 
     Args:
@@ -137,58 +137,11 @@ class GaussianDiffusion:
     _tables: dict = dataclasses.field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self):
-        if not isinstance(self.config, spec.DiffusionConfig):
-            raise TypeError(
-                f"config must be a spec.DiffusionConfig, got {type(self.config).__name__}"
-            )
+        self._init_process()
         if self.dtype is not None and not (
             isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point
         ):
             raise TypeError(f"dtype must be a floating torch.dtype or None, got {self.dtype!r}")
-        axis = check_int("channel_axis", self.channel_axis)
-        if axis == 0:
-            raise ValueError("channel_axis must not be 0 (the batch axis)")
-        object.__setattr__(self, "channel_axis", axis)
-        object.__setattr__(self, "_tables", self.config.tables().runtime_tables())
-
-    # -- properties ------------------------------------------------------------
-    @property
-    def num_timesteps(self) -> int:
-        """T of the respaced process (the length of every table)."""
-        return len(self._tables["betas"])
-
-    @property
-    def model_mean_type(self) -> ModelMeanType:
-        return self.config.model_mean_type
-
-    @property
-    def model_var_type(self) -> ModelVarType:
-        return self.config.model_var_type
-
-    @property
-    def loss_type(self) -> LossType:
-        return self.config.loss_type
-
-    @property
-    def rescale_timesteps(self) -> bool:
-        return bool(self.config.rescale_timesteps)
-
-    @property
-    def original_num_steps(self) -> int:
-        return int(self.config.steps)
-
-    @property
-    def learned_variance(self) -> bool:
-        return self.model_var_type in (ModelVarType.LEARNED, ModelVarType.LEARNED_RANGE)
-
-    def table(self, name: str) -> np.ndarray:
-        """A float64 table ``[T]`` by name (improved-diffusion's names)."""
-        try:
-            return self._tables[name]
-        except KeyError:
-            raise ValueError(
-                f"unknown table name {name!r}; valid names: {sorted(self._tables)}"
-            ) from None
 
     # -- checks and helpers ---------------------------------------------------------
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
