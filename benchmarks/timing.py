@@ -1,0 +1,140 @@
+"""Timing helpers shared by the benchmarks (DESIGN.md, "Benchmarks").
+
+Each variant of a benchmark is a zero-argument callable that runs the work once and
+returns its output already synchronised (``jax.block_until_ready`` on JAX outputs; torch
+runs on CPU here, and ``sync_torch`` waits on CUDA if a tensor lives there). ``measure``
+times the FIRST call of every variant apart (it includes JAX tracing/dispatch-cache
+warm-up or torch's first allocations; JAX compile time is measured separately by the
+caller through ``jit(...).lower(...).compile()``), then runs ``repeats`` rounds in which
+every variant runs once, round-robin, so a change of machine load (the machine is
+shared) hits all variants of a round alike. Medians of the repeats are quoted, and the
+ratios are formed from medians of the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+from typing import Any, Callable
+
+
+@dataclasses.dataclass
+class Variant:
+    """One way of doing the benchmarked work.
+
+    Attributes:
+      name: the row label.
+      run: ``run() -> output`` (synchronised).
+      compile_s: seconds spent compiling before the first call (JAX AOT), if separate.
+      note: a short remark for the table.
+    """
+
+    name: str
+    run: Callable[[], Any]
+    compile_s: float | None = None
+    note: str = ""
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """``(seconds, fn())`` with a ``perf_counter`` clock."""
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def measure(variants: list[Variant], repeats: int) -> tuple[dict[str, dict], dict[str, Any]]:
+    """Time every variant: first call apart, then ``repeats`` round-robin rounds.
+
+    Returns ``(stats, outputs)``: ``stats[name]`` holds ``first_call_s``, ``compile_s``,
+    ``times_s`` (all repeats), ``median_s``, ``min_s``, ``max_s``; ``outputs[name]`` is the
+    first call's output (used for the agreement checks).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    stats: dict[str, dict] = {}
+    outputs: dict[str, Any] = {}
+    for v in variants:
+        first, out = timed(v.run)
+        outputs[v.name] = out
+        stats[v.name] = {"first_call_s": first, "compile_s": v.compile_s, "note": v.note, "times_s": []}
+    for _ in range(repeats):
+        for v in variants:
+            dt, _ = timed(v.run)
+            stats[v.name]["times_s"].append(dt)
+    for s in stats.values():
+        ts = s["times_s"]
+        s.update(median_s=statistics.median(ts), min_s=min(ts), max_s=max(ts))
+    return stats, outputs
+
+
+def add_ratios(stats: dict[str, dict], baseline: str) -> None:
+    """``ratio_to_baseline = median / median(baseline)`` for every variant, in place."""
+    base = stats[baseline]["median_s"]
+    for s in stats.values():
+        s["ratio_to_baseline"] = s["median_s"] / base
+
+
+# ------------------------------------------------------------------ machine load (Linux)
+
+
+def _cpu_busy_s() -> float | None:
+    """Busy CPU seconds of the whole machine so far (``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return (total - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class LoadMonitor:
+    """Measures the CPU load OTHER processes put on the machine while a block runs.
+
+    ``foreign_cores = (machine busy seconds - this process's CPU seconds) / wall seconds``:
+    about 0 on a quiet machine; on a 2-core machine 1.0 means another job took a whole
+    core, and torch's OpenMP threads (which spin-wait) then slow down many-fold.
+    """
+
+    def __enter__(self):
+        self._t0, self._busy0, self._own0 = time.perf_counter(), _cpu_busy_s(), _own_cpu_s()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall_s = time.perf_counter() - self._t0
+        busy1 = _cpu_busy_s()
+        if self._busy0 is None or busy1 is None or self.wall_s <= 0:
+            self.foreign_cores = None
+        else:
+            own = _own_cpu_s() - self._own0
+            self.foreign_cores = max(0.0, (busy1 - self._busy0 - own) / self.wall_s)
+        return False
+
+
+def foreign_load(seconds: float = 2.0) -> float | None:
+    """Cores' worth of CPU other processes use over ``seconds`` (this process sleeping)."""
+    with LoadMonitor() as m:
+        time.sleep(seconds)
+    return m.foreign_cores
+
+
+def wait_for_quiet(max_wait_s: float, threshold: float = 0.25, window_s: float = 2.0,
+                   log=print) -> tuple[bool, float | None, float]:
+    """Sleep until the foreign load over a ``window_s`` window is below ``threshold`` cores,
+    at most ``max_wait_s``. Returns ``(quiet, last foreign load, seconds waited)``."""
+    t0 = time.perf_counter()
+    load = foreign_load(window_s)
+    while load is not None and load >= threshold and time.perf_counter() - t0 < max_wait_s:
+        log(f"[benchmarks] machine busy: other processes use {load:.2f} cores; waiting ...")
+        time.sleep(8.0)
+        load = foreign_load(window_s)
+    quiet = load is None or load < threshold
+    return quiet, load, time.perf_counter() - t0
