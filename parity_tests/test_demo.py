@@ -37,14 +37,13 @@ def test_demo_numbers_are_sane(quick_run):
     _, results, _ = quick_run
     rows = results["samplers"]
     names = [r["name"] for r in rows]
-    # The samplers that always exist; the optional ones appear or are noted as skipped.
     assert names[:3] == ["PC VP rev-diff+Langevin", "PC VE rev-diff+Langevin", "ALD (NCSN)"]
-    # Optional groups: ODE (1 row), DDPM + DDIM (2), EDM + DPM-Solver++ (2); one note each.
+    # Every sampler module exists, so none may be skipped: ODE (1 row), DDPM + DDIM (2),
+    # EDM + DPM-Solver++ (2), and no "not available" notes.
     groups = [("ODE",), ("DDPM", "DDIM"), ("EDM", "DPM-Solver")]
     present = [sum(name.startswith(prefixes) for name in names) for prefixes in groups]
-    for prefixes, count in zip(groups, present):
-        assert count in (0, len(prefixes)), (prefixes, names)
-    assert len(results["notes"]) == sum(count == 0 for count in present)
+    assert present == [len(prefixes) for prefixes in groups], names
+    assert results["notes"] == []
     assert len(rows) == 3 + sum(present)
     for r in rows:
         # Shared float32 noise: the frameworks agree to float32 round-off accumulated
@@ -59,8 +58,8 @@ def test_demo_numbers_are_sane(quick_run):
     floor = results["exact"]
     assert 0 < floor["sw1"] < 0.1  # 256 exact samples: the Monte-Carlo floor
     lik = results["likelihood"]
-    if lik is not None:  # exact score + dopri5: the ODE likelihood is the exact density
-        assert lik["max_abs_err"] < 0.05 and abs(lik["mean_exact"] - lik["mean_ode"]) < 0.01
+    assert lik is not None  # exact score + dopri5: the ODE likelihood is the exact density
+    assert lik["max_abs_err"] < 0.05 and abs(lik["mean_exact"] - lik["mean_ode"]) < 0.01
 
 
 def test_demo_prints_the_table(quick_run):
@@ -69,7 +68,7 @@ def test_demo_prints_the_table(quick_run):
         row = next(line for line in printed.splitlines() if line.startswith(r["name"]))
         assert f"{r['nfe']:>5d}" in row and f"{r['parity_max_abs']:.2e}" in row
     assert "exact (MC floor)" in printed and "jax-torch" in printed and "compile" not in printed.split("\n")[0]
-    assert ("log-likelihood on" in printed) == (results["likelihood"] is not None)
+    assert "log-likelihood on" in printed
     assert "samples.png" in printed
 
 
