@@ -19,16 +19,13 @@ each sampler the demo prints:
     (``jax_impl.ode.likelihood``), and a scatter plot of every sampler's JAX samples over
     the mixture density (``<out>/samples.png``); all numbers go to ``<out>/results.json``.
 
-Optional samplers (the ODE, DDPM / DDIM, EDM / DPM-Solver++ modules) are used when their
-modules exist and skipped with a printed note otherwise. ``--quick`` runs a tiny version
-(the test suite's). The full run finishes in well under a minute on 2 CPU cores.
+``--quick`` runs a tiny version (the test suite's). The full run finishes in well under a minute on 2 CPU cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -42,15 +39,23 @@ import numpy as np
 import torch
 
 import spec
+from jax_impl import fast_samplers as jfast
 from jax_impl import gmm as jgmm
+from jax_impl import ode as jode
 from jax_impl import samplers as jsamplers
+from jax_impl import samplers_discrete as jdisc
 from jax_impl import sde as jsde
+from jax_impl.diffusion import GaussianDiffusion as JDiffusion
 from jax_impl.utils import append_dims as j_append_dims
 from spec.oracles import gmm as gmm_oracle
 from spec.schedules import geometric_sigmas
+from torch_ref import fast_samplers as tfast
 from torch_ref import gmm as tgmm
+from torch_ref import ode as tode
 from torch_ref import samplers as tsamplers
+from torch_ref import samplers_discrete as tdisc
 from torch_ref import sde as tsde
+from torch_ref.diffusion import GaussianDiffusion as TDiffusion
 from torch_ref.utils import append_dims as t_append_dims
 
 
@@ -91,10 +96,6 @@ class DemoSampler:
     torch_from_noise: Callable
 
 
-def _available(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
 # ------------------------------------------------------------------- exact models
 
 
@@ -133,10 +134,10 @@ def _level_scores(mixture, sigmas):
 # ----------------------------------------------------------------------- samplers
 
 
-def build_samplers(mixture, sizes: DemoSizes) -> tuple[list[DemoSampler], list[str]]:
-    """The demo's samplers (with the optional modules that exist) and notes on the skipped."""
+def build_samplers(mixture, sizes: DemoSizes) -> list[DemoSampler]:
+    """The demo's samplers, each with its JAX and torch runs on drawn and on shared noise."""
     f32, t32 = jnp.float32, torch.float32
-    out, notes = [], []
+    out = []
     T = torch.as_tensor
 
     def nrm(rng, *shape):
@@ -177,73 +178,53 @@ def build_samplers(mixture, sizes: DemoSizes) -> tuple[list[DemoSampler], list[s
     vp_jsf, vp_tsf = jgmm.score_fn_for_sde(vp_j, mixture), tgmm.score_fn_for_sde(vp_t, mixture)
 
     # -- probability-flow ODE -----------------------------------------------------------
-    if _available("jax_impl.ode") and _available("torch_ref.ode"):
-        from jax_impl import ode as jode
-        from torch_ref import ode as tode
-
-        kw = dict(method="rk4", num_steps=sizes.ode_steps)
-        out.append(DemoSampler(
-            f"ODE VP rk4 x{sizes.ode_steps}",
-            jax_run=lambda key: jode.ode_sample(key, vp_j, vp_jsf, (sizes.n, 2), dtype=f32, **kw),
-            torch_run=lambda g: tode.ode_sample(vp_t, vp_tsf, (sizes.n, 2), generator=g, dtype=t32, **kw),
-            make_noise=lambda rng, n: (nrm(rng, n, 2),),
-            jax_from_noise=lambda z: jode.ode_sample(None, vp_j, vp_jsf, z.shape, z=z, **kw)[0],
-            torch_from_noise=lambda z: tode.ode_sample(vp_t, vp_tsf, tuple(z.shape), z=T(z), **kw)[0],
-        ))
-    else:
-        notes.append("probability-flow ODE sampler (jax_impl.ode / torch_ref.ode) not available: skipped")
+    kw = dict(method="rk4", num_steps=sizes.ode_steps)
+    out.append(DemoSampler(
+        f"ODE VP rk4 x{sizes.ode_steps}",
+        jax_run=lambda key: jode.ode_sample(key, vp_j, vp_jsf, (sizes.n, 2), dtype=f32, **kw),
+        torch_run=lambda g: tode.ode_sample(vp_t, vp_tsf, (sizes.n, 2), generator=g, dtype=t32, **kw),
+        make_noise=lambda rng, n: (nrm(rng, n, 2),),
+        jax_from_noise=lambda z: jode.ode_sample(None, vp_j, vp_jsf, z.shape, z=z, **kw)[0],
+        torch_from_noise=lambda z: tode.ode_sample(vp_t, vp_tsf, tuple(z.shape), z=T(z), **kw)[0],
+    ))
 
     # -- DDPM / DDIM on the discrete VP process ---------------------------------------
-    if _available("jax_impl.samplers_discrete") and _available("torch_ref.samplers_discrete"):
-        from jax_impl import samplers_discrete as jdisc
-        from jax_impl.diffusion import GaussianDiffusion as JDiffusion
-        from torch_ref import samplers_discrete as tdisc
-        from torch_ref.diffusion import GaussianDiffusion as TDiffusion
-
-        for label, respacing, fn in (("DDPM", sizes.ddpm_respacing, "ddpm_sample"),
-                                     ("DDIM eta=0", sizes.ddim_respacing, "ddim_sample")):
-            cfg = spec.DiffusionConfig(steps=1000, timestep_respacing=respacing)
-            jd, td = JDiffusion(cfg), TDiffusion(cfg)
-            jm, tm = _eps_models(cfg, mixture)
-            jf, tf = getattr(jdisc, fn), getattr(tdisc, fn)
-            K = jd.num_timesteps
-            if fn == "ddpm_sample":
-                make = lambda rng, n, K=K: (nrm(rng, n, 2), nrm(rng, K, n, 2))  # noqa: E731
-            else:
-                make = lambda rng, n: (nrm(rng, n, 2),)  # noqa: E731
-            out.append(DemoSampler(
-                f"{label} ({K} steps)",
-                jax_run=lambda key, jf=jf, jd=jd, jm=jm: jf(key, jd, jm, (sizes.n, 2), clip_denoised=False, dtype=f32),
-                torch_run=lambda g, tf=tf, td=td, tm=tm: tf(td, tm, (sizes.n, 2), clip_denoised=False, generator=g, dtype=t32),
-                make_noise=make,
-                jax_from_noise=lambda x_T, *noise, jf=jf, jd=jd, jm=jm: jf(
-                    None, jd, jm, x_T.shape, clip_denoised=False, x_T=x_T, **({"noise": noise[0]} if noise else {}))[0],
-                torch_from_noise=lambda x_T, *noise, tf=tf, td=td, tm=tm: tf(
-                    td, tm, tuple(x_T.shape), clip_denoised=False, x_T=T(x_T),
-                    **({"noise": T(noise[0])} if noise else {}))[0],
-            ))
-    else:
-        notes.append("DDPM / DDIM samplers (jax_impl.samplers_discrete) not available: skipped")
+    for label, respacing, fn in (("DDPM", sizes.ddpm_respacing, "ddpm_sample"),
+                                 ("DDIM eta=0", sizes.ddim_respacing, "ddim_sample")):
+        cfg = spec.DiffusionConfig(steps=1000, timestep_respacing=respacing)
+        jd, td = JDiffusion(cfg), TDiffusion(cfg)
+        jm, tm = _eps_models(cfg, mixture)
+        jf, tf = getattr(jdisc, fn), getattr(tdisc, fn)
+        K = jd.num_timesteps
+        if fn == "ddpm_sample":
+            make = lambda rng, n, K=K: (nrm(rng, n, 2), nrm(rng, K, n, 2))  # noqa: E731
+        else:
+            make = lambda rng, n: (nrm(rng, n, 2),)  # noqa: E731
+        out.append(DemoSampler(
+            f"{label} ({K} steps)",
+            jax_run=lambda key, jf=jf, jd=jd, jm=jm: jf(key, jd, jm, (sizes.n, 2), clip_denoised=False, dtype=f32),
+            torch_run=lambda g, tf=tf, td=td, tm=tm: tf(td, tm, (sizes.n, 2), clip_denoised=False, generator=g, dtype=t32),
+            make_noise=make,
+            jax_from_noise=lambda x_T, *noise, jf=jf, jd=jd, jm=jm: jf(
+                None, jd, jm, x_T.shape, clip_denoised=False, x_T=x_T, **({"noise": noise[0]} if noise else {}))[0],
+            torch_from_noise=lambda x_T, *noise, tf=tf, td=td, tm=tm: tf(
+                td, tm, tuple(x_T.shape), clip_denoised=False, x_T=T(x_T),
+                **({"noise": T(noise[0])} if noise else {}))[0],
+        ))
 
     # -- EDM Heun and DPM-Solver++(2M) ----------------------------------------------------
-    if _available("jax_impl.fast_samplers") and _available("torch_ref.fast_samplers"):
-        from jax_impl import fast_samplers as jfast
-        from torch_ref import fast_samplers as tfast
-
-        for label, fn in ((f"EDM Heun ({sizes.fast_steps} levels)", "edm_heun_sample"),
-                          (f"DPM-Solver++(2M) ({sizes.fast_steps} steps)", "dpm_solver_pp_sample")):
-            jf, tf = getattr(jfast, fn), getattr(tfast, fn)
-            out.append(DemoSampler(
-                label,
-                jax_run=lambda key, jf=jf: jf(key, vp_j, vp_jsf, (sizes.n, 2), num_steps=sizes.fast_steps, dtype=f32),
-                torch_run=lambda g, tf=tf: tf(vp_t, vp_tsf, (sizes.n, 2), num_steps=sizes.fast_steps, generator=g, dtype=t32),
-                make_noise=lambda rng, n: (nrm(rng, n, 2),),
-                jax_from_noise=lambda z, jf=jf: jf(None, vp_j, vp_jsf, z.shape, num_steps=sizes.fast_steps, z=z)[0],
-                torch_from_noise=lambda z, tf=tf: tf(vp_t, vp_tsf, tuple(z.shape), num_steps=sizes.fast_steps, z=T(z))[0],
-            ))
-    else:
-        notes.append("EDM / DPM-Solver++ samplers (jax_impl.fast_samplers) not available: skipped")
-    return out, notes
+    for label, fn in ((f"EDM Heun ({sizes.fast_steps} levels)", "edm_heun_sample"),
+                      (f"DPM-Solver++(2M) ({sizes.fast_steps} steps)", "dpm_solver_pp_sample")):
+        jf, tf = getattr(jfast, fn), getattr(tfast, fn)
+        out.append(DemoSampler(
+            label,
+            jax_run=lambda key, jf=jf: jf(key, vp_j, vp_jsf, (sizes.n, 2), num_steps=sizes.fast_steps, dtype=f32),
+            torch_run=lambda g, tf=tf: tf(vp_t, vp_tsf, (sizes.n, 2), num_steps=sizes.fast_steps, generator=g, dtype=t32),
+            make_noise=lambda rng, n: (nrm(rng, n, 2),),
+            jax_from_noise=lambda z, jf=jf: jf(None, vp_j, vp_jsf, z.shape, num_steps=sizes.fast_steps, z=z)[0],
+            torch_from_noise=lambda z, tf=tf: tf(vp_t, vp_tsf, tuple(z.shape), num_steps=sizes.fast_steps, z=T(z))[0],
+        ))
+    return out
 
 
 # ------------------------------------------------------------------------ metrics
@@ -327,13 +308,9 @@ def run_sampler(sampler: DemoSampler, metrics: MixtureMetrics, sizes: DemoSizes,
     )
 
 
-def likelihood_check(mixture, sizes: DemoSizes, seed: int) -> dict | None:
+def likelihood_check(mixture, sizes: DemoSizes, seed: int) -> dict:
     """Exact log p(x) against the probability-flow ODE log-likelihood (VP, exact
     divergence, dopri5, from eps = 1e-5) on points drawn from the mixture."""
-    if not _available("jax_impl.ode"):
-        return None
-    from jax_impl import ode as jode
-
     vp = jsde.VPSDE()
     x, _ = mixture.sample(np.random.default_rng(seed + 1), sizes.n_likelihood)
     x = x.astype(np.float32)
@@ -420,9 +397,7 @@ def _run_demo(out_dir: str, sizes: DemoSizes, seed: int, verbose: bool) -> dict:
     start = time.perf_counter()
     mixture = gmm_oracle.demo_mixture()
     metrics = MixtureMetrics(mixture, sizes.reference, seed)
-    samplers, notes = build_samplers(mixture, sizes)
-    for note in notes:
-        say(f"note: {note}")
+    samplers = build_samplers(mixture, sizes)
     say(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); {sizes.n} samples per sampler, "
         f"parity on {sizes.n_parity} with shared float32 noise, medians of {sizes.repeats} runs")
@@ -431,17 +406,14 @@ def _run_demo(out_dir: str, sizes: DemoSizes, seed: int, verbose: bool) -> dict:
     floor = metrics.distances(exact)
     say(format_table(rows, floor))
     lik = likelihood_check(mixture, sizes, seed)
-    if lik is None:
-        say("note: jax_impl.ode.likelihood not available: log-likelihood check skipped")
-    else:
-        say(f"log-likelihood on {lik['n']} exact points (VP probability-flow ODE, dopri5, exact "
-            f"divergence): mean exact {lik['mean_exact']:.4f}, mean ODE {lik['mean_ode']:.4f}, "
-            f"max |error| {lik['max_abs_err']:.2e}, NFE {lik['nfe']}, {lik['seconds']:.2f} s incl. compile")
+    say(f"log-likelihood on {lik['n']} exact points (VP probability-flow ODE, dopri5, exact "
+        f"divergence): mean exact {lik['mean_exact']:.4f}, mean ODE {lik['mean_ode']:.4f}, "
+        f"max |error| {lik['max_abs_err']:.2e}, NFE {lik['nfe']}, {lik['seconds']:.2f} s incl. compile")
     png = os.path.join(out_dir, "samples.png")
     plot(rows, exact, mixture, png)
     results = dict(
         samplers=[{k: v for k, v in r.items() if k != "samples"} for r in rows],
-        exact=floor, likelihood=lik, notes=notes, sizes=dataclasses.asdict(sizes),
+        exact=floor, likelihood=lik, sizes=dataclasses.asdict(sizes),
         versions=dict(jax=jax.__version__, torch=torch.__version__, backend=jax.default_backend()),
         png=png, total_s=time.perf_counter() - start,
     )
