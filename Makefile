@@ -8,8 +8,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Tests: 2 pytest workers by default (CI has 2 cores). Override with `make test PYTEST_ARGS=...`.
-PYTEST_ARGS ?= -n 2
+# Tests: 2 pytest workers by default (CI has 2 cores); `make test PYTEST_WORKERS=` runs in
+# one process. Extra pytest arguments: `make test PYTEST_ARGS="-m slow"`.
+PYTEST_WORKERS ?= -n 2
+PYTEST_ARGS ?=
 
 .PHONY: run test install clean
 
@@ -25,7 +27,7 @@ run: $(STAMP)
 	$(PY) -m jax_impl.demo --out outputs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
