@@ -4,14 +4,30 @@ Twin: ``jax_impl/ode.py`` (same public names and semantics; the equations, the N
 conventions and the bits/dim derivation are in its docstring).
 
 Differences that the frameworks impose:
-  * adaptive solves use torchdiffeq's ``odeint`` (``dopri5``: the same Dormand-Prince 5(4)
-    pair and mixed RMS error norm as diffrax's; its I-controller differs in detail, so
-    jax and torch agree to within the solver tolerance, not to round-off). The end time is
-    passed as ``step_t`` so the last step lands on it exactly (no overshoot past ``eps``).
-    torchdiffeq has no Tsitouras 5(4) pair: ``method="tsit5"`` raises a ``ValueError``
-    listing ``TORCH_ODE_METHODS``.
-  * NFE of adaptive solves is counted exactly, call by call (torchdiffeq's initial step
-    selection included).
+  * ``dopri5`` uses torchdiffeq's ``odeint`` (the same Dormand-Prince 5(4) pair and mixed
+    RMS error norm as diffrax's; its I-controller differs in detail, so jax and torch
+    agree to within the solver tolerance, not to round-off). The end time is passed as
+    ``step_t`` so the last step lands on it exactly (no overshoot past ``eps``).
+  * ``tsit5`` (torchdiffeq has none) is integrated here by ``_tsit5_solve``: the Tsitouras
+    (2011) 5(4) pair, 7 stages, first same as last, advancing with the 5th-order weights,
+    with the controller conventions of diffrax's ``PIDController(rtol, atol)``:
+      - error ``e = h sum_i (b_i - bhat_i) k_i``, norm
+        ``err = RMS(e / (atol + rtol max(|y0|, |y1|)))`` over every entry of the state
+        (all leaves of a tuple state jointly); the step is accepted iff ``err < 1``;
+      - I-controller ``h <- h clip(0.9 err^(-1/5), lo, hi)``, ``[lo, hi] = [1, 10]`` after
+        an accepted step and ``[0.2, 0.9]`` after a rejected one (a non-finite error
+        rejects with factor 0.2);
+      - Hairer's initial step (Hairer, Norsett & Wanner, sec. II.4), as diffrax's and
+        torchdiffeq's ``_select_initial_step`` (2 evaluations, the first reused as stage 1),
+        except that its trial Euler step is capped at ``|t1 - t0|`` so that the field is
+        never evaluated outside the interval;
+      - the last step is clipped to land exactly on the end time; more than
+        ``max_steps`` attempted steps raise a ``RuntimeError``.
+    Both directions of time work (T -> eps for sampling, eps -> T for likelihoods).
+    It follows diffrax's rules, not its floating-point operations: jax and torch tsit5
+    agree to within the solver tolerance.
+  * NFE of adaptive solves is counted exactly, call by call (the initial step selection
+    included; tsit5: ``2 + 6 * attempted steps``, FSAL sparing one call per step).
   * the exact divergence uses one backward pass per data dimension (autograd);
     Hutchinson's uses one vector-Jacobian product. Results are detached (the torch side
     is a reference for values; gradients are the JAX side's business).
@@ -45,8 +61,9 @@ from torch_ref.utils import check_array, check_floating, resolve_dtype
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-TORCH_ODE_METHODS = FIXED_STEP_METHODS + ("dopri5",)
-"""The methods available on the torch side (no Tsit5 in torchdiffeq)."""
+TORCH_ODE_METHODS = FIXED_STEP_METHODS + ("dopri5", "tsit5")
+"""The methods available on the torch side: all of ``ODE_METHODS`` (``dopri5`` through
+torchdiffeq, ``tsit5`` hand-written here)."""
 
 __all__ = [
     "FIXED_STEP_METHODS",
@@ -79,12 +96,12 @@ def _check_sde(sde) -> None:
 
 
 def _check_method(method, num_steps, rtol, atol, max_steps):
-    """``spec.sampler_args.check_ode_method`` plus torchdiffeq's missing Tsit5."""
+    """``spec.sampler_args.check_ode_method`` plus the torch side's method list."""
     check_choice("method", method, ODE_METHODS)
     if method not in TORCH_ODE_METHODS:
         raise ValueError(
-            f"method {method!r} is not available on the torch side (torchdiffeq has no "
-            f"Tsitouras 5(4) pair); valid torch methods: {', '.join(map(repr, TORCH_ODE_METHODS))}"
+            f"method {method!r} is not available on the torch side; valid torch methods: "
+            f"{', '.join(map(repr, TORCH_ODE_METHODS))}"
         )
     return check_ode_method(method, num_steps, rtol, atol, max_steps)
 
@@ -187,6 +204,13 @@ def _integrate(fn, y0, t0: float, t1: float, method: str, num_steps, rtol, atol,
             y = step(counted, y, grid[i], grid[i + 1])
         return y, count[0]
 
+    if method == "tsit5":
+        y1 = _tsit5_solve(
+            lambda y, t: counted(y, torch.tensor(t, dtype=dtype, device=device)),
+            y0, t0, t1, rtol, atol, max_steps,
+        )
+        return y1, count[0]
+
     ts = torch.tensor([t0, t1], dtype=torch.float64, device=device)
     out = odeint(
         lambda t, y: counted(y, t.to(dtype)),
@@ -199,6 +223,133 @@ def _integrate(fn, y0, t0: float, t1: float, method: str, num_steps, rtol, atol,
     )
     y1 = tuple(o[-1] for o in out) if isinstance(y0, tuple) else out[-1]
     return y1, count[0]
+
+
+# --------------------------------------------------------------------- Tsit5
+
+
+# Tsitouras, "Runge-Kutta pairs of order 5(4) satisfying only the first column simplifying
+# assumption", Comput. Math. Appl. 62 (2011) 770-775, table 1 (rounded to float64).
+# Stage i is evaluated at t + c_i h on y + h sum_j a_ij k_j; the last row of a is the
+# 5th-order weights b (first same as last: k_7 = f(t + h, y1) is the next step's k_1).
+_TSIT5_C = (0.0, 0.161, 0.327, 0.9, 0.9800255409045097, 1.0, 1.0)
+_TSIT5_A = (
+    (),
+    (0.161,),
+    (-0.008480655492356989, 0.335480655492357),
+    (2.8971530571054935, -6.359448489975075, 4.3622954328695815),
+    (5.325864828439257, -11.748883564062828, 7.4955393428898365, -0.09249506636175525),
+    (5.86145544294642, -12.92096931784711, 8.159367898576159, -0.071584973281401,
+     -0.028269050394068383),
+    (0.09646076681806523, 0.01, 0.4798896504144996, 1.379008574103742, -3.290069515436081,
+     2.324710524099774),
+)
+_TSIT5_B = _TSIT5_A[6] + (0.0,)
+"""5th-order weights (the solution)."""
+_TSIT5_BHAT = (0.09468075576583945, 0.009183565540343254, 0.4877705284247616,
+               1.234297566930479, -2.7077123499835256, 1.866628418170587, 1.0 / 66.0)
+"""Embedded 4th-order weights (only their difference to ``_TSIT5_B`` is used)."""
+_TSIT5_E = tuple(b - bh for b, bh in zip(_TSIT5_B, _TSIT5_BHAT))
+_TSIT5_ERROR_ORDER = 5  # local order of the error estimate: min(5, 4) + 1
+_SAFETY, _FACTOR_MIN, _FACTOR_MAX = 0.9, 0.2, 10.0
+
+
+def _combine(y, h, coeffs, ks):
+    """``y + h sum_j coeffs_j ks_j`` leaf-wise (zero coefficients skipped)."""
+    terms = [(c, k) for c, k in zip(coeffs, ks) if c != 0.0]
+
+    def leaf(y_leaf, *k_leaves):
+        acc = torch.zeros_like(y_leaf)
+        for (c, _), k in zip(terms, k_leaves):
+            acc = acc + c * k
+        return y_leaf + h * acc
+
+    return _map(leaf, y, *[k for _, k in terms])
+
+
+def _leaves(y):
+    return list(y) if isinstance(y, tuple) else [y]
+
+
+def _rms(leaves) -> float:
+    """Root mean square over every entry of every leaf (diffrax's ``optx.rms_norm``)."""
+    total = sum(float(torch.sum(torch.square(v.to(torch.float64)))) for v in leaves)
+    count = sum(v.numel() for v in leaves)
+    return math.sqrt(total / max(count, 1))
+
+
+def _initial_step(fn, y0, f0, t0: float, direction: float, span: float, rtol: float,
+                  atol: float) -> float:
+    """Hairer's starting step size |h| (one evaluation of ``fn``; ``f0 = fn(y0, t0)``).
+
+    The trial Euler step ``h0`` is capped at ``span = |t1 - t0|`` so that ``fn`` is never
+    evaluated outside the integration interval (e.g. past T, where an SDE rejects ``t``).
+    """
+    scale = [atol + rtol * torch.abs(v) for v in _leaves(y0)]
+    d0 = _rms([v / s for v, s in zip(_leaves(y0), scale)])
+    d1 = _rms([v / s for v, s in zip(_leaves(f0), scale)])
+    h0 = min(1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1, span)
+    f1 = fn(_axpy(y0, direction * h0, f0), t0 + direction * h0)
+    d2 = _rms([(a - b) / s for a, b, s in zip(_leaves(f1), _leaves(f0), scale)]) / h0
+    max_d = max(d1, d2)
+    if max_d <= 1e-15:
+        h1 = max(1e-6, h0 * 1e-3)
+    else:
+        h1 = (0.01 / max_d) ** (1.0 / _TSIT5_ERROR_ORDER)
+    return min(100.0 * h0, h1)
+
+
+def _tsit5_solve(fn, y0, t0: float, t1: float, rtol: float, atol: float, max_steps: int):
+    """Adaptive Tsit5 from ``t0`` to ``t1`` (either direction) for ``dy/dt = fn(y, t)``,
+    ``y`` a tensor or tuple of tensors, ``t`` a float; returns ``y(t1)``.
+
+    Controller and initial step as in diffrax (see the module docstring). Raises
+    ``RuntimeError`` after ``max_steps`` attempted steps, or if the step size underflows.
+    """
+    if t1 == t0:
+        return y0
+    direction = 1.0 if t1 > t0 else -1.0
+    span = abs(t1 - t0)
+    k1 = fn(y0, t0)
+    h = _initial_step(fn, y0, k1, t0, direction, span, rtol, atol)
+    t, y, s = t0, y0, 0.0  # s = |t - t0|, the distance covered so far
+    for _ in range(max_steps):
+        last = s + h >= span
+        if last:
+            h = span - s  # clip: land exactly on t1
+        dt = direction * h
+        ks = [k1]
+        for i in range(1, 7):
+            t_i = t1 if (last and _TSIT5_C[i] == 1.0) else t + _TSIT5_C[i] * dt
+            ks.append(fn(_combine(y, dt, _TSIT5_A[i], ks), t_i))
+        y_new = _combine(y, dt, _TSIT5_B, ks)
+        y_err = _combine(_map(torch.zeros_like, y), dt, _TSIT5_E, ks)
+        err = _rms([
+            e / (atol + rtol * torch.maximum(torch.abs(a), torch.abs(b)))
+            for e, a, b in zip(_leaves(y_err), _leaves(y), _leaves(y_new))
+        ])
+        if math.isfinite(err) and err < 1.0:
+            if last:
+                return y_new
+            t, y, s, k1 = t + dt, y_new, s + h, ks[6]  # first same as last
+            lo, hi = 1.0, _FACTOR_MAX
+        else:
+            lo, hi = _FACTOR_MIN, _SAFETY
+        if not math.isfinite(err):
+            factor = _FACTOR_MIN  # e.g. the field overflowed: shrink as far as allowed
+        elif err == 0.0:
+            factor = hi
+        else:
+            factor = min(max(_SAFETY * err ** (-1.0 / _TSIT5_ERROR_ORDER), lo), hi)
+        h = h * factor
+        if s + h == s:
+            raise RuntimeError(
+                f"tsit5: the step size underflowed at t = {t} (the solution may blow up)"
+            )
+    raise RuntimeError(
+        f"tsit5: max_steps={max_steps} steps were not enough to integrate from t={t0} to "
+        f"t={t1} (reached t={t}); raise max_steps or loosen rtol/atol"
+    )
 
 
 def _denoise(sde, score_fn, x, eps):
