@@ -55,6 +55,16 @@ from jax_impl.samplers import (
 from jax_impl.utils import append_dims, is_concrete
 from spec import grids
 
+__all__ = [
+    "CHANNEL_AXIS",
+    "decouple",
+    "couple",
+    "pc_inpaint",
+    "pc_inpaint_from_noise",
+    "pc_colorize",
+    "pc_colorize_from_noise",
+]
+
 CHANNEL_AXIS = -1
 """Channel axis of JAX images (NHWC)."""
 

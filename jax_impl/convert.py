@@ -12,6 +12,11 @@ core (this module calls into it, so reading ``.pth`` files needs torch installed
 - ``save_variables`` / ``load_variables``: flax variables as an orbax checkpoint (written
   to a temporary directory and renamed when complete, so a crash leaves no partial
   checkpoint under ``path``).
+
+The convert pair is deliberately asymmetric: both ``__all__`` list the same shared names
+(``KeyMap``, ``KeyTable``, ``key_table``, ``derived_buffers``, ``strip_prefix``,
+``load_checkpoint``, ``score_sde_state_dict``, ``num_parameters``, ``from_score_sde``,
+``from_ncsnv2``); the flax-only entry points above are exported here only.
 """
 
 from __future__ import annotations
@@ -37,6 +42,23 @@ from torch_ref.convert import (  # noqa: F401  (re-exported)
     score_sde_state_dict,
     strip_prefix,
 )
+
+__all__ = [
+    "KeyMap",
+    "KeyTable",
+    "key_table",
+    "derived_buffers",
+    "strip_prefix",
+    "load_checkpoint",
+    "score_sde_state_dict",
+    "num_parameters",
+    "from_score_sde",
+    "from_ncsnv2",
+    "torch_to_flax_variables",
+    "flax_to_torch_state_dict",
+    "save_variables",
+    "load_variables",
+]
 
 
 def torch_to_flax_variables(state_dict: Mapping[str, Any], config, *, dtype=np.float32) -> dict:

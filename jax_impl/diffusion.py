@@ -58,6 +58,18 @@ from spec.configs import LossType, ModelMeanType, ModelVarType
 from spec.validate import check_int
 from jax_impl.utils import append_dims, check_floating, is_concrete
 
+__all__ = [
+    "GaussianDiffusion",
+    "ModelMeanType",
+    "ModelVarType",
+    "LossType",
+    "normal_kl",
+    "approx_standard_normal_cdf",
+    "discretized_gaussian_log_likelihood",
+    "mean_flat",
+    "sample_timesteps_uniform",
+]
+
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 _LOG2 = math.log(2.0)

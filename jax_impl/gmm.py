@@ -16,6 +16,12 @@ import numpy as np
 
 from jax_impl.utils import append_dims
 
+__all__ = [
+    "gmm_log_prob",
+    "gmm_score",
+    "score_fn_for_sde",
+]
+
 
 def _log_components(x, weights, means, covs, a, s):
     """log w_k N(x; a mu_k, a^2 C_k + s^2 I) ``[B, K]`` and the precision-times-diff ``[B, K, D]``.

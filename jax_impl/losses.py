@@ -22,6 +22,17 @@ import jax.numpy as jnp
 from jax_impl.sde import VESDE, VPSDE, _SDEMethods
 from jax_impl.utils import append_dims, check_batch, check_floating, check_time_range, is_concrete
 
+__all__ = [
+    "smld_loss",
+    "anneal_dsm_loss",
+    "sde_loss",
+    "ddpm_loss",
+    "get_smld_loss_fn",
+    "get_anneal_dsm_loss_fn",
+    "get_sde_loss_fn",
+    "get_ddpm_loss_fn",
+]
+
 Array = jax.Array
 
 

@@ -21,6 +21,8 @@ batch_size)``, both usable under ``jit``. Under data-parallel sharding, pass the
 
 One deliberate difference: where improved-diffusion would divide by zero (all recorded
 losses exactly 0) the weights fall back to uniform.
+
+Framework-specific helpers, not part of the mirrored API: ``LossSecondMomentState``.
 """
 
 from __future__ import annotations
@@ -211,7 +213,6 @@ def create_named_schedule_sampler(name: str, num_timesteps, **kwargs):
 
 __all__ = [
     "LossSecondMomentResampler",
-    "LossSecondMomentState",
     "UniformSampler",
     "create_named_schedule_sampler",
     "sample_from_weights",

@@ -31,6 +31,14 @@ import jax.numpy as jnp
 import spec
 from jax_impl.utils import append_dims, check_score_inputs
 
+__all__ = [
+    "VESDE",
+    "VPSDE",
+    "subVPSDE",
+    "ReverseSDE",
+    "SDE_CLASSES",
+]
+
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 

@@ -1,6 +1,8 @@
 """Small shared helpers: broadcasting, argument checks, dtypes.
 
 Twin: ``torch_ref/utils.py`` (same public names).
+
+Framework-specific helpers, not part of the mirrored API: ``is_concrete``.
 """
 
 from __future__ import annotations
@@ -8,6 +10,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+__all__ = [
+    "append_dims",
+    "check_array",
+    "check_batch",
+    "check_floating",
+    "check_score_inputs",
+    "check_time_range",
+    "resolve_dtype",
+]
 
 
 def append_dims(c: jax.Array, ndim: int) -> jax.Array:

@@ -23,6 +23,16 @@ from torch_ref.samplers import (
 )
 from torch_ref.utils import append_dims
 
+__all__ = [
+    "CHANNEL_AXIS",
+    "decouple",
+    "couple",
+    "pc_inpaint",
+    "pc_inpaint_from_noise",
+    "pc_colorize",
+    "pc_colorize_from_noise",
+]
+
 CHANNEL_AXIS = 1
 """Channel axis of torch images (NCHW)."""
 

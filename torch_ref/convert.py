@@ -35,6 +35,13 @@ own ``.pt`` files atomically.
 
 The flax side is a nested ``dict`` of numpy arrays, so this module needs no jax import;
 ``jax.numpy`` arrays are accepted on the way back.
+
+The convert pair is deliberately asymmetric: both ``__all__`` list the same shared names
+(``KeyMap``, ``KeyTable``, ``key_table``, ``derived_buffers``, ``strip_prefix``,
+``load_checkpoint``, ``score_sde_state_dict``, ``num_parameters``, ``from_score_sde``,
+``from_ncsnv2``); the key-table core (``LAYOUTS``, ``WEIGHTS``, ``check_state_dict``,
+``flatten_paths``, ``torch_to_flax``, ``flax_to_torch``, ``*_key_table``,
+``save_state_dict``, ``load_state_dict``) is exported here only.
 """
 
 from __future__ import annotations
@@ -47,6 +54,30 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
+
+__all__ = [
+    "KeyMap",
+    "KeyTable",
+    "key_table",
+    "derived_buffers",
+    "strip_prefix",
+    "load_checkpoint",
+    "score_sde_state_dict",
+    "num_parameters",
+    "from_score_sde",
+    "from_ncsnv2",
+    "LAYOUTS",
+    "WEIGHTS",
+    "check_state_dict",
+    "flatten_paths",
+    "torch_to_flax",
+    "flax_to_torch",
+    "mlp_key_table",
+    "ddpm_key_table",
+    "ncsnpp_key_table",
+    "save_state_dict",
+    "load_state_dict",
+]
 
 LAYOUTS = ("conv", "dense", "same")
 

@@ -31,6 +31,18 @@ from spec.configs import LossType, ModelMeanType, ModelVarType
 from spec.validate import check_int
 from torch_ref.utils import append_dims, check_floating
 
+__all__ = [
+    "GaussianDiffusion",
+    "ModelMeanType",
+    "ModelVarType",
+    "LossType",
+    "normal_kl",
+    "approx_standard_normal_cdf",
+    "discretized_gaussian_log_likelihood",
+    "mean_flat",
+    "sample_timesteps_uniform",
+]
+
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _LOG2 = math.log(2.0)

@@ -12,6 +12,12 @@ import torch
 
 from torch_ref.utils import append_dims
 
+__all__ = [
+    "gmm_log_prob",
+    "gmm_score",
+    "score_fn_for_sde",
+]
+
 
 def _log_components(x, weights, means, covs, a, s):
     """log w_k N(x; a mu_k, a^2 C_k + s^2 I) ``[B, K]`` and C^{-1}(x - a mu_k) ``[B, K, D]``."""

@@ -16,6 +16,17 @@ import torch
 from torch_ref.sde import VESDE, VPSDE, _SDEMethods
 from torch_ref.utils import append_dims, check_batch, check_floating, check_time_range
 
+__all__ = [
+    "smld_loss",
+    "anneal_dsm_loss",
+    "sde_loss",
+    "ddpm_loss",
+    "get_smld_loss_fn",
+    "get_anneal_dsm_loss_fn",
+    "get_sde_loss_fn",
+    "get_ddpm_loss_fn",
+]
+
 Tensor = torch.Tensor
 
 

@@ -34,6 +34,8 @@ Differences that the frameworks impose:
   * randomness comes from a ``torch.Generator`` (``generator=None``: the global one): the
     prior noise ``z`` is drawn first; ``bits_per_dim`` draws the dequantization noise
     ``u`` first, then ``likelihood`` draws its Hutchinson probe.
+
+Framework-specific helpers, not part of the mirrored API: ``TORCH_ODE_METHODS``.
 """
 
 from __future__ import annotations
@@ -69,7 +71,6 @@ __all__ = [
     "FIXED_STEP_METHODS",
     "ADAPTIVE_METHODS",
     "ODE_METHODS",
-    "TORCH_ODE_METHODS",
     "HUTCHINSON_TYPES",
     "ode_time_grid",
     "euler_step",

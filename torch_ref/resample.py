@@ -9,6 +9,8 @@ float64 ``[T]``), ``sample(batch_size)`` -> ``(t, weights)`` with importance wei
 step has that many). Randomness comes from a ``torch.Generator`` (improved-diffusion
 uses numpy's global generator). Where improved-diffusion would divide by zero (all
 recorded losses exactly 0) the weights fall back to uniform.
+
+Framework-specific helpers, not part of the mirrored API: ``ScheduleSampler``, ``LossAwareSampler``.
 """
 
 from __future__ import annotations
@@ -159,9 +161,7 @@ def create_named_schedule_sampler(name: str, num_timesteps, **kwargs) -> Schedul
 
 
 __all__ = [
-    "LossAwareSampler",
     "LossSecondMomentResampler",
-    "ScheduleSampler",
     "UniformSampler",
     "create_named_schedule_sampler",
     "sample_from_weights",

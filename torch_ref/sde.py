@@ -19,6 +19,14 @@ import torch
 import spec
 from torch_ref.utils import append_dims, check_score_inputs
 
+__all__ = [
+    "VESDE",
+    "VPSDE",
+    "subVPSDE",
+    "ReverseSDE",
+    "SDE_CLASSES",
+]
+
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 

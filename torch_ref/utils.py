@@ -7,6 +7,16 @@ from __future__ import annotations
 
 import torch
 
+__all__ = [
+    "append_dims",
+    "check_array",
+    "check_batch",
+    "check_floating",
+    "check_score_inputs",
+    "check_time_range",
+    "resolve_dtype",
+]
+
 
 def append_dims(c: torch.Tensor, ndim: int) -> torch.Tensor:
     """Append trailing singleton axes to ``c`` until it has ``ndim`` dimensions.

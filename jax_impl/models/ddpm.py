@@ -43,6 +43,11 @@ from jax_impl.models.layers import (
 )
 from spec.model_configs import DDPMConfig
 
+__all__ = [
+    "DDPM",
+    "DDPMConfig",
+]
+
 
 class DDPM(nn.Module):
     """``apply(variables, x [B, H, W, C], labels [B], train=False) -> [B, H, W, C]``.

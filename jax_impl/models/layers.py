@@ -9,6 +9,8 @@ flax default; torch's default 1e-5 is overridden on the other side).
 
 All blocks take their input width (``in_ch`` / ``channels``) as an attribute, like the
 torch modules, and check it against the input at call time (before any compute).
+
+Framework-specific helpers, not part of the mirrored API: ``default_init``, ``naive_upsample``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,25 @@ import jax.numpy as jnp
 
 from spec.model_configs import NONLINEARITIES
 from spec.validate import check_choice
+
+__all__ = [
+    "GROUPNORM_EPS",
+    "NONLINEARITIES",
+    "get_act",
+    "get_timestep_embedding",
+    "group_norm",
+    "ddpm_conv1x1",
+    "ddpm_conv3x3",
+    "check_channels",
+    "check_image_inputs",
+    "self_attention",
+    "NIN",
+    "AttnBlock",
+    "Upsample",
+    "Downsample",
+    "ResnetBlockDDPM",
+    "res_attn_stage",
+]
 
 GROUPNORM_EPS = 1e-6
 

@@ -28,6 +28,11 @@ from jax_impl.models.layers import default_init, get_act, get_timestep_embedding
 from jax_impl.models.layerspp import GaussianFourierProjection
 from spec.model_configs import MLPConfig
 
+__all__ = [
+    "MLP",
+    "MLPConfig",
+]
+
 
 def _dense(features: int, name: str | None = None) -> nn.Dense:
     return nn.Dense(features, kernel_init=default_init(), bias_init=nn.initializers.zeros, name=name)

@@ -37,7 +37,14 @@ from spec.ncsn_configs import (  # noqa: F401  (re-exported: the config lives on
     NCSNConfig,
 )
 
-__all__ = ["NCSNConfig", "NCSN_CIFAR10", "NCSN_MNIST", "CondRefineNetDilated", "key_table"]
+__all__ = [
+    "NCSNConfig",
+    "NCSN_CIFAR10",
+    "NCSN_MNIST",
+    "NORMALIZATIONS",
+    "CondRefineNetDilated",
+    "key_table",
+]
 
 class CondRefineNetDilated(nn.Module):
     """NCSN v1, NHWC: ``apply(variables, x [B, H, W, C], y [B] int) -> score [B, H, W, C]``."""

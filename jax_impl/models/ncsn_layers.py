@@ -15,6 +15,9 @@ written with explicit padding and PyTorch's default initialisation
 The layout tables (``Stage``, ``Refine``, ``RefineNetPlan``, ``REFINENET_PLANS``),
 ``ACTIVATIONS``, ``INSTANCE_NORM_EPS`` and ``lookup_config`` are framework-neutral data
 defined once in ``spec/ncsn_configs.py`` and re-exported here.
+
+Framework-specific helpers, not part of the mirrored API: ``take_rows``, ``Embed``, ``Conv2d``,
+``max_pool5``, ``avg_pool5``, ``resize_bilinear``.
 """
 
 from __future__ import annotations
@@ -45,16 +48,10 @@ __all__ = [
     "instance_norm_plus",
     "InstanceNorm2dPlus",
     "ConditionalInstanceNorm2dPlus",
-    "take_rows",
-    "Embed",
-    "Conv2d",
     "conv3x3",
     "conv1x1",
     "dilated_conv3x3",
     "ConvMeanPool",
-    "max_pool5",
-    "avg_pool5",
-    "resize_bilinear",
     "CRPBlock",
     "CondCRPBlock",
     "RCUBlock",

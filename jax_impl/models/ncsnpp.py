@@ -50,6 +50,11 @@ from jax_impl.models.layers import (
 )
 from spec.model_configs import NCSNppConfig
 
+__all__ = [
+    "NCSNpp",
+    "NCSNppConfig",
+]
+
 SQRT2 = layerspp.SQRT2
 
 

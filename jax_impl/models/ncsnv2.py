@@ -55,6 +55,9 @@ from spec.ncsn_configs import (  # noqa: F401  (re-exported: the config lives on
 __all__ = [
     "NCSNv2Config",
     "NCSNV2_CIFAR10",
+    "NCSNV2_NAMES",
+    "NORMALIZATIONS",
+    "SIGMA_DISTS",
     "NCSNv2",
     "key_table",
     "from_ncsnv2",

@@ -4,6 +4,9 @@ Twin: ``torch_ref/models/registry.py``. Library code chooses models by config ty
 (``create_model(config)``); the names only serve the CLI. The NCSNv2 names
 (``ncsnv2_64``, ``ncsnv2_128``, ``ncsnv2_256``) share one class; the config's ``name``
 field picks the layout.
+
+Framework-specific helpers, not part of the mirrored API: ``init_variables``, ``variable_shapes``,
+``example_inputs``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,15 @@ from jax_impl.models.ncsnv2 import NCSNv2
 from spec.model_configs import PRESETS, DDPMConfig, MLPConfig, NCSNppConfig
 from spec.ncsn_configs import NCSNV2_NAMES, NCSNConfig, NCSNv2Config
 from spec.validate import check_choice
+
+__all__ = [
+    "MODELS",
+    "get_config_class",
+    "get_model_class",
+    "config_from_name",
+    "create_model",
+    "count_parameters",
+]
 
 #: model name (score_sde's ``config.model.name``) -> (config class, flax module class)
 MODELS = types.MappingProxyType({

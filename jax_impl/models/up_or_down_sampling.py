@@ -23,6 +23,18 @@ import numpy as np
 
 from jax_impl.models.layers import default_init
 
+__all__ = [
+    "setup_kernel",
+    "upfirdn2d",
+    "naive_upsample_2d",
+    "naive_downsample_2d",
+    "upsample_2d",
+    "downsample_2d",
+    "upsample_conv_2d",
+    "conv_downsample_2d",
+    "Conv2d",
+]
+
 
 def setup_kernel(k: Sequence[float]) -> np.ndarray:
     """2-D FIR kernel normalised to sum 1 (outer product of a 1-D kernel), float32."""

@@ -34,6 +34,11 @@ import jax.numpy as jnp
 import spec
 from jax_impl.utils import append_dims, check_score_inputs
 
+__all__ = [
+    "get_model_fn",
+    "get_score_fn",
+]
+
 ModelFn = Callable[..., jax.Array]
 ScoreFn = Callable[..., jax.Array]
 

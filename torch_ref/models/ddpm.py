@@ -40,6 +40,11 @@ from torch_ref.models.layers import (
     res_attn_stage,
 )
 
+__all__ = [
+    "DDPM",
+    "DDPMConfig",
+]
+
 
 class DDPM(nn.Module):
     """``forward(x [B, C, H, W], labels [B]) -> [B, C, H, W]``."""

@@ -8,6 +8,8 @@ follow score_sde_pytorch's ``models/layers.py`` (``GroupNorm_0``, ``Conv_0``,
 
 All blocks take their input width as a constructor argument and check it against the
 input at call time (before any compute).
+
+Framework-specific helpers, not part of the mirrored API: ``default_init_``, ``variance_scaling_``, ``ddpm_linear``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,25 @@ import torch.nn.functional as F
 
 from spec.model_configs import NONLINEARITIES
 from spec.validate import check_choice
+
+__all__ = [
+    "GROUPNORM_EPS",
+    "NONLINEARITIES",
+    "get_act",
+    "get_timestep_embedding",
+    "group_norm",
+    "ddpm_conv1x1",
+    "ddpm_conv3x3",
+    "check_channels",
+    "check_image_inputs",
+    "self_attention",
+    "NIN",
+    "AttnBlock",
+    "Upsample",
+    "Downsample",
+    "ResnetBlockDDPM",
+    "res_attn_stage",
+]
 
 GROUPNORM_EPS = 1e-6
 

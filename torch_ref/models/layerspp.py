@@ -26,6 +26,18 @@ from torch_ref.models.layers import (
     self_attention,
 )
 
+__all__ = [
+    "SQRT2",
+    "pp_groups",
+    "GaussianFourierProjection",
+    "Combine",
+    "AttnBlockpp",
+    "Upsample",
+    "Downsample",
+    "ResnetBlockDDPMpp",
+    "ResnetBlockBigGANpp",
+]
+
 SQRT2 = math.sqrt(2.0)
 
 

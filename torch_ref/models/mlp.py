@@ -26,6 +26,11 @@ from spec.model_configs import MLPConfig
 from torch_ref.models.layers import ddpm_linear, get_act, get_timestep_embedding
 from torch_ref.models.layerspp import GaussianFourierProjection
 
+__all__ = [
+    "MLP",
+    "MLPConfig",
+]
+
 
 class MLP(nn.Module):
     """Time/noise-conditional MLP, ``forward(x [B, D], labels [B]) -> [B, D]``."""

@@ -38,7 +38,14 @@ from torch_ref.models.ncsn_layers import (
     refinenet_key_table,
 )
 
-__all__ = ["NCSNConfig", "NCSN_CIFAR10", "NCSN_MNIST", "CondRefineNetDilated", "key_table"]
+__all__ = [
+    "NCSNConfig",
+    "NCSN_CIFAR10",
+    "NCSN_MNIST",
+    "NORMALIZATIONS",
+    "CondRefineNetDilated",
+    "key_table",
+]
 
 class CondRefineNetDilated(nn.Module):
     """NCSN v1, NCHW: ``forward(x [B, C, H, W], y [B] int) -> score [B, C, H, W]``."""

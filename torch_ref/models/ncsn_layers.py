@@ -30,6 +30,8 @@ Facts reproduced from the official code:
 The layout tables (``Stage``, ``Refine``, ``RefineNetPlan``, ``REFINENET_PLANS``),
 ``ACTIVATIONS``, ``INSTANCE_NORM_EPS`` and ``lookup_config`` are framework-neutral data
 defined once in ``spec/ncsn_configs.py`` and re-exported here.
+
+Framework-specific helpers, not part of the mirrored API: ``refinenet_key_table``.
 """
 
 from __future__ import annotations
@@ -78,7 +80,6 @@ __all__ = [
     "Refine",
     "RefineNetPlan",
     "REFINENET_PLANS",
-    "refinenet_key_table",
 ]
 
 def get_act(nonlinearity: str) -> nn.Module:

@@ -31,6 +31,11 @@ from torch_ref.models.layers import (
     res_attn_stage,
 )
 
+__all__ = [
+    "NCSNpp",
+    "NCSNppConfig",
+]
+
 SQRT2 = layerspp.SQRT2
 
 

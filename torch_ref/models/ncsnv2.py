@@ -19,6 +19,8 @@ code does; score_sde_pytorch's port pads them by 1 and crashes (its issue #48).
 
 ``NCSNv2Config`` and ``NCSNV2_CIFAR10`` are framework-neutral data defined once in
 ``spec/ncsn_configs.py`` and re-exported here (the twin exports the same objects).
+
+Framework-specific helpers, not part of the mirrored API: ``ncsnv2_state_dict``.
 """
 
 from __future__ import annotations
@@ -53,9 +55,11 @@ from torch_ref.models.ncsn_layers import (
 __all__ = [
     "NCSNv2Config",
     "NCSNV2_CIFAR10",
+    "NCSNV2_NAMES",
+    "NORMALIZATIONS",
+    "SIGMA_DISTS",
     "NCSNv2",
     "key_table",
-    "ncsnv2_state_dict",
     "from_ncsnv2",
 ]
 

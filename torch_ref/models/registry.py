@@ -22,6 +22,15 @@ from torch_ref.models.ncsn import CondRefineNetDilated
 from torch_ref.models.ncsnpp import NCSNpp
 from torch_ref.models.ncsnv2 import NCSNv2
 
+__all__ = [
+    "MODELS",
+    "get_config_class",
+    "get_model_class",
+    "config_from_name",
+    "create_model",
+    "count_parameters",
+]
+
 #: model name (score_sde's ``config.model.name``) -> (config class, torch module class)
 MODELS = types.MappingProxyType({
     "mlp": (MLPConfig, MLP),

@@ -20,6 +20,11 @@ import torch
 import spec
 from torch_ref.utils import append_dims, check_score_inputs
 
+__all__ = [
+    "get_model_fn",
+    "get_score_fn",
+]
+
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
