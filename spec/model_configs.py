@@ -25,10 +25,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from spec.ncsn_configs import NCSNV2_CIFAR10, NCSNV2_NAMES, NCSNv2Config
+from spec.ncsn_configs import ACTIVATIONS, NCSNV2_CIFAR10, NCSNV2_NAMES, NCSNv2Config
 from spec.validate import check_choice, check_float, check_int
 
-NONLINEARITIES = ("elu", "relu", "lrelu", "swish")
+NONLINEARITIES = ACTIVATIONS  # score_sde's config.model.nonlinearity values
 EMBEDDING_TYPES = ("positional", "fourier")
 RESBLOCK_TYPES = ("ddpm", "biggan")
 PROGRESSIVE = ("none", "output_skip", "residual")

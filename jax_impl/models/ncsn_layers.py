@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_impl.models.layers import get_act  # one activation table per side (also re-exported)
 from jax_impl.utils import check_floating, is_concrete
 from spec.ncsn_configs import (  # noqa: F401  (re-exported: configs and layouts live once in spec)
     ACTIVATIONS,
@@ -69,20 +70,6 @@ __all__ = [
     "RefineNetPlan",
     "REFINENET_PLANS",
 ]
-
-def get_act(nonlinearity: str) -> Callable[[jax.Array], jax.Array]:
-    """The activation named in ``config.model.nonlinearity`` (lrelu has slope 0.2)."""
-    name = str(nonlinearity).lower()
-    if name == "elu":
-        return jax.nn.elu
-    if name == "relu":
-        return jax.nn.relu
-    if name == "lrelu":
-        return lambda x: jax.nn.leaky_relu(x, negative_slope=0.2)
-    if name == "swish":
-        return jax.nn.silu
-    raise ValueError(f"unknown nonlinearity {nonlinearity!r}; valid choices: {ACTIVATIONS}")
-
 
 # ----------------------------------------------------------------------------- norms
 

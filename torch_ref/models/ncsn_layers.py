@@ -51,6 +51,7 @@ from spec.ncsn_configs import (  # noqa: F401  (re-exported: configs and layouts
     Stage,
     lookup_config,
 )
+from torch_ref.models.layers import get_act  # one activation table per side (also re-exported)
 from torch_ref.utils import check_floating
 
 __all__ = [
@@ -81,20 +82,6 @@ __all__ = [
     "RefineNetPlan",
     "REFINENET_PLANS",
 ]
-
-def get_act(nonlinearity: str) -> nn.Module:
-    """The activation named in ``config.model.nonlinearity`` (lrelu has slope 0.2)."""
-    name = str(nonlinearity).lower()
-    if name == "elu":
-        return nn.ELU()
-    if name == "relu":
-        return nn.ReLU()
-    if name == "lrelu":
-        return nn.LeakyReLU(negative_slope=0.2)
-    if name == "swish":
-        return nn.SiLU()
-    raise ValueError(f"unknown nonlinearity {nonlinearity!r}; valid choices: {ACTIVATIONS}")
-
 
 # ----------------------------------------------------------------------------- norms
 
