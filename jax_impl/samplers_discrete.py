@@ -139,6 +139,17 @@ def _run_reverse_loop(step, x_T, K: int, noise, step_key, needs_noise: bool):
 # ----------------------------------------------------------------------------- steps
 
 
+def _step_inputs(x, t, z):
+    """Check a step's ``x [B, ...]``, ``t`` and noise ``z`` (shape of x); return ``(x, t [B])``."""
+    check_floating("x", x)
+    x = jnp.asarray(x)
+    t = _as_t(t, x)
+    check_floating("z", z)
+    if jnp.shape(z) != x.shape:
+        raise ValueError(f"z must have the shape of x {x.shape}, got {jnp.shape(z)}")
+    return x, t
+
+
 def ddpm_step(
     diffusion: GaussianDiffusion,
     model_fn: ModelFn,
@@ -161,12 +172,7 @@ def ddpm_step(
     Returns ``{"sample": x_{t-1}, "pred_xstart": x0_hat}``, both ``[B, ...]``.
     """
     _check_diffusion(diffusion)
-    check_floating("x", x)
-    x = jnp.asarray(x)
-    t = _as_t(t, x)
-    check_floating("z", z)
-    if jnp.shape(z) != x.shape:
-        raise ValueError(f"z must have the shape of x {x.shape}, got {jnp.shape(z)}")
+    x, t = _step_inputs(x, t, z)
     out = diffusion.p_mean_variance(
         model_fn, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn
     )
@@ -199,12 +205,7 @@ def ddim_step(
     """
     _check_diffusion(diffusion)
     eta = _check_eta(diffusion, eta)
-    check_floating("x", x)
-    x = jnp.asarray(x)
-    t = _as_t(t, x)
-    check_floating("z", z)
-    if jnp.shape(z) != x.shape:
-        raise ValueError(f"z must have the shape of x {x.shape}, got {jnp.shape(z)}")
+    x, t = _step_inputs(x, t, z)
     out = diffusion.p_mean_variance(
         model_fn, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn
     )

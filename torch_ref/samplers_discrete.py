@@ -130,6 +130,16 @@ def _run_reverse_loop(step, x_T, K, noise, generator, needs_noise: bool):
 # ----------------------------------------------------------------------------- steps
 
 
+def _step_inputs(x, t, z):
+    """Check a step's ``x [B, ...]``, ``t`` and noise ``z`` (shape of x); return ``(x, t [B], z)``."""
+    x = _check_tensor("x", x)
+    t = _as_t(t, x)
+    z = _check_tensor("z", z)
+    if z.shape != x.shape:
+        raise ValueError(f"z must have the shape of x {tuple(x.shape)}, got {tuple(z.shape)}")
+    return x, t, z
+
+
 def ddpm_step(
     diffusion: GaussianDiffusion,
     model_fn: ModelFn,
@@ -146,11 +156,7 @@ def ddpm_step(
     Returns ``{"sample": x_{t-1}, "pred_xstart": x0_hat}``, both ``[B, ...]``.
     """
     _check_diffusion(diffusion)
-    x = _check_tensor("x", x)
-    t = _as_t(t, x)
-    z = _check_tensor("z", z)
-    if z.shape != x.shape:
-        raise ValueError(f"z must have the shape of x {tuple(x.shape)}, got {tuple(z.shape)}")
+    x, t, z = _step_inputs(x, t, z)
     out = diffusion.p_mean_variance(
         model_fn, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn
     )
@@ -177,11 +183,7 @@ def ddim_step(
     """
     _check_diffusion(diffusion)
     eta = _check_eta(diffusion, eta)
-    x = _check_tensor("x", x)
-    t = _as_t(t, x)
-    z = _check_tensor("z", z)
-    if z.shape != x.shape:
-        raise ValueError(f"z must have the shape of x {tuple(x.shape)}, got {tuple(z.shape)}")
+    x, t, z = _step_inputs(x, t, z)
     out = diffusion.p_mean_variance(
         model_fn, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn
     )
