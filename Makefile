@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m jax_impl.demo --out outputs/demo
+	$(PY) -m scorediff.demo --out outputs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""The demo (``python -m jax_impl.demo``): a tiny run end to end, its PNG, its numbers."""
+"""The demo (``python -m scorediff.demo``): a tiny run end to end, its PNG, its numbers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from jax_impl import demo
+from scorediff import demo
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The sampler demo on a 2-D Gaussian mixture with an exact score:
-``python -m jax_impl.demo --out outputs/demo`` (``make run``).
+``python -m scorediff.demo --out outputs/demo`` (``make run``).
 
 Every sampler of the library is fed the exact perturbed score of
 ``spec.oracles.gmm.demo_mixture()`` (so any error is the sampler's, not a network's) and
@@ -424,7 +424,7 @@ def _run_demo(out_dir: str, sizes: DemoSizes, seed: int, verbose: bool) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m jax_impl.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m scorediff.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     parser.add_argument("--seed", type=int, default=0)
