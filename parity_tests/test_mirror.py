@@ -5,14 +5,14 @@ Every ``jax_impl`` module has a ``torch_ref`` twin of the same relative path, an
 * each docstring names its twin (``jax_impl/x.py`` <-> ``torch_ref/x.py``);
 * both export an ``__all__`` whose names exist, and the two ``__all__`` are identical, except
   for ONE-SIDED names: a name exported on one side only is allowed when that module's
-  docstring lists it under a line ``One-sided names:``, one name per line in backticks with
-  its justification on the same line, e.g.::
+  docstring lists it under a line ``One-sided names:``, one name per line (bare or in
+  backticks) followed by its justification, e.g.::
 
       One-sided names:
-      - ``check_key``: a JAX PRNG key has no torch counterpart (torch draws from a Generator).
+        check_key -- a JAX PRNG key has no torch counterpart (torch draws from a Generator).
 
-  (the list ends at the next blank line). A listed name must exist in its module and must
-  not be exported by the twin;
+  (a more indented line continues an entry; the list ends at the next blank line). A
+  listed name must exist in its module and must not be exported by the twin;
 * every public function and class exported by both (and every public method of such a
   class) has the same signature: parameter names, order, kinds and defaults agree, with
   exactly these allowances, written once in ``_comparable``:
@@ -65,30 +65,52 @@ def _load(side: str, rel: str):
     return importlib.import_module(f"{side}.{rel.replace('/', '.')}")
 
 
+_ENTRY = re.compile(r"(?:[-*]\s+)?(`{0,2})([A-Za-z_]\w*)\1(?![\w.`])\s*(?:--|:|-|,)?\s*(.*)$")
+
+
 def one_sided_names(doc: str | None) -> dict[str, str]:
-    """``{name: justification}`` listed under ``One-sided names:`` in a module docstring."""
+    """``{name: justification}`` listed under ``One-sided names:`` in a module docstring.
+
+    One entry per line, the name first (bare or in backticks), then its justification;
+    a more indented line continues the entry above; a blank or less indented line ends
+    the list.
+    """
     lines = (doc or "").splitlines()
     for i, line in enumerate(lines):
-        head, sep, rest = line.partition("One-sided names:")
+        _, sep, rest = line.partition("One-sided names:")
         if not sep:
             continue
-        found = {}
-        block = ([rest] if rest.strip() else []) + lines[i + 1:]
-        for entry in block:
+        found: dict[str, str] = {}
+        entries = lines[i + 1:]
+        if rest.strip():
+            entries = [rest.strip()] + entries
+        indent, last = None, None
+        for entry in entries:
             if not entry.strip():
                 break
-            m = re.match(r"\s*[-*]?\s*``?([A-Za-z_][A-Za-z0-9_]*)``?\s*[:,-]?\s*(.*)", entry)
+            depth = len(entry) - len(entry.lstrip())
+            if indent is None:
+                indent = depth
+            if depth < indent:
+                break
+            if depth > indent and last is not None:
+                found[last] = (found[last] + " " + entry.strip()).strip()
+                continue
+            m = _ENTRY.match(entry.strip())
             if m:
-                found[m.group(1)] = m.group(2).strip()
+                last = m.group(2)
+                found[last] = m.group(3).strip()
         return found
     return {}
 
 
 def test_one_sided_parser():
-    doc = ("Title.\n\nOne-sided names:\n- ``check_key``: keys are JAX's (torch uses a ``Generator``).\n"
-           "- `save_variables`: orbax I/O.\n\nMore text with ``other``.\n")
+    doc = ("Title.\n\nOne-sided names:\n- ``check_key``: keys are JAX's (torch uses a\n"
+           "  ``Generator``).\n- `save_variables`: orbax I/O.\n\nMore text with ``other``.\n")
     assert one_sided_names(doc) == {"check_key": "keys are JAX's (torch uses a ``Generator``).",
                                     "save_variables": "orbax I/O."}
+    doc = "T.\n\nOne-sided names:\n  check_key -- PRNG keys are a JAX concept.\n"
+    assert one_sided_names(doc) == {"check_key": "PRNG keys are a JAX concept."}
     assert one_sided_names("no list here ``x``") == {}
 
 
