@@ -14,9 +14,10 @@
 Modules are discovered from the file tree (sub-packages such as ``jax_impl/models`` and
 ``spec/oracles`` included), so a new module is covered without editing this file. Each
 side is imported in ONE fresh interpreter (a ``sys.meta_path`` finder that raises
-``ImportError`` for the blocked top-level packages, then every module imported in turn);
-the per-module tests read that one result, so a failure names the module, the blocked
-import and the line of the repository that asked for it.
+``ModuleNotFoundError``, an ``ImportError``, for the blocked top-level packages, as on a
+machine without them; then every module is imported in turn); the per-module tests read
+that one result, so a failure names the module, the blocked import and the line of the
+repository that asked for it.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ blocked, modules, root = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.a
 class BlockFinder:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in blocked:
-            raise ImportError(f"blocked import of {name!r}")
+            # what `import torch` raises where torch is not installed
+            raise ModuleNotFoundError(f"blocked import of {name!r}", name=name)
         return None
 
 sys.meta_path.insert(0, BlockFinder())
