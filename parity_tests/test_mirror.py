@@ -24,8 +24,9 @@ Every ``jax_impl`` module has a ``torch_ref`` twin of the same relative path, an
       ``torch.float32``), and any other default that is a jax / flax / torch object
       compares by type name;
   (c) a Flax linen class's ``parent`` / ``name`` fields (added by flax to every module) are
-      not part of the mirrored signature, and a Flax module's ``__call__`` is compared with
-      its torch twin's ``forward``.
+      not part of the mirrored signature (nor is its ``setup``). A network's call (flax
+      ``__call__`` / torch ``forward``) is not compared: flax passes ``train`` per call,
+      torch sets ``module.train()``.
 
 Imports only (no compute). Pairs are discovered from the file tree, so a new module pair is
 covered automatically; the package ``__init__.py`` files (no public names of their own)
@@ -168,10 +169,6 @@ def _is_flax_module(cls) -> bool:
     return any(c.__module__.startswith("flax.") and c.__name__ == "Module" for c in cls.__mro__)
 
 
-def _is_torch_module(cls) -> bool:
-    return any(c.__module__.startswith("torch.") and c.__name__ == "Module" for c in cls.__mro__)
-
-
 def _dtype_name(value):
     """The dtype's name (``float32``) for a numpy / jax / torch dtype, else None."""
     if type(value).__module__.startswith("torch") and type(value).__name__ == "dtype":
@@ -278,7 +275,7 @@ def _own_public_methods(cls) -> dict[str, object]:
         if not (klass.__module__ or "").split(".")[0] in ("jax_impl", "torch_ref", "spec"):
             continue
         for name, value in vars(klass).items():
-            if name.startswith("_") and name not in ("__call__",):
+            if name.startswith("_"):
                 continue
             if isinstance(value, (staticmethod, classmethod)):
                 value = value.__func__
@@ -300,10 +297,8 @@ def _signature_problems(rel: str) -> list[str]:
             drop = ("parent", "name") if flax else ()  # allowance (c)
             problems += _compare(label, j, t, drop=drop)
             jm, tm = _own_public_methods(j), _own_public_methods(t)
-            if flax and _is_torch_module(t):
-                jm.pop("setup", None)
-                if "__call__" in jm and "forward" in tm:  # allowance (c)
-                    tm["__call__"] = tm.pop("forward")
+            if flax:
+                jm.pop("setup", None)  # allowance (c)
             for meth in sorted(set(jm) & set(tm)):
                 problems += _compare(f"{label}.{meth}", jm[meth], tm[meth])
         elif inspect.isclass(j) or inspect.isclass(t):
