@@ -10,6 +10,12 @@ callables, never a network library.
 
 ``reduce_mean=True`` averages the squared error over the non-batch dimensions;
 ``reduce_mean=False`` takes ``0.5 * sum`` (score_sde's convention).
+
+Input checks (``jax_impl/validate.py``), all before any compute: ``x`` and the noise are
+floating arrays of one shape without NaN/Inf (values checked when concrete), ``t`` lies in
+``[0, T]``, labels are integer ``[B]`` indices in range, the options are bools, ``rng`` is
+one PRNG key, and what ``score_fn`` / ``model_fn`` returns has ``x``'s shape and a floating
+dtype (checked at trace time, so also under ``jit``).
 """
 
 from __future__ import annotations
@@ -18,9 +24,21 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from spec.validate import check_bool, check_callable, check_finite_array, check_float
 from jax_impl.sde import VESDE, VPSDE, _SDEMethods
-from jax_impl.utils import append_dims, check_batch, check_floating, check_time_range, is_concrete
+from jax_impl.utils import append_dims
+from jax_impl.validate import (
+    check_array,
+    check_batch,
+    check_fn_output,
+    check_indices,
+    check_key,
+    check_sde,
+    check_time_range,
+    is_concrete,
+)
 
 __all__ = [
     "smld_loss",
@@ -41,22 +59,43 @@ def _reduce(values: Array, reduce_mean: bool) -> Array:
     return jnp.mean(values, axis=axes) if reduce_mean else 0.5 * jnp.sum(values, axis=axes)
 
 
-def _check_labels(name: str, labels, num: int, x) -> None:
-    check_batch("x", x, name, labels)
-    if jnp.ndim(labels) != 1:
-        raise ValueError(f"{name} must have shape [B], got {jnp.shape(labels)}")
-    if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
-        raise TypeError(f"{name} must be integer noise-level indices, got {jnp.result_type(labels)}")
-    if is_concrete(labels):
-        lo, hi = int(jnp.min(labels)), int(jnp.max(labels))
-        if lo < 0 or hi >= num:
-            raise ValueError(f"{name} must lie in [0, {num}), got values in [{lo}, {hi}]")
+def _check_inputs(fn_name: str, fn, x, z) -> tuple[Array, Array]:
+    """The checks every loss core makes: ``fn`` callable, ``x`` a floating ``[B, ...]``
+    array and the noise ``z`` of x's shape (both without NaN/Inf when concrete)."""
+    check_callable(fn_name, fn, f"{fn_name}(x, t) -> [B, ...]")
+    x = check_array("x", x, min_ndim=1)
+    z = check_array("noise z", z, shape=x.shape, like_name="x")
+    return x, z
 
 
-def _check_noise(x, z) -> None:
-    check_floating("x", x)
-    if jnp.shape(z) != jnp.shape(x):
-        raise ValueError(f"noise z must have the shape of x {jnp.shape(x)}, got {jnp.shape(z)}")
+def _check_sigmas(sigmas):
+    """A noise ladder ``[L]``: 1-D, non-empty, finite and > 0 (any order). Checked when
+    concrete; returned unchanged."""
+    if not is_concrete(sigmas):
+        return sigmas
+    arr = check_finite_array("sigmas", sigmas)
+    if arr.ndim != 1 or arr.size == 0 or np.any(arr <= 0):
+        raise ValueError(f"sigmas must be a non-empty 1-D array of noise levels > 0, got "
+                         f"shape {arr.shape} with min {arr.min() if arr.size else None}")
+    return sigmas
+
+
+def _check_labels(labels, num: int, x) -> Array:
+    return check_indices("labels", labels, num, what="integer noise-level indices [B]",
+                         x_name="x", x=x)
+
+
+def _check_sde_kind(sde, cls, what: str) -> None:
+    """``sde`` must be a ``cls`` (sub-VP is not a VPSDE: it has no DDPM table)."""
+    if not isinstance(sde, cls):
+        raise TypeError(f"sde: {what} needs a {cls.__name__}, got {type(sde).__name__}")
+
+
+def _call(fn_name: str, fn, x, labels) -> Array:
+    """``fn(x, labels)``, its output checked at trace time (x's shape, floating dtype)."""
+    out = fn(x, labels)
+    check_fn_output(fn_name, out, x)
+    return out
 
 
 # ----------------------------------------------------------------- NCSN (SMLD)
@@ -80,22 +119,25 @@ def anneal_dsm_loss(
       x: data ``[B, ...]``; labels: int ``[B]`` into ``sigmas``; z: standard normal like x;
       sigmas: the noise ladder ``[L]``.
     """
-    _check_noise(x, z)
-    sigmas = jnp.asarray(sigmas, dtype=x.dtype)
-    _check_labels("labels", labels, sigmas.shape[0], x)
+    x, z = _check_inputs("score_fn", score_fn, x, z)
+    sigmas = jnp.asarray(_check_sigmas(sigmas), dtype=x.dtype)
+    anneal_power = check_float("anneal_power", anneal_power)
+    labels = _check_labels(labels, sigmas.shape[0], x)
     used = append_dims(sigmas[labels], x.ndim)
     perturbed = x + used * z
     target = -z / used
-    score = score_fn(perturbed, labels)
+    score = _call("score_fn", score_fn, perturbed, labels)
     sq = jnp.sum(((score - target) ** 2).reshape(x.shape[0], -1), axis=-1)
     return 0.5 * sq * sigmas[labels] ** anneal_power
 
 
 def get_anneal_dsm_loss_fn(sigmas, anneal_power: float = 2.0):
     """``loss(rng, score_fn, x) -> [B]`` drawing uniform labels and Gaussian noise."""
+    sigmas = _check_sigmas(sigmas)
+    anneal_power = check_float("anneal_power", anneal_power)
 
     def loss_fn(rng, score_fn, x):
-        k_label, k_z = jax.random.split(rng)
+        k_label, k_z = jax.random.split(check_key("rng", rng))
         labels = jax.random.randint(k_label, (x.shape[0],), 0, len(sigmas))
         z = jax.random.normal(k_z, x.shape, x.dtype)
         return anneal_dsm_loss(score_fn, x, labels, z, sigmas, anneal_power)
@@ -123,13 +165,17 @@ def sde_loss(
     with it (lambda = g(t)^2, Song et al. 2021b):
       loss = reduce(|score(x_t, t) + z / std|^2) * g(t)^2.
     """
-    _check_noise(x, z)
+    check_sde(sde)
+    x, z = _check_inputs("score_fn", score_fn, x, z)
     check_batch("x", x, "t", t)
     check_time_range("t", t, 0.0, sde.T)
+    reduce_mean = check_bool("reduce_mean", reduce_mean)
+    likelihood_weighting = check_bool("likelihood_weighting", likelihood_weighting)
     mean, std = sde.marginal_prob(x, t)
     std_b = append_dims(std, x.ndim)
     perturbed = mean + std_b * z
-    score = score_fn(perturbed, jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],)))
+    score = _call("score_fn", score_fn, perturbed,
+                  jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],)))
     if not likelihood_weighting:
         return _reduce((score * std_b + z) ** 2, reduce_mean)
     g2 = sde.sde(jnp.zeros_like(x), t)[1] ** 2
@@ -139,11 +185,15 @@ def sde_loss(
 def get_sde_loss_fn(sde, *, reduce_mean: bool = True, likelihood_weighting: bool = False,
                     eps: float = 1e-5):
     """``loss(rng, score_fn, x) -> [B]`` with t ~ U(eps, T) and z ~ N(0, I) (score_sde)."""
+    check_sde(sde)
+    reduce_mean = check_bool("reduce_mean", reduce_mean)
+    likelihood_weighting = check_bool("likelihood_weighting", likelihood_weighting)
+    eps = check_float("eps", eps)
     if not 0.0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
 
     def loss_fn(rng, score_fn, x):
-        k_t, k_z = jax.random.split(rng)
+        k_t, k_z = jax.random.split(check_key("rng", rng))
         t = jax.random.uniform(k_t, (x.shape[0],), x.dtype) * (sde.T - eps) + eps
         z = jax.random.normal(k_z, x.shape, x.dtype)
         return sde_loss(sde, score_fn, x, t, z, reduce_mean=reduce_mean,
@@ -161,14 +211,14 @@ def smld_loss(sde: VESDE, model_fn, x, labels, z, *, reduce_mean: bool = False) 
     sigma = flip(discrete_sigmas)[label] (label 0 is sigma_max), x~ = x + sigma z,
     loss = reduce(|model(x~, label) + z / sigma|^2) * sigma^2.
     """
-    if not isinstance(sde, VESDE):
-        raise TypeError(f"smld_loss needs a VESDE, got {type(sde).__name__}")
-    _check_noise(x, z)
-    _check_labels("labels", labels, sde.N, x)
+    _check_sde_kind(sde, VESDE, "smld_loss")
+    x, z = _check_inputs("model_fn", model_fn, x, z)
+    labels = _check_labels(labels, sde.N, x)
+    reduce_mean = check_bool("reduce_mean", reduce_mean)
     sigmas = jnp.asarray(sde.discrete_sigmas[::-1].copy(), dtype=x.dtype)[labels]
     sigma_b = append_dims(sigmas, x.ndim)
     noise = z * sigma_b
-    score = model_fn(x + noise, labels)
+    score = _call("model_fn", model_fn, x + noise, labels)
     target = -noise / sigma_b**2
     return _reduce((score - target) ** 2, reduce_mean) * sigmas**2
 
@@ -176,19 +226,21 @@ def smld_loss(sde: VESDE, model_fn, x, labels, z, *, reduce_mean: bool = False) 
 def ddpm_loss(sde: VPSDE, model_fn, x, labels, z, *, reduce_mean: bool = True) -> Array:
     """score_sde's discrete DDPM loss (Ho et al. L_simple), ``[B]``:
     x_t = sqrt(alpha_bar_i) x + sqrt(1 - alpha_bar_i) z, loss = reduce(|eps(x_t, i) - z|^2)."""
-    if type(sde) is not VPSDE:
-        raise TypeError(f"ddpm_loss needs a VPSDE, got {type(sde).__name__}")
-    _check_noise(x, z)
-    _check_labels("labels", labels, sde.N, x)
+    _check_sde_kind(sde, VPSDE, "ddpm_loss")
+    x, z = _check_inputs("model_fn", model_fn, x, z)
+    labels = _check_labels(labels, sde.N, x)
+    reduce_mean = check_bool("reduce_mean", reduce_mean)
     a = jnp.asarray(sde.sqrt_alphas_cumprod, dtype=x.dtype)[labels]
     s = jnp.asarray(sde.sqrt_1m_alphas_cumprod, dtype=x.dtype)[labels]
     perturbed = append_dims(a, x.ndim) * x + append_dims(s, x.ndim) * z
-    return _reduce((model_fn(perturbed, labels) - z) ** 2, reduce_mean)
+    return _reduce((_call("model_fn", model_fn, perturbed, labels) - z) ** 2, reduce_mean)
 
 
 def _discrete_loss_fn(core, sde, reduce_mean):
+    reduce_mean = check_bool("reduce_mean", reduce_mean)
+
     def loss_fn(rng, model_fn, x):
-        k_l, k_z = jax.random.split(rng)
+        k_l, k_z = jax.random.split(check_key("rng", rng))
         labels = jax.random.randint(k_l, (x.shape[0],), 0, sde.N)
         z = jax.random.normal(k_z, x.shape, x.dtype)
         return core(sde, model_fn, x, labels, z, reduce_mean=reduce_mean)
@@ -198,13 +250,11 @@ def _discrete_loss_fn(core, sde, reduce_mean):
 
 def get_smld_loss_fn(sde: VESDE, *, reduce_mean: bool = False):
     """``loss(rng, model_fn, x) -> [B]`` with uniform labels in [0, N)."""
-    if not isinstance(sde, VESDE):
-        raise TypeError(f"SMLD training needs a VESDE, got {type(sde).__name__}")
+    _check_sde_kind(sde, VESDE, "SMLD training")
     return _discrete_loss_fn(smld_loss, sde, reduce_mean)
 
 
 def get_ddpm_loss_fn(sde: VPSDE, *, reduce_mean: bool = True):
     """``loss(rng, model_fn, x) -> [B]`` with uniform labels in [0, N)."""
-    if type(sde) is not VPSDE:
-        raise TypeError(f"DDPM training needs a VPSDE, got {type(sde).__name__}")
+    _check_sde_kind(sde, VPSDE, "DDPM training")
     return _discrete_loss_fn(ddpm_loss, sde, reduce_mean)

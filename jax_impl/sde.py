@@ -29,7 +29,9 @@ import jax
 import jax.numpy as jnp
 
 import spec
-from jax_impl.utils import append_dims, check_score_inputs
+from spec.validate import check_bool, check_callable, check_shape
+from jax_impl.utils import append_dims
+from jax_impl.validate import check_fn_output, check_key, check_score_inputs, resolve_dtype
 
 __all__ = [
     "VESDE",
@@ -65,15 +67,19 @@ class _SDEMethods:
 
     # -- shared API --------------------------------------------------------------
     def prior_sampling(self, rng: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
-        """Draw ``x_T`` of ``shape`` from the prior p_T (uses one normal draw)."""
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"dtype must be floating, got {dtype}")
-        z = jax.random.normal(rng, tuple(shape), dtype=dtype)
+        """Draw ``x_T`` of ``shape`` ``[B, ...]`` from the prior p_T (uses one normal draw);
+        ``rng`` is one PRNG key."""
+        rng = check_key("rng", rng)
+        shape = check_shape("shape", shape)
+        dtype = resolve_dtype(dtype)
+        z = jax.random.normal(rng, shape, dtype=dtype)
         return self.prior_from_noise(z)
 
     def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
-        """The reverse-time SDE (or probability-flow ODE) driven by ``score_fn(x, t)``."""
-        return ReverseSDE(self, score_fn, bool(probability_flow))
+        """The reverse-time SDE (or probability-flow ODE) driven by ``score_fn(x, t)``.
+
+        ``probability_flow`` must be a bool (a string such as ``"yes"`` raises)."""
+        return ReverseSDE(self, score_fn, probability_flow)
 
 
 class _VPFamily(_SDEMethods):
@@ -200,17 +206,19 @@ class ReverseSDE:
     ``probability_flow`` the ODE ``dx = [f - 1/2 g^2 score] dt`` (Song et al. eq. 13).
 
     Not a pytree: build it inside the function you jit (it closes over ``score_fn``).
+    What ``score_fn`` returns is checked at trace time (shape of x, floating dtype).
     """
 
     def __init__(self, forward: _SDEMethods, score_fn: ScoreFn, probability_flow: bool):
         self.forward = forward
-        self.score_fn = score_fn
-        self.probability_flow = probability_flow
+        self.score_fn = check_callable("score_fn", score_fn, "score_fn(x, t) -> score")
+        self.probability_flow = check_bool("probability_flow", probability_flow)
         self.N = forward.N
         self.T = forward.T
 
     def _combine(self, x, t, f, G):
         score = self.score_fn(x, t)
+        check_fn_output("score_fn", score, x)
         weight = 0.5 if self.probability_flow else 1.0
         rev_f = f - append_dims(G**2, x.ndim) * score * weight
         rev_G = jnp.zeros_like(G) if self.probability_flow else G

@@ -27,6 +27,7 @@ __all__ = [
     "check_finite",
     "check_floating",
     "check_fn_output",
+    "check_indices",
     "check_key",
     "check_score_inputs",
     "check_sde",
@@ -74,37 +75,77 @@ def check_finite(name: str, x):
     dtype = _dtype_of(name, x)
     if not jnp.issubdtype(dtype, jnp.inexact):
         return x
-    if isinstance(x, (np.ndarray, np.generic, float, complex)):
-        finite = np.isfinite(x)
-        ok, bad, size = bool(np.all(finite)), None, np.size(x)
-        if not ok:
-            bad = int(size - np.count_nonzero(finite))
-    else:
-        finite = jnp.isfinite(x)
-        ok, size = bool(jnp.all(finite)), jnp.size(x)
-        bad = None if ok else int(size - jnp.count_nonzero(finite))
+    # numpy, so that the check stays concrete inside a jit trace (where jnp ops on even a
+    # concrete array are staged out)
+    values = np.asarray(x)
+    finite = np.isfinite(values)
+    ok = bool(finite.all())
+    bad, size = (None if ok else int(values.size - np.count_nonzero(finite))), values.size
     if not ok:
         raise ValueError(f"{name} contains NaN or Inf ({bad} of {size} values are not finite)")
     return x
 
 
-def check_array(name: str, a, shape=None, dtype=None, *, what: str | None = None) -> jax.Array:
+def _shape_message(name: str, shape, got, what, like_name) -> str:
+    if like_name is not None:
+        return f"{name} must have the shape of {like_name} {shape}, got {got}"
+    expected = shape if what is None else f"{what} = {shape}"
+    return f"{name} must have shape {expected}, got {got}"
+
+
+def check_array(name: str, a, shape=None, dtype=None, *, what: str | None = None,
+                like_name: str | None = None, min_ndim: int = 0) -> jax.Array:
     """``a`` as a floating ``jax.Array``, checked and optionally cast; raise naming ``name``.
 
     ``shape``: the required shape (``None``: any); ``dtype``: cast to it (``None``: keep);
-    ``what`` describes the expected shape in the message (e.g. ``"[K, *shape]"``).
-    ``TypeError`` for a non-floating dtype, ``ValueError`` for a wrong shape or, when ``a``
-    is concrete, NaN/Inf values.
+    ``what`` describes the expected shape in the message (e.g. ``"[K, *shape]"``), or
+    ``like_name`` names the array whose shape ``shape`` is ("must have the shape of x");
+    ``min_ndim=1`` requires a batch axis ``[B, ...]``. ``TypeError`` for a non-floating
+    dtype, ``ValueError`` for a wrong shape or, when ``a`` is concrete, NaN/Inf values.
     """
     check_floating(name, a)
     a = jnp.asarray(a)
+    if a.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} axis (shape [B, ...]), "
+                         f"got shape {a.shape}")
     if shape is not None:
         shape = tuple(shape)
         if a.shape != shape:
-            expected = shape if what is None else f"{what} = {shape}"
-            raise ValueError(f"{name} must have shape {expected}, got {a.shape}")
+            raise ValueError(_shape_message(name, shape, a.shape, what, like_name))
     check_finite(name, a)
     return a if dtype is None else a.astype(dtype)
+
+
+def check_indices(name: str, idx, num: int, *, what: str = "an integer index array [B]",
+                  bound_name: str | None = None, x_name: str | None = None, x=None) -> jax.Array:
+    """``idx`` as an integer ``[B]`` array of indices into a table of ``num`` entries
+    (diffusion steps, noise levels); raise naming ``name``.
+
+    ``TypeError`` for a non-integer dtype (the message says ``name must be {what}``);
+    ``ValueError`` unless 1-D (with ``x`` given: ``B = x.shape[0]``, a "batch mismatch"
+    naming ``x_name``) and, when concrete, unless every value lies in ``[0, num)``
+    (``bound_name`` names ``num`` in the message, e.g. ``"num_timesteps"``).
+    """
+    idx = jnp.asarray(idx)
+    if not jnp.issubdtype(idx.dtype, jnp.integer):
+        raise TypeError(f"{name} must be {what}, got dtype {idx.dtype}")
+    if x is not None:
+        x_shape = tuple(jnp.shape(x))
+        if idx.ndim != 1 or not x_shape or idx.shape[0] != x_shape[0]:
+            B = x_shape[0] if x_shape else "?"
+            raise ValueError(
+                f"batch mismatch: {name} must have shape [B] with B = {x_name}.shape[0] = {B}, "
+                f"got {name} of shape {idx.shape} and {x_name} of shape {x_shape}"
+            )
+    elif idx.ndim != 1:
+        raise ValueError(f"{name} must have shape [B], got {idx.shape}")
+    if is_concrete(idx) and idx.size:
+        values = np.asarray(idx)  # numpy, so that it stays concrete inside a jit trace
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi >= num:
+            bound = f"[0, {bound_name}) = [0, {num})" if bound_name else f"[0, {num})"
+            raise ValueError(f"{name} must lie in {bound}, got values in [{lo}, {hi}]")
+    return idx
 
 
 def check_batch(x_name: str, x, t_name: str, t) -> None:
@@ -131,7 +172,8 @@ def check_time_range(name: str, t, lo: float, hi: float) -> None:
     if not is_concrete(t):
         return
     t = np.asarray(t)
-    if t.size and (np.any(~np.isfinite(t)) or t.min() < lo or t.max() > hi):
+    check_finite(name, t)
+    if t.size and (t.min() < lo or t.max() > hi):
         raise ValueError(f"{name} must lie in [{lo}, {hi}], got values in [{t.min()}, {t.max()}]")
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "check_bool",
+    "check_callable",
     "check_choice",
     "check_dir",
     "check_file",
@@ -75,6 +76,15 @@ def check_bool(name: str, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}")
     return bool(value)
+
+
+def check_callable(name: str, fn, signature: str | None = None):
+    """Return ``fn`` if callable, else raise ``TypeError`` naming ``name`` (and, when given,
+    the expected ``signature``, e.g. ``"score_fn(x, t) -> score"``)."""
+    if not callable(fn):
+        what = f"callable {signature}" if signature else "callable"
+        raise TypeError(f"{name} must be {what}, got {type(fn).__name__}")
+    return fn
 
 
 def check_shape(name: str, shape, min_ndim: int = 1) -> tuple[int, ...]:

@@ -5,6 +5,11 @@ Twin: ``jax_impl/losses.py`` (see it for the equations). The improved-DDPM losse
 
 Pure cores take the random inputs as arguments; ``get_*_loss_fn`` factories return
 ``loss(score_fn, x, generator=None) -> [B]`` that draw them from a ``torch.Generator``.
+
+Input checks (``torch_ref/validate.py``), as on the JAX side: floating finite ``x`` and
+noise of one shape, ``t`` in ``[0, T]``, integer labels in range, bool options, ``generator``
+None or a ``torch.Generator``, and what ``score_fn`` / ``model_fn`` returns has ``x``'s
+shape and a floating dtype.
 """
 
 from __future__ import annotations
@@ -13,8 +18,20 @@ from typing import Callable
 
 import torch
 
+import numpy as np
+
+from spec.validate import check_bool, check_callable, check_finite_array, check_float
 from torch_ref.sde import VESDE, VPSDE, _SDEMethods
-from torch_ref.utils import append_dims, check_batch, check_floating, check_time_range
+from torch_ref.utils import append_dims
+from torch_ref.validate import (
+    check_array,
+    check_batch,
+    check_fn_output,
+    check_generator,
+    check_indices,
+    check_sde,
+    check_time_range,
+)
 
 __all__ = [
     "smld_loss",
@@ -35,42 +52,65 @@ def _reduce(values: Tensor, reduce_mean: bool) -> Tensor:
     return flat.mean(dim=-1) if reduce_mean else 0.5 * flat.sum(dim=-1)
 
 
-def _check_labels(name: str, labels, num: int, x) -> None:
-    check_batch("x", x, name, labels)
-    labels = torch.as_tensor(labels)
-    if labels.ndim != 1:
-        raise ValueError(f"{name} must have shape [B], got {tuple(labels.shape)}")
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise TypeError(f"{name} must be integer noise-level indices, got {labels.dtype}")
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= num:
-        raise ValueError(f"{name} must lie in [0, {num}), got values in [{lo}, {hi}]")
+def _check_inputs(fn_name: str, fn, x, z) -> tuple[Tensor, Tensor]:
+    """The checks every loss core makes: ``fn`` callable, ``x`` a floating ``[B, ...]``
+    tensor and the noise ``z`` of x's shape (both without NaN/Inf)."""
+    check_callable(fn_name, fn, f"{fn_name}(x, t) -> [B, ...]")
+    x = check_array("x", x, min_ndim=1)
+    z = check_array("noise z", z, shape=tuple(x.shape), like_name="x")
+    return x, z
 
 
-def _check_noise(x, z) -> None:
-    check_floating("x", x)
-    if tuple(z.shape) != tuple(x.shape):
-        raise ValueError(f"noise z must have the shape of x {tuple(x.shape)}, got {tuple(z.shape)}")
+def _check_sigmas(sigmas):
+    """A noise ladder ``[L]``: 1-D, non-empty, finite and > 0 (any order); returned unchanged."""
+    values = sigmas.detach().cpu().numpy() if torch.is_tensor(sigmas) else sigmas
+    arr = check_finite_array("sigmas", values)
+    if arr.ndim != 1 or arr.size == 0 or np.any(arr <= 0):
+        raise ValueError(f"sigmas must be a non-empty 1-D array of noise levels > 0, got "
+                         f"shape {arr.shape} with min {arr.min() if arr.size else None}")
+    return sigmas
+
+
+def _check_labels(labels, num: int, x) -> Tensor:
+    return check_indices("labels", labels, num, what="integer noise-level indices [B]",
+                         x_name="x", x=x)
+
+
+def _check_sde_kind(sde, cls, what: str) -> None:
+    """``sde`` must be a ``cls`` (sub-VP is not a VPSDE: it has no DDPM table)."""
+    if not isinstance(sde, cls):
+        raise TypeError(f"sde: {what} needs a {cls.__name__}, got {type(sde).__name__}")
+
+
+def _call(fn_name: str, fn, x, labels) -> Tensor:
+    """``fn(x, labels)``, its output checked (x's shape, floating dtype)."""
+    out = fn(x, labels)
+    check_fn_output(fn_name, out, x)
+    return out
 
 
 def anneal_dsm_loss(score_fn: Callable, x: Tensor, labels: Tensor, z: Tensor, sigmas,
                     anneal_power: float = 2.0) -> Tensor:
     """NCSN denoising score matching, ``[B]``: 1/2 |score(x + s z) + z/s|^2 s^anneal_power."""
-    _check_noise(x, z)
-    sigmas = torch.as_tensor(sigmas, dtype=x.dtype, device=x.device)
-    _check_labels("labels", labels, sigmas.shape[0], x)
+    x, z = _check_inputs("score_fn", score_fn, x, z)
+    sigmas = torch.as_tensor(_check_sigmas(sigmas), dtype=x.dtype, device=x.device)
+    anneal_power = check_float("anneal_power", anneal_power)
+    labels = _check_labels(labels, sigmas.shape[0], x)
     used = append_dims(sigmas[labels], x.ndim)
     perturbed = x + used * z
     target = -z / used
-    score = score_fn(perturbed, labels)
+    score = _call("score_fn", score_fn, perturbed, labels)
     sq = ((score - target) ** 2).reshape(x.shape[0], -1).sum(dim=-1)
     return 0.5 * sq * sigmas[labels] ** anneal_power
 
 
 def get_anneal_dsm_loss_fn(sigmas, anneal_power: float = 2.0):
     """``loss(score_fn, x, generator=None) -> [B]`` drawing uniform labels and noise."""
+    sigmas = _check_sigmas(sigmas)
+    anneal_power = check_float("anneal_power", anneal_power)
 
     def loss_fn(score_fn, x, generator=None):
+        generator = check_generator("generator", generator)
         labels = torch.randint(0, len(sigmas), (x.shape[0],), generator=generator, device=x.device)
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         return anneal_dsm_loss(score_fn, x, labels, z, sigmas, anneal_power)
@@ -81,15 +121,18 @@ def get_anneal_dsm_loss_fn(sigmas, anneal_power: float = 2.0):
 def sde_loss(sde: _SDEMethods, score_fn: Callable, x: Tensor, t, z: Tensor, *,
              reduce_mean: bool = True, likelihood_weighting: bool = False) -> Tensor:
     """Denoising score matching for a continuous SDE (Song et al. 2021 eq. 7), ``[B]``."""
-    _check_noise(x, z)
+    check_sde(sde)
+    x, z = _check_inputs("score_fn", score_fn, x, z)
     check_batch("x", x, "t", t)
     check_time_range("t", t, 0.0, sde.T)
+    reduce_mean = check_bool("reduce_mean", reduce_mean)
+    likelihood_weighting = check_bool("likelihood_weighting", likelihood_weighting)
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     t = t.expand(x.shape[0]) if t.ndim == 0 else t
     mean, std = sde.marginal_prob(x, t)
     std_b = append_dims(std, x.ndim)
     perturbed = mean + std_b * z
-    score = score_fn(perturbed, t)
+    score = _call("score_fn", score_fn, perturbed, t)
     if not likelihood_weighting:
         return _reduce((score * std_b + z) ** 2, reduce_mean)
     g2 = sde.sde(torch.zeros_like(x), t)[1] ** 2
@@ -99,10 +142,15 @@ def sde_loss(sde: _SDEMethods, score_fn: Callable, x: Tensor, t, z: Tensor, *,
 def get_sde_loss_fn(sde, *, reduce_mean: bool = True, likelihood_weighting: bool = False,
                     eps: float = 1e-5):
     """``loss(score_fn, x, generator=None) -> [B]`` with t ~ U(eps, T), z ~ N(0, I)."""
+    check_sde(sde)
+    reduce_mean = check_bool("reduce_mean", reduce_mean)
+    likelihood_weighting = check_bool("likelihood_weighting", likelihood_weighting)
+    eps = check_float("eps", eps)
     if not 0.0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
 
     def loss_fn(score_fn, x, generator=None):
+        generator = check_generator("generator", generator)
         t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device) * (sde.T - eps) + eps
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         return sde_loss(sde, score_fn, x, t, z, reduce_mean=reduce_mean,
@@ -113,32 +161,35 @@ def get_sde_loss_fn(sde, *, reduce_mean: bool = True, likelihood_weighting: bool
 
 def smld_loss(sde: VESDE, model_fn, x, labels, z, *, reduce_mean: bool = False) -> Tensor:
     """score_sde's discrete SMLD loss on the flipped VE sigma table, ``[B]``."""
-    if not isinstance(sde, VESDE):
-        raise TypeError(f"smld_loss needs a VESDE, got {type(sde).__name__}")
-    _check_noise(x, z)
-    _check_labels("labels", labels, sde.N, x)
+    _check_sde_kind(sde, VESDE, "smld_loss")
+    x, z = _check_inputs("model_fn", model_fn, x, z)
+    labels = _check_labels(labels, sde.N, x)
+    reduce_mean = check_bool("reduce_mean", reduce_mean)
     sigmas = torch.as_tensor(sde.discrete_sigmas[::-1].copy(), dtype=x.dtype, device=x.device)[labels]
     sigma_b = append_dims(sigmas, x.ndim)
     noise = z * sigma_b
-    score = model_fn(x + noise, labels)
+    score = _call("model_fn", model_fn, x + noise, labels)
     target = -noise / sigma_b**2
     return _reduce((score - target) ** 2, reduce_mean) * sigmas**2
 
 
 def ddpm_loss(sde: VPSDE, model_fn, x, labels, z, *, reduce_mean: bool = True) -> Tensor:
     """score_sde's discrete DDPM loss (L_simple), ``[B]``."""
-    if type(sde) is not VPSDE:
-        raise TypeError(f"ddpm_loss needs a VPSDE, got {type(sde).__name__}")
-    _check_noise(x, z)
-    _check_labels("labels", labels, sde.N, x)
+    _check_sde_kind(sde, VPSDE, "ddpm_loss")
+    x, z = _check_inputs("model_fn", model_fn, x, z)
+    labels = _check_labels(labels, sde.N, x)
+    reduce_mean = check_bool("reduce_mean", reduce_mean)
     a = torch.as_tensor(sde.sqrt_alphas_cumprod, dtype=x.dtype, device=x.device)[labels]
     s = torch.as_tensor(sde.sqrt_1m_alphas_cumprod, dtype=x.dtype, device=x.device)[labels]
     perturbed = append_dims(a, x.ndim) * x + append_dims(s, x.ndim) * z
-    return _reduce((model_fn(perturbed, labels) - z) ** 2, reduce_mean)
+    return _reduce((_call("model_fn", model_fn, perturbed, labels) - z) ** 2, reduce_mean)
 
 
 def _discrete_loss_fn(core, sde, reduce_mean):
+    reduce_mean = check_bool("reduce_mean", reduce_mean)
+
     def loss_fn(model_fn, x, generator=None):
+        generator = check_generator("generator", generator)
         labels = torch.randint(0, sde.N, (x.shape[0],), generator=generator, device=x.device)
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         return core(sde, model_fn, x, labels, z, reduce_mean=reduce_mean)
@@ -148,13 +199,11 @@ def _discrete_loss_fn(core, sde, reduce_mean):
 
 def get_smld_loss_fn(sde: VESDE, *, reduce_mean: bool = False):
     """``loss(model_fn, x, generator=None) -> [B]`` with uniform labels in [0, N)."""
-    if not isinstance(sde, VESDE):
-        raise TypeError(f"SMLD training needs a VESDE, got {type(sde).__name__}")
+    _check_sde_kind(sde, VESDE, "SMLD training")
     return _discrete_loss_fn(smld_loss, sde, reduce_mean)
 
 
 def get_ddpm_loss_fn(sde: VPSDE, *, reduce_mean: bool = True):
     """``loss(model_fn, x, generator=None) -> [B]`` with uniform labels in [0, N)."""
-    if type(sde) is not VPSDE:
-        raise TypeError(f"DDPM training needs a VPSDE, got {type(sde).__name__}")
+    _check_sde_kind(sde, VPSDE, "DDPM training")
     return _discrete_loss_fn(ddpm_loss, sde, reduce_mean)

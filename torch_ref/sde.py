@@ -17,7 +17,9 @@ from typing import Callable
 import torch
 
 import spec
-from torch_ref.utils import append_dims, check_score_inputs
+from spec.validate import check_bool, check_callable, check_shape
+from torch_ref.utils import append_dims
+from torch_ref.validate import check_fn_output, check_generator, check_score_inputs, resolve_dtype
 
 __all__ = [
     "VESDE",
@@ -52,15 +54,19 @@ class _SDEMethods:
 
     def prior_sampling(self, generator: torch.Generator | None, shape, dtype=torch.float32,
                        device=None) -> torch.Tensor:
-        """Draw ``x_T`` of ``shape`` from the prior p_T (one normal draw from ``generator``)."""
-        if not dtype.is_floating_point:
-            raise TypeError(f"dtype must be floating, got {dtype}")
-        z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+        """Draw ``x_T`` of ``shape`` ``[B, ...]`` from the prior p_T (one normal draw from
+        ``generator``, None or a ``torch.Generator``)."""
+        generator = check_generator("generator", generator)
+        shape = check_shape("shape", shape)
+        dtype = resolve_dtype(dtype)
+        z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
         return self.prior_from_noise(z)
 
     def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
-        """The reverse-time SDE (or probability-flow ODE) driven by ``score_fn(x, t)``."""
-        return ReverseSDE(self, score_fn, bool(probability_flow))
+        """The reverse-time SDE (or probability-flow ODE) driven by ``score_fn(x, t)``.
+
+        ``probability_flow`` must be a bool (a string such as ``"yes"`` raises)."""
+        return ReverseSDE(self, score_fn, probability_flow)
 
 
 class _VPFamily(_SDEMethods):
@@ -179,17 +185,19 @@ class VESDE(spec.VESDEConfig, _SDEMethods):
 
 class ReverseSDE:
     """Reverse-time SDE ``dx = [f - g^2 score] dt + g dw_bar`` (Anderson 1982), or with
-    ``probability_flow`` the ODE ``dx = [f - 1/2 g^2 score] dt`` (Song et al. eq. 13)."""
+    ``probability_flow`` the ODE ``dx = [f - 1/2 g^2 score] dt`` (Song et al. eq. 13).
+    What ``score_fn`` returns is checked at every call (shape of x, floating dtype)."""
 
     def __init__(self, forward: _SDEMethods, score_fn: ScoreFn, probability_flow: bool):
         self.forward = forward
-        self.score_fn = score_fn
-        self.probability_flow = probability_flow
+        self.score_fn = check_callable("score_fn", score_fn, "score_fn(x, t) -> score")
+        self.probability_flow = check_bool("probability_flow", probability_flow)
         self.N = forward.N
         self.T = forward.T
 
     def _combine(self, x, t, f, G):
         score = self.score_fn(x, t)
+        check_fn_output("score_fn", score, x)
         weight = 0.5 if self.probability_flow else 1.0
         rev_f = f - append_dims(G**2, x.ndim) * score * weight
         rev_G = torch.zeros_like(G) if self.probability_flow else G

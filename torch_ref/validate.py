@@ -8,7 +8,9 @@ no framework (ints, floats, bools, choices, shapes, numpy arrays, paths) live on
 Every check raises early with a message naming the offending argument. Value checks
 (NaN/Inf, ranges) run only on concrete tensors: while ``torch.compile`` traces, and for
 meta tensors, they are skipped (:func:`is_concrete`); shape / dtype checks always run.
-``check_array`` takes an extra ``device`` (a torch placement; JAX places arrays itself).
+``check_array`` takes two extra arguments: ``device`` (a torch placement; JAX places arrays
+itself) and ``strict`` (require a ``torch.Tensor``, as the torch API does where a numpy
+array would silently land on the CPU).
 
 One-sided names:
   check_generator -- torch draws noise from a ``torch.Generator``; the JAX twin takes PRNG keys.
@@ -27,6 +29,7 @@ __all__ = [
     "check_floating",
     "check_fn_output",
     "check_generator",
+    "check_indices",
     "check_score_inputs",
     "check_sde",
     "check_time_range",
@@ -82,26 +85,74 @@ def check_finite(name: str, x):
     return x
 
 
-def check_array(name: str, a, shape=None, dtype=None, device=None, *,
-                what: str | None = None) -> torch.Tensor:
+def _shape_message(name: str, shape, got, what, like_name) -> str:
+    if like_name is not None:
+        return f"{name} must have the shape of {like_name} {shape}, got {got}"
+    expected = shape if what is None else f"{what} = {shape}"
+    return f"{name} must have shape {expected}, got {got}"
+
+
+def check_array(name: str, a, shape=None, dtype=None, device=None, *, what: str | None = None,
+                like_name: str | None = None, min_ndim: int = 0,
+                strict: bool = False) -> torch.Tensor:
     """``a`` as a floating tensor, checked and optionally moved; raise naming ``name``.
 
     ``shape``: the required shape (``None``: any); ``dtype`` / ``device``: move to them
     (``None``: keep); ``what`` describes the expected shape in the message (e.g.
-    ``"[K, *shape]"``). ``TypeError`` for a non-floating dtype, ``ValueError`` for a wrong
-    shape or, when concrete, NaN/Inf values.
+    ``"[K, *shape]"``), or ``like_name`` names the tensor whose shape ``shape`` is;
+    ``min_ndim=1`` requires a batch axis ``[B, ...]``; ``strict`` requires a
+    ``torch.Tensor`` (no conversion). ``TypeError`` for a non-tensor (strict) or a
+    non-floating dtype, ``ValueError`` for a wrong shape or, when concrete, NaN/Inf values.
     """
+    if strict and not torch.is_tensor(a):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(a).__name__}")
     check_floating(name, a)
     a = torch.as_tensor(a)
+    if a.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} axis (shape [B, ...]), "
+                         f"got shape {tuple(a.shape)}")
     if shape is not None:
         shape = tuple(shape)
         if tuple(a.shape) != shape:
-            expected = shape if what is None else f"{what} = {shape}"
-            raise ValueError(f"{name} must have shape {expected}, got {tuple(a.shape)}")
+            raise ValueError(_shape_message(name, shape, tuple(a.shape), what, like_name))
     check_finite(name, a)
     if dtype is None and device is None:
         return a
     return a.to(dtype=dtype, device=device)
+
+
+def check_indices(name: str, idx, num: int, *, what: str = "an integer index array [B]",
+                  bound_name: str | None = None, x_name: str | None = None,
+                  x=None) -> torch.Tensor:
+    """``idx`` as an integer ``[B]`` tensor of indices into a table of ``num`` entries
+    (diffusion steps, noise levels), on ``x``'s device when ``x`` is given; raise naming
+    ``name``.
+
+    ``TypeError`` for a non-integer dtype (the message says ``name must be {what}``);
+    ``ValueError`` unless 1-D (with ``x`` given: ``B = x.shape[0]``, a "batch mismatch"
+    naming ``x_name``) and, when concrete, unless every value lies in ``[0, num)``
+    (``bound_name`` names ``num`` in the message, e.g. ``"num_timesteps"``).
+    """
+    device = x.device if torch.is_tensor(x) else None
+    idx = torch.as_tensor(idx, device=device)
+    if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+        raise TypeError(f"{name} must be {what}, got dtype {idx.dtype}")
+    if x is not None:
+        x_shape = tuple(x.shape) if hasattr(x, "shape") else tuple(np.shape(x))
+        if idx.ndim != 1 or not x_shape or idx.shape[0] != x_shape[0]:
+            B = x_shape[0] if x_shape else "?"
+            raise ValueError(
+                f"batch mismatch: {name} must have shape [B] with B = {x_name}.shape[0] = {B}, "
+                f"got {name} of shape {tuple(idx.shape)} and {x_name} of shape {x_shape}"
+            )
+    elif idx.ndim != 1:
+        raise ValueError(f"{name} must have shape [B], got {tuple(idx.shape)}")
+    if is_concrete(idx) and idx.numel():
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= num:
+            bound = f"[0, {bound_name}) = [0, {num})" if bound_name else f"[0, {num})"
+            raise ValueError(f"{name} must lie in {bound}, got values in [{lo}, {hi}]")
+    return idx
 
 
 def check_batch(x_name: str, x, t_name: str, t) -> None:
@@ -125,7 +176,8 @@ def check_time_range(name: str, t, lo: float, hi: float) -> None:
     if not is_concrete(t):
         return
     t = torch.as_tensor(t)
-    if t.numel() and (not torch.isfinite(t).all() or t.min() < lo or t.max() > hi):
+    check_finite(name, t)
+    if t.numel() and (t.min() < lo or t.max() > hi):
         raise ValueError(
             f"{name} must lie in [{lo}, {hi}], got values in [{t.min().item()}, {t.max().item()}]"
         )
