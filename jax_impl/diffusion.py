@@ -37,9 +37,13 @@ channel_axis)``: pass it as a ``jax.jit`` static argument, or close over it. ``m
 is any callable ``model_fn(x_t, t_model) -> output``; nothing here touches a network
 library.
 
-Input checks (dtype, shapes, ``t`` in ``[0, num_timesteps)``) raise ``TypeError`` /
-``ValueError`` naming the argument before any compute. Value checks on ``t`` need concrete
-values and are skipped while tracing under ``jit``.
+Input checks (``jax_impl/validate.py``: dtype, shapes, ``t`` in ``[0, num_timesteps)``,
+NaN/Inf in the data and noise, bool options, PRNG keys) raise ``TypeError`` / ``ValueError``
+naming the argument before any compute. Value checks need concrete values and are skipped
+while tracing under ``jit``; what ``model_fn`` returns (shape and floating dtype) is checked
+at trace time. The sampler state ``x`` of ``p_mean_variance``, the inputs of the
+``predict_*`` reparameterisations and model outputs are not checked for NaN (a diverging
+sampler returns NaN rather than raising).
 """
 
 from __future__ import annotations
@@ -50,13 +54,13 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import spec
 from spec.diffusion_process import DiffusionProcess
 from spec.configs import LossType, ModelMeanType, ModelVarType
-from spec.validate import check_int
-from jax_impl.utils import append_dims, check_floating, is_concrete
+from spec.validate import check_bool, check_callable, check_int
+from jax_impl.utils import append_dims
+from jax_impl.validate import check_array, check_fn_output, check_indices, check_key, resolve_dtype
 
 __all__ = [
     "GaussianDiffusion",
@@ -73,6 +77,7 @@ __all__ = [
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 _LOG2 = math.log(2.0)
+_T_WHAT = "an integer index array [B] into the respaced process"
 
 
 # ------------------------------------------------------------------ module functions
@@ -137,24 +142,10 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales) -> jax.Array:
 def sample_timesteps_uniform(key: jax.Array, batch_size: int, num_timesteps: int) -> jax.Array:
     """Draw ``t ~ U{0, ..., num_timesteps - 1}``, int32 ``[batch_size]`` (the uniform
     schedule sampler; its importance weights are all 1)."""
+    key = check_key("key", key)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     num_timesteps = check_int("num_timesteps", num_timesteps, minimum=1)
     return jax.random.randint(key, (batch_size,), 0, num_timesteps, dtype=jnp.int32)
-
-
-# ------------------------------------------------------------------------- tables
-
-
-def _normalize_dtype(dtype):
-    if dtype is None:
-        return None
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be a floating dtype or None, got {dtype!r}") from None
-    if not np.issubdtype(dt, np.floating):
-        raise TypeError(f"dtype must be a floating dtype or None, got {dt}")
-    return dt
 
 
 # ---------------------------------------------------------------- the diffusion
@@ -180,7 +171,8 @@ class GaussianDiffusion(DiffusionProcess):
 
     def __post_init__(self):
         self._init_process()
-        object.__setattr__(self, "dtype", _normalize_dtype(self.dtype))
+        if self.dtype is not None:
+            object.__setattr__(self, "dtype", resolve_dtype(self.dtype))
 
     # -- checks and helpers ---------------------------------------------------------
     def _compute_dtype(self, x):
@@ -191,45 +183,15 @@ class GaussianDiffusion(DiffusionProcess):
         tbl = jnp.asarray(self._tables[name], dtype=self._compute_dtype(x))
         return append_dims(tbl[t], x.ndim)
 
-    def _check_x(self, name: str, x) -> jax.Array:
-        check_floating(name, x)
-        x = jnp.asarray(x)
-        if x.ndim < 1:
-            raise ValueError(f"{name} must have a batch axis, shape [B, ...], got a scalar")
-        return x
+    def _check_x(self, name: str, x, *, finite: bool = True) -> jax.Array:
+        return check_array(name, x, min_ndim=1, finite=finite)
 
     def _check_t(self, t, x, x_name: str) -> jax.Array:
-        t = jnp.asarray(t)
-        if not jnp.issubdtype(t.dtype, jnp.integer):
-            raise TypeError(
-                f"t must be an integer index array [B] into the respaced process, got dtype {t.dtype}"
-            )
-        if t.ndim != 1 or t.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"batch mismatch: t must have shape [B] with B = {x_name}.shape[0] = "
-                f"{x.shape[0]}, got t of shape {t.shape} and {x_name} of shape {x.shape}"
-            )
-        self._check_t_range(t)
-        return t
+        return check_indices("t", t, self.num_timesteps, what=_T_WHAT,
+                             bound_name="num_timesteps", x_name=x_name, x=x)
 
-    def _check_t_range(self, t) -> None:
-        if is_concrete(t) and t.size:
-            values = np.asarray(t)  # numpy, so that it stays concrete inside a jit trace
-            lo, hi = int(values.min()), int(values.max())
-            if lo < 0 or hi >= self.num_timesteps:
-                raise ValueError(
-                    f"t must lie in [0, num_timesteps) = [0, {self.num_timesteps}), got values "
-                    f"in [{lo}, {hi}]"
-                )
-
-    def _check_like(self, name: str, a, ref_name: str, ref) -> jax.Array:
-        check_floating(name, a)
-        a = jnp.asarray(a)
-        if a.shape != ref.shape:
-            raise ValueError(
-                f"{name} must have the shape of {ref_name} {ref.shape}, got {a.shape}"
-            )
-        return a
+    def _check_like(self, name: str, a, ref_name: str, ref, *, finite: bool = True) -> jax.Array:
+        return check_array(name, a, shape=ref.shape, like_name=ref_name, finite=finite)
 
     def _axis(self, x) -> int:
         axis = self.channel_axis
@@ -240,36 +202,50 @@ class GaussianDiffusion(DiffusionProcess):
             )
         return axis % ndim
 
-    def _split_output(self, model_output, x):
-        """Check the model output's shape; return (mean part, variance part or None)."""
-        check_floating("model_output", model_output)
-        model_output = jnp.asarray(model_output)
+    def _output_spec(self, x) -> tuple[tuple[int, ...], str]:
+        """The shape a model output must have for data ``x``, and why (for messages)."""
         if not self.learned_variance:
-            if model_output.shape != x.shape:
-                raise ValueError(
-                    f"model_output must have the shape of x {x.shape} for model_var_type="
-                    f"{self.model_var_type.value}, got {model_output.shape}"
-                )
-            return model_output, None
+            return x.shape, (f"model_output must have the shape of x {x.shape} for "
+                             f"model_var_type={self.model_var_type.value}")
         axis = self._axis(x)
         expected = list(x.shape)
         expected[axis] *= 2
-        if model_output.shape != tuple(expected):
-            raise ValueError(
-                f"model_output must have shape {tuple(expected)} (twice x's channels on "
-                f"channel_axis={self.channel_axis}) for model_var_type="
-                f"{self.model_var_type.value}, got {model_output.shape}"
-            )
-        mean_part, var_part = jnp.split(model_output, 2, axis=axis)
+        expected = tuple(expected)
+        return expected, (f"model_output must have shape {expected} (twice x's channels on "
+                          f"channel_axis={self.channel_axis}) for model_var_type="
+                          f"{self.model_var_type.value}")
+
+    def _check_output(self, model_output, x) -> jax.Array:
+        """A model output passed in by the caller (the ``*_from_output`` methods)."""
+        model_output = check_array("model_output", model_output, finite=False)
+        shape, reason = self._output_spec(x)
+        if model_output.shape != shape:
+            raise ValueError(f"{reason}, got {model_output.shape}")
+        return model_output
+
+    def _split_output(self, model_output, x):
+        """(mean part, variance part or None) of a checked model output."""
+        if not self.learned_variance:
+            return model_output, None
+        mean_part, var_part = jnp.split(model_output, 2, axis=self._axis(x))
         return mean_part, var_part
 
     @staticmethod
+    def _check_options(clip_denoised, denoised_fn=None) -> bool:
+        if denoised_fn is not None:
+            check_callable("denoised_fn", denoised_fn, "denoised_fn(x_0) -> x_0")
+        return check_bool("clip_denoised", clip_denoised)
+
+    @staticmethod
     def _check_model_fn(model_fn) -> None:
-        if not callable(model_fn):
-            raise TypeError(f"model_fn must be callable, got {type(model_fn).__name__}")
+        check_callable("model_fn", model_fn, "model_fn(x_t, t) -> output")
 
     def _call_model(self, model_fn: ModelFn, x, t):
-        return model_fn(x, self._scale_timesteps(t, self._compute_dtype(x)))
+        """``model_fn(x, scale_timesteps(t))``; its output checked at trace time."""
+        out = model_fn(x, self._scale_timesteps(t, self._compute_dtype(x)))
+        shape, reason = self._output_spec(x)
+        check_fn_output("model_fn", out, x, shape=shape, reason=reason)
+        return out
 
     # -- forward process q ------------------------------------------------------------
     def q_mean_variance(self, x_start, t):
@@ -333,9 +309,9 @@ class GaussianDiffusion(DiffusionProcess):
 
     def predict_xstart_from_eps(self, x_t, t, eps):
         """``x_0 = x_t / sqrt(alpha_bar_t) - sqrt(1/alpha_bar_t - 1) eps``, ``[B, ...]``."""
-        x_t = self._check_x("x_t", x_t)
+        x_t = self._check_x("x_t", x_t, finite=False)
         t = self._check_t(t, x_t, "x_t")
-        eps = self._check_like("eps", eps, "x_t", x_t)
+        eps = self._check_like("eps", eps, "x_t", x_t, finite=False)
         return self._predict_xstart_from_eps(x_t, t, eps)
 
     def _predict_eps_from_xstart(self, x_t, t, pred_xstart):
@@ -345,9 +321,9 @@ class GaussianDiffusion(DiffusionProcess):
 
     def predict_eps_from_xstart(self, x_t, t, pred_xstart):
         """``eps = (x_t / sqrt(alpha_bar_t) - x_0) / sqrt(1/alpha_bar_t - 1)``, ``[B, ...]``."""
-        x_t = self._check_x("x_t", x_t)
+        x_t = self._check_x("x_t", x_t, finite=False)
         t = self._check_t(t, x_t, "x_t")
-        pred_xstart = self._check_like("pred_xstart", pred_xstart, "x_t", x_t)
+        pred_xstart = self._check_like("pred_xstart", pred_xstart, "x_t", x_t, finite=False)
         return self._predict_eps_from_xstart(x_t, t, pred_xstart)
 
     def _predict_xstart_from_xprev(self, x_t, t, xprev):
@@ -358,9 +334,9 @@ class GaussianDiffusion(DiffusionProcess):
 
     def predict_xstart_from_xprev(self, x_t, t, xprev):
         """Invert the posterior mean: ``x_0 = (x_{t-1} - coef2_t x_t) / coef1_t``, ``[B, ...]``."""
-        x_t = self._check_x("x_t", x_t)
+        x_t = self._check_x("x_t", x_t, finite=False)
         t = self._check_t(t, x_t, "x_t")
-        xprev = self._check_like("xprev", xprev, "x_t", x_t)
+        xprev = self._check_like("xprev", xprev, "x_t", x_t, finite=False)
         return self._predict_xstart_from_xprev(x_t, t, xprev)
 
     def _scale_timesteps(self, t, dtype):
@@ -377,12 +353,7 @@ class GaussianDiffusion(DiffusionProcess):
         constructor's dtype, else JAX's default float). Inside ``p_mean_variance`` and the
         losses the float dtype is the computing dtype of the data.
         """
-        t = jnp.asarray(t)
-        if not jnp.issubdtype(t.dtype, jnp.integer):
-            raise TypeError(f"t must be an integer index array, got dtype {t.dtype}")
-        if t.ndim != 1:
-            raise ValueError(f"t must have shape [B], got {t.shape}")
-        self._check_t_range(t)
+        t = check_indices("t", t, self.num_timesteps, bound_name="num_timesteps")
         if dtype is None:
             dtype = self.dtype if self.dtype is not None else jnp.result_type(float)
         return self._scale_timesteps(t, dtype)
@@ -458,8 +429,10 @@ class GaussianDiffusion(DiffusionProcess):
         Returns a dict of ``[B, ...]`` arrays: ``mean``, ``variance``, ``log_variance``,
         ``pred_xstart`` and ``model_output`` (the mean part of the output).
         """
-        x = self._check_x("x", x)
+        x = self._check_x("x", x, finite=False)
         t = self._check_t(t, x, "x")
+        model_output = self._check_output(model_output, x)
+        clip_denoised = self._check_options(clip_denoised, denoised_fn)
         return self._p_mean_variance(model_output, x, t, clip_denoised, denoised_fn)
 
     def p_mean_variance(
@@ -474,8 +447,9 @@ class GaussianDiffusion(DiffusionProcess):
         """Apply ``model_fn(x, scale_timesteps(t))`` and return p(x_{t-1} | x_t) as
         ``p_mean_variance_from_output`` does."""
         self._check_model_fn(model_fn)
-        x = self._check_x("x", x)
+        x = self._check_x("x", x, finite=False)
         t = self._check_t(t, x, "x")
+        clip_denoised = self._check_options(clip_denoised, denoised_fn)
         model_output = self._call_model(model_fn, x, t)
         return self._p_mean_variance(model_output, x, t, clip_denoised, denoised_fn)
 
@@ -504,6 +478,8 @@ class GaussianDiffusion(DiffusionProcess):
         x_start = self._check_x("x_start", x_start)
         x_t = self._check_like("x_t", x_t, "x_start", x_start)
         t = self._check_t(t, x_start, "x_start")
+        model_output = self._check_output(model_output, x_t)
+        clip_denoised = self._check_options(clip_denoised)
         return self._vb_terms_bpd(model_output, x_start, x_t, t, clip_denoised)
 
     def vb_terms_bpd(self, model_fn: ModelFn, x_start, x_t, t, *, clip_denoised=True) -> dict:
@@ -512,6 +488,7 @@ class GaussianDiffusion(DiffusionProcess):
         x_start = self._check_x("x_start", x_start)
         x_t = self._check_like("x_t", x_t, "x_start", x_start)
         t = self._check_t(t, x_start, "x_start")
+        clip_denoised = self._check_options(clip_denoised)
         model_output = self._call_model(model_fn, x_t, t)
         return self._vb_terms_bpd(model_output, x_start, x_t, t, clip_denoised)
 
@@ -547,21 +524,17 @@ class GaussianDiffusion(DiffusionProcess):
         ``(x_0_pred - x_0)^2``) and ``mse`` (mean of ``(eps_pred - eps)^2``).
         """
         x_start = self._check_x("x_start", x_start)
-        check_floating("noise", noise)
-        noise = jnp.asarray(noise)
         T = self.num_timesteps
-        if noise.shape != (T,) + x_start.shape:
-            raise ValueError(
-                f"noise must have shape [T, B, ...] = {(T,) + x_start.shape}, got {noise.shape}"
-            )
+        noise = check_array("noise", noise, shape=(T,) + x_start.shape, what="[T, B, ...]")
         self._check_model_fn(model_fn)
+        clip_denoised = self._check_options(clip_denoised)
         B = x_start.shape[0]
 
         def step(carry, inputs):
             j, eps = inputs
             t = jnp.full((B,), T - 1 - j, dtype=jnp.int32)
             x_t = self._q_sample(x_start, t, eps)
-            model_output = model_fn(x_t, self._scale_timesteps(t, self._compute_dtype(x_t)))
+            model_output = self._call_model(model_fn, x_t, t)
             out = self._vb_terms_bpd(model_output, x_start, x_t, t, clip_denoised)
             xstart_mse = mean_flat((out["pred_xstart"] - x_start) ** 2)
             eps_pred = self._predict_eps_from_xstart(x_t, t, out["pred_xstart"])
@@ -584,6 +557,7 @@ class GaussianDiffusion(DiffusionProcess):
     def calc_bpd_loop_random(self, model_fn: ModelFn, x_start, key: jax.Array, *, clip_denoised=True) -> dict:
         """``calc_bpd_loop`` with noise drawn from ``key``: ``noise[j] =
         normal(fold_in(key, j), x_start.shape)``."""
+        key = check_key("key", key)
         x_start = self._check_x("x_start", x_start)
         dtype = jnp.result_type(x_start)
         noise = jax.vmap(

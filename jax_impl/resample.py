@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spec.validate import check_float, check_int
-from jax_impl.utils import check_floating, is_concrete
+from spec.validate import check_choice, check_float, check_int
+from jax_impl.validate import check_array, check_indices, check_key, is_concrete, resolve_dtype
 
 
 def _as_num_timesteps(value) -> int:
@@ -45,15 +45,29 @@ def _as_num_timesteps(value) -> int:
     return check_int("num_timesteps", value, minimum=1)
 
 
-def _check_batch_size(batch_size) -> int:
-    return check_int("batch_size", batch_size, minimum=1)
+def _check_weights(weights) -> jax.Array:
+    """Sampling weights ``[T]``: floating, finite, >= 0 with a positive sum (values checked
+    when concrete)."""
+    weights = check_array("weights", weights, min_ndim=1)
+    if weights.ndim != 1:
+        raise ValueError(f"weights must have shape [T], got {weights.shape}")
+    if is_concrete(weights):
+        values = np.asarray(weights)
+        if np.any(values < 0) or not values.sum() > 0:
+            raise ValueError("weights must be >= 0 with a positive sum")
+    return weights
+
+
+def _default_float(dtype):
+    return jnp.result_type(float) if dtype is None else resolve_dtype(dtype)
 
 
 def sample_from_weights(key: jax.Array, weights, batch_size: int):
     """Draw ``t ~ p = weights / sum(weights)`` and return ``(t, w)``: int32 ``[B]``
-    indices and importance weights ``w = 1 / (T p_t)`` ``[B]``."""
-    batch_size = _check_batch_size(batch_size)
-    weights = jnp.asarray(weights)
+    indices and importance weights ``w = 1 / (T p_t)`` ``[B]``. ``key`` is one PRNG key."""
+    key = check_key("key", key)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    weights = _check_weights(weights)
     T = weights.shape[0]
     p = weights / jnp.sum(weights)
     t = jax.random.choice(key, T, shape=(batch_size,), replace=True, p=p).astype(jnp.int32)
@@ -75,14 +89,14 @@ class UniformSampler:
 
     def weights(self, state=None, dtype=None) -> jax.Array:
         """``[T]`` ones."""
-        return jnp.ones((self.num_timesteps,), dtype=dtype or jnp.result_type(float))
+        return jnp.ones((self.num_timesteps,), dtype=_default_float(dtype))
 
     def update(self, state, t, losses):
         """Nothing to learn: returns ``state``."""
         return state
 
     def sample(self, key: jax.Array, state, batch_size: int):
-        """``(t [B] int32, weights [B])`` with p_t = 1/T."""
+        """``(t [B] int32, weights [B])`` with p_t = 1/T (``key``: one PRNG key)."""
         return sample_from_weights(key, self.weights(state), batch_size)
 
 
@@ -118,7 +132,7 @@ class LossSecondMomentResampler:
 
     def init(self, dtype=None) -> LossSecondMomentState:
         """Empty history (``dtype`` defaults to JAX's default float)."""
-        dtype = dtype or jnp.result_type(float)
+        dtype = _default_float(dtype)
         return LossSecondMomentState(
             loss_history=jnp.zeros((self.num_timesteps, self.history_per_term), dtype=dtype),
             loss_counts=jnp.zeros((self.num_timesteps,), dtype=jnp.int32),
@@ -159,22 +173,13 @@ class LossSecondMomentResampler:
         ``lax.scan`` over the batch, so repeated steps in one batch behave as
         improved-diffusion's sequential loop."""
         self._check_state(state)
-        t = jnp.asarray(t)
-        if not jnp.issubdtype(t.dtype, jnp.integer):
-            raise TypeError(f"t must be an integer array [B], got dtype {t.dtype}")
-        check_floating("losses", losses)
-        losses = jnp.asarray(losses)
-        if t.ndim != 1 or losses.shape != t.shape:
+        t = check_indices("t", t, self.num_timesteps, what="an integer array [B]",
+                          bound_name="num_timesteps")
+        losses = check_array("losses", losses)
+        if losses.shape != t.shape:
             raise ValueError(
                 f"t and losses must both have shape [B], got t {t.shape} and losses {losses.shape}"
             )
-        if is_concrete(t) and t.size:
-            values = np.asarray(t)
-            if values.min() < 0 or values.max() >= self.num_timesteps:
-                raise ValueError(
-                    f"t must lie in [0, num_timesteps) = [0, {self.num_timesteps}), got values "
-                    f"in [{values.min()}, {values.max()}]"
-                )
         H = self.history_per_term
         losses = losses.astype(state.loss_history.dtype)
 
@@ -202,13 +207,10 @@ class LossSecondMomentResampler:
 def create_named_schedule_sampler(name: str, num_timesteps, **kwargs):
     """``"uniform"`` or ``"loss-second-moment"`` (the command-line names of
     improved-diffusion) -> a sampler; ``num_timesteps`` may be a diffusion object."""
+    check_choice("schedule sampler name", name, ("uniform", "loss-second-moment"))
     if name == "uniform":
         return UniformSampler(num_timesteps, **kwargs)
-    if name == "loss-second-moment":
-        return LossSecondMomentResampler(num_timesteps, **kwargs)
-    raise ValueError(
-        f"unknown schedule sampler name {name!r}; valid choices: 'uniform', 'loss-second-moment'"
-    )
+    return LossSecondMomentResampler(num_timesteps, **kwargs)
 
 
 __all__ = [

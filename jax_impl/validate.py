@@ -93,16 +93,24 @@ def _shape_message(name: str, shape, got, what, like_name) -> str:
     return f"{name} must have shape {expected}, got {got}"
 
 
-def check_array(name: str, a, shape=None, dtype=None, *, what: str | None = None,
-                like_name: str | None = None, min_ndim: int = 0) -> jax.Array:
-    """``a`` as a floating ``jax.Array``, checked and optionally cast; raise naming ``name``.
+def check_array(name: str, a, shape=None, dtype=None, device=None, *, what: str | None = None,
+                like_name: str | None = None, min_ndim: int = 0, finite: bool = True,
+                strict: bool = False) -> jax.Array:
+    """``a`` as a floating ``jax.Array``, checked and optionally cast / placed; raise naming
+    ``name``.
 
     ``shape``: the required shape (``None``: any); ``dtype``: cast to it (``None``: keep);
-    ``what`` describes the expected shape in the message (e.g. ``"[K, *shape]"``), or
-    ``like_name`` names the array whose shape ``shape`` is ("must have the shape of x");
-    ``min_ndim=1`` requires a batch axis ``[B, ...]``. ``TypeError`` for a non-floating
-    dtype, ``ValueError`` for a wrong shape or, when ``a`` is concrete, NaN/Inf values.
+    ``device``: ``jax.device_put`` onto it (``None``: leave where it is); ``what`` describes
+    the expected shape in the message (e.g. ``"[K, *shape]"``), or ``like_name`` names the
+    array whose shape ``shape`` is ("must have the shape of x"); ``min_ndim=1`` requires a
+    batch axis ``[B, ...]``; ``finite=False`` skips the NaN/Inf check (a sampler's state,
+    which may legitimately diverge); ``strict`` requires a ``jax.Array`` (or a tracer), no
+    conversion from numpy or lists. ``TypeError`` for a non-array (strict) or a non-floating
+    dtype, ``ValueError`` for a wrong shape or, when ``a`` is concrete and ``finite``,
+    NaN/Inf values.
     """
+    if strict and not isinstance(a, jax.Array):
+        raise TypeError(f"{name} must be a jax.Array, got {type(a).__name__}")
     check_floating(name, a)
     a = jnp.asarray(a)
     if a.ndim < min_ndim:
@@ -112,8 +120,11 @@ def check_array(name: str, a, shape=None, dtype=None, *, what: str | None = None
         shape = tuple(shape)
         if a.shape != shape:
             raise ValueError(_shape_message(name, shape, a.shape, what, like_name))
-    check_finite(name, a)
-    return a if dtype is None else a.astype(dtype)
+    if finite:
+        check_finite(name, a)
+    if dtype is not None:
+        a = a.astype(dtype)
+    return a if device is None else jax.device_put(a, device)
 
 
 def check_indices(name: str, idx, num: int, *, what: str = "an integer index array [B]",
@@ -203,10 +214,11 @@ def resolve_dtype(dtype, *arrays) -> np.dtype:
     return dt
 
 
-def check_fn_output(fn_name: str, out, x, *, shape=None) -> None:
+def check_fn_output(fn_name: str, out, x, *, shape=None, reason: str | None = None) -> None:
     """Check what a user function (``score_fn``, ``model_fn``, ``eps_fn`` ...) returned for
     the input ``x``: an array of ``x.shape`` (or of ``shape`` when given, e.g. the doubled
-    channels of a learned-variance model) with a floating dtype.
+    channels of a learned-variance model) with a floating dtype. ``reason`` replaces
+    "expected <shape>" in the message with the caller's explanation.
 
     Shapes and dtypes only, so it runs on tracers at trace time. ``TypeError`` for a
     non-array or a non-floating dtype, ``ValueError`` for a wrong shape; the message names
@@ -220,7 +232,10 @@ def check_fn_output(fn_name: str, out, x, *, shape=None) -> None:
             f"got {type(out).__name__}"
         )
     if tuple(out.shape) != expected:
-        hint = "" if shape is None else f"; expected {expected}"
+        if reason is not None:
+            hint = f", but {reason}"
+        else:
+            hint = "" if shape is None else f"; expected {expected}"
         raise ValueError(
             f"{fn_name} returned shape {tuple(out.shape)} for x of shape {x_shape}{hint}"
         )

@@ -15,6 +15,13 @@ along ``channel_axis`` -- axis 1 by default here (NCHW images, ``[B, C, L]`` seq
 
 As improved-diffusion, ``calc_bpd_loop`` evaluates under ``torch.no_grad()``; the other
 methods are differentiable.
+
+Input checks (``torch_ref/validate.py``, as on the JAX side): tensors of floating dtype and
+matching shapes, integer ``t`` in ``[0, num_timesteps)``, NaN/Inf in the data and noise,
+bool options, ``generator`` None or a ``torch.Generator``, and what ``model_fn`` returns
+(shape, floating dtype). The sampler state ``x`` of ``p_mean_variance``, the inputs of the
+``predict_*`` reparameterisations and model outputs are not checked for NaN (a diverging
+sampler returns NaN rather than raising).
 """
 
 from __future__ import annotations
@@ -28,8 +35,15 @@ import torch
 import spec
 from spec.diffusion_process import DiffusionProcess
 from spec.configs import LossType, ModelMeanType, ModelVarType
-from spec.validate import check_int
-from torch_ref.utils import append_dims, check_floating
+from spec.validate import check_bool, check_callable, check_int
+from torch_ref.utils import append_dims
+from torch_ref.validate import (
+    check_array,
+    check_fn_output,
+    check_generator,
+    check_indices,
+    resolve_dtype,
+)
 
 __all__ = [
     "GaussianDiffusion",
@@ -46,6 +60,7 @@ __all__ = [
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _LOG2 = math.log(2.0)
+_T_WHAT = "an integer index array [B] into the respaced process"
 
 
 # ------------------------------------------------------------------ module functions
@@ -120,6 +135,7 @@ def sample_timesteps_uniform(
     generator: Optional[torch.Generator], batch_size: int, num_timesteps: int, *, device=None
 ) -> torch.Tensor:
     """Draw ``t ~ U{0, ..., num_timesteps - 1}``, int64 ``[batch_size]``, from ``generator``."""
+    generator = check_generator("generator", generator)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     num_timesteps = check_int("num_timesteps", num_timesteps, minimum=1)
     return torch.randint(0, num_timesteps, (batch_size,), generator=generator, device=device)
@@ -150,10 +166,8 @@ class GaussianDiffusion(DiffusionProcess):
 
     def __post_init__(self):
         self._init_process()
-        if self.dtype is not None and not (
-            isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point
-        ):
-            raise TypeError(f"dtype must be a floating torch.dtype or None, got {self.dtype!r}")
+        if self.dtype is not None:
+            resolve_dtype(self.dtype)
 
     # -- checks and helpers ---------------------------------------------------------
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
@@ -165,49 +179,18 @@ class GaussianDiffusion(DiffusionProcess):
         return append_dims(tbl[t], x.ndim)
 
     @staticmethod
-    def _check_x(name: str, x) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        check_floating(name, x)
-        if x.ndim < 1:
-            raise ValueError(f"{name} must have a batch axis, shape [B, ...], got a scalar")
-        return x
+    def _check_x(name: str, x, *, finite: bool = True) -> torch.Tensor:
+        return check_array(name, x, min_ndim=1, finite=finite, strict=True)
 
     def _check_t(self, t, x: torch.Tensor, x_name: str) -> torch.Tensor:
-        t = torch.as_tensor(t, device=x.device)
-        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise TypeError(
-                f"t must be an integer index array [B] into the respaced process, got dtype {t.dtype}"
-            )
-        if t.ndim != 1 or t.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"batch mismatch: t must have shape [B] with B = {x_name}.shape[0] = "
-                f"{x.shape[0]}, got t of shape {tuple(t.shape)} and {x_name} of shape "
-                f"{tuple(x.shape)}"
-            )
-        self._check_t_range(t)
-        return t
-
-    def _check_t_range(self, t: torch.Tensor) -> None:
-        if torch.compiler.is_compiling() or t.numel() == 0:
-            return
-        lo, hi = int(t.min()), int(t.max())
-        if lo < 0 or hi >= self.num_timesteps:
-            raise ValueError(
-                f"t must lie in [0, num_timesteps) = [0, {self.num_timesteps}), got values "
-                f"in [{lo}, {hi}]"
-            )
+        return check_indices("t", t, self.num_timesteps, what=_T_WHAT,
+                             bound_name="num_timesteps", x_name=x_name, x=x)
 
     @staticmethod
-    def _check_like(name: str, a, ref_name: str, ref: torch.Tensor) -> torch.Tensor:
-        if not isinstance(a, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(a).__name__}")
-        check_floating(name, a)
-        if a.shape != ref.shape:
-            raise ValueError(
-                f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(a.shape)}"
-            )
-        return a
+    def _check_like(name: str, a, ref_name: str, ref: torch.Tensor, *,
+                    finite: bool = True) -> torch.Tensor:
+        return check_array(name, a, shape=tuple(ref.shape), like_name=ref_name, finite=finite,
+                           strict=True)
 
     def _axis(self, x: torch.Tensor) -> int:
         axis, ndim = self.channel_axis, x.ndim
@@ -218,37 +201,51 @@ class GaussianDiffusion(DiffusionProcess):
             )
         return axis % ndim
 
-    def _split_output(self, model_output, x: torch.Tensor):
-        """Check the model output's shape; return (mean part, variance part or None)."""
-        if not isinstance(model_output, torch.Tensor):
-            raise TypeError(f"model_output must be a torch.Tensor, got {type(model_output).__name__}")
-        check_floating("model_output", model_output)
+    def _output_spec(self, x: torch.Tensor) -> tuple[tuple[int, ...], str]:
+        """The shape a model output must have for data ``x``, and why (for messages)."""
         if not self.learned_variance:
-            if model_output.shape != x.shape:
-                raise ValueError(
-                    f"model_output must have the shape of x {tuple(x.shape)} for model_var_type="
-                    f"{self.model_var_type.value}, got {tuple(model_output.shape)}"
-                )
-            return model_output, None
+            return tuple(x.shape), (f"model_output must have the shape of x {tuple(x.shape)} "
+                                    f"for model_var_type={self.model_var_type.value}")
         axis = self._axis(x)
         expected = list(x.shape)
         expected[axis] *= 2
-        if tuple(model_output.shape) != tuple(expected):
-            raise ValueError(
-                f"model_output must have shape {tuple(expected)} (twice x's channels on "
-                f"channel_axis={self.channel_axis}) for model_var_type="
-                f"{self.model_var_type.value}, got {tuple(model_output.shape)}"
-            )
+        expected = tuple(expected)
+        return expected, (f"model_output must have shape {expected} (twice x's channels on "
+                          f"channel_axis={self.channel_axis}) for model_var_type="
+                          f"{self.model_var_type.value}")
+
+    def _check_output(self, model_output, x: torch.Tensor) -> torch.Tensor:
+        """A model output passed in by the caller (the ``*_from_output`` methods)."""
+        model_output = check_array("model_output", model_output, finite=False, strict=True)
+        shape, reason = self._output_spec(x)
+        if tuple(model_output.shape) != shape:
+            raise ValueError(f"{reason}, got {tuple(model_output.shape)}")
+        return model_output
+
+    def _split_output(self, model_output, x: torch.Tensor):
+        """(mean part, variance part or None) of a checked model output."""
+        if not self.learned_variance:
+            return model_output, None
+        axis = self._axis(x)
         mean_part, var_part = torch.split(model_output, x.shape[axis], dim=axis)
         return mean_part, var_part
 
     @staticmethod
+    def _check_options(clip_denoised, denoised_fn=None) -> bool:
+        if denoised_fn is not None:
+            check_callable("denoised_fn", denoised_fn, "denoised_fn(x_0) -> x_0")
+        return check_bool("clip_denoised", clip_denoised)
+
+    @staticmethod
     def _check_model_fn(model_fn) -> None:
-        if not callable(model_fn):
-            raise TypeError(f"model_fn must be callable, got {type(model_fn).__name__}")
+        check_callable("model_fn", model_fn, "model_fn(x_t, t) -> output")
 
     def _call_model(self, model_fn: ModelFn, x: torch.Tensor, t: torch.Tensor):
-        return model_fn(x, self._scale_timesteps(t, self._compute_dtype(x)))
+        """``model_fn(x, scale_timesteps(t))``; its output checked."""
+        out = model_fn(x, self._scale_timesteps(t, self._compute_dtype(x)))
+        shape, reason = self._output_spec(x)
+        check_fn_output("model_fn", out, x, shape=shape, reason=reason)
+        return out
 
     # -- forward process q ------------------------------------------------------------
     def q_mean_variance(self, x_start, t):
@@ -304,9 +301,9 @@ class GaussianDiffusion(DiffusionProcess):
 
     def predict_xstart_from_eps(self, x_t, t, eps):
         """``x_0 = x_t / sqrt(alpha_bar_t) - sqrt(1/alpha_bar_t - 1) eps``."""
-        x_t = self._check_x("x_t", x_t)
+        x_t = self._check_x("x_t", x_t, finite=False)
         t = self._check_t(t, x_t, "x_t")
-        eps = self._check_like("eps", eps, "x_t", x_t)
+        eps = self._check_like("eps", eps, "x_t", x_t, finite=False)
         return self._predict_xstart_from_eps(x_t, t, eps)
 
     def _predict_eps_from_xstart(self, x_t, t, pred_xstart):
@@ -316,9 +313,9 @@ class GaussianDiffusion(DiffusionProcess):
 
     def predict_eps_from_xstart(self, x_t, t, pred_xstart):
         """``eps = (x_t / sqrt(alpha_bar_t) - x_0) / sqrt(1/alpha_bar_t - 1)``."""
-        x_t = self._check_x("x_t", x_t)
+        x_t = self._check_x("x_t", x_t, finite=False)
         t = self._check_t(t, x_t, "x_t")
-        pred_xstart = self._check_like("pred_xstart", pred_xstart, "x_t", x_t)
+        pred_xstart = self._check_like("pred_xstart", pred_xstart, "x_t", x_t, finite=False)
         return self._predict_eps_from_xstart(x_t, t, pred_xstart)
 
     def _predict_xstart_from_xprev(self, x_t, t, xprev):
@@ -329,9 +326,9 @@ class GaussianDiffusion(DiffusionProcess):
 
     def predict_xstart_from_xprev(self, x_t, t, xprev):
         """``x_0 = (x_{t-1} - coef2_t x_t) / coef1_t``."""
-        x_t = self._check_x("x_t", x_t)
+        x_t = self._check_x("x_t", x_t, finite=False)
         t = self._check_t(t, x_t, "x_t")
-        xprev = self._check_like("xprev", xprev, "x_t", x_t)
+        xprev = self._check_like("xprev", xprev, "x_t", x_t, finite=False)
         return self._predict_xstart_from_xprev(x_t, t, xprev)
 
     def _scale_timesteps(self, t, dtype):
@@ -344,12 +341,7 @@ class GaussianDiffusion(DiffusionProcess):
         """The timestep the model sees: ``timestep_map[t]`` (t's dtype), or with
         ``rescale_timesteps`` the float ``timestep_map[t] * 1000 / original_num_steps`` in
         ``dtype`` (default: the constructor's dtype, else ``torch.get_default_dtype()``)."""
-        t = torch.as_tensor(t)
-        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise TypeError(f"t must be an integer index array, got dtype {t.dtype}")
-        if t.ndim != 1:
-            raise ValueError(f"t must have shape [B], got {tuple(t.shape)}")
-        self._check_t_range(t)
+        t = check_indices("t", t, self.num_timesteps, bound_name="num_timesteps")
         if dtype is None:
             dtype = self.dtype if self.dtype is not None else torch.get_default_dtype()
         return self._scale_timesteps(t, dtype)
@@ -411,8 +403,10 @@ class GaussianDiffusion(DiffusionProcess):
         """p(x_{t-1} | x_t) from a computed model output (see the JAX twin for the
         mean / variance parameterisations). Returns ``mean``, ``variance``,
         ``log_variance``, ``pred_xstart``, ``model_output`` (the mean part), ``[B, ...]``."""
-        x = self._check_x("x", x)
+        x = self._check_x("x", x, finite=False)
         t = self._check_t(t, x, "x")
+        model_output = self._check_output(model_output, x)
+        clip_denoised = self._check_options(clip_denoised, denoised_fn)
         return self._p_mean_variance(model_output, x, t, clip_denoised, denoised_fn)
 
     def p_mean_variance(
@@ -426,8 +420,9 @@ class GaussianDiffusion(DiffusionProcess):
     ) -> dict:
         """Apply ``model_fn(x, scale_timesteps(t))``; then ``p_mean_variance_from_output``."""
         self._check_model_fn(model_fn)
-        x = self._check_x("x", x)
+        x = self._check_x("x", x, finite=False)
         t = self._check_t(t, x, "x")
+        clip_denoised = self._check_options(clip_denoised, denoised_fn)
         model_output = self._call_model(model_fn, x, t)
         return self._p_mean_variance(model_output, x, t, clip_denoised, denoised_fn)
 
@@ -451,6 +446,8 @@ class GaussianDiffusion(DiffusionProcess):
         x_start = self._check_x("x_start", x_start)
         x_t = self._check_like("x_t", x_t, "x_start", x_start)
         t = self._check_t(t, x_start, "x_start")
+        model_output = self._check_output(model_output, x_t)
+        clip_denoised = self._check_options(clip_denoised)
         return self._vb_terms_bpd(model_output, x_start, x_t, t, clip_denoised)
 
     def vb_terms_bpd(self, model_fn: ModelFn, x_start, x_t, t, *, clip_denoised=True) -> dict:
@@ -459,6 +456,7 @@ class GaussianDiffusion(DiffusionProcess):
         x_start = self._check_x("x_start", x_start)
         x_t = self._check_like("x_t", x_t, "x_start", x_start)
         t = self._check_t(t, x_start, "x_start")
+        clip_denoised = self._check_options(clip_denoised)
         model_output = self._call_model(model_fn, x_t, t)
         return self._vb_terms_bpd(model_output, x_start, x_t, t, clip_denoised)
 
@@ -487,14 +485,9 @@ class GaussianDiffusion(DiffusionProcess):
         self._check_model_fn(model_fn)
         x_start = self._check_x("x_start", x_start)
         T = self.num_timesteps
-        if not isinstance(noise, torch.Tensor):
-            raise TypeError(f"noise must be a torch.Tensor, got {type(noise).__name__}")
-        check_floating("noise", noise)
-        if tuple(noise.shape) != (T,) + tuple(x_start.shape):
-            raise ValueError(
-                f"noise must have shape [T, B, ...] = {(T,) + tuple(x_start.shape)}, got "
-                f"{tuple(noise.shape)}"
-            )
+        noise = check_array("noise", noise, shape=(T,) + tuple(x_start.shape), what="[T, B, ...]",
+                            strict=True)
+        clip_denoised = self._check_options(clip_denoised)
         B = x_start.shape[0]
         vb, xstart_mse, mse = [], [], []
         with torch.no_grad():
@@ -525,6 +518,7 @@ class GaussianDiffusion(DiffusionProcess):
         self, model_fn: ModelFn, x_start, generator: Optional[torch.Generator], *, clip_denoised=True
     ) -> dict:
         """``calc_bpd_loop`` with noise ``[T, B, ...]`` drawn from ``generator``."""
+        generator = check_generator("generator", generator)
         x_start = self._check_x("x_start", x_start)
         noise = torch.randn(
             (self.num_timesteps,) + tuple(x_start.shape),

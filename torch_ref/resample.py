@@ -21,7 +21,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from spec.validate import check_float, check_int
+from spec.validate import check_choice, check_finite_array, check_float, check_int
+from torch_ref.validate import check_generator, check_indices, resolve_dtype
 
 
 def _as_num_timesteps(value) -> int:
@@ -29,6 +30,18 @@ def _as_num_timesteps(value) -> int:
     if hasattr(value, "num_timesteps") and not isinstance(value, (int, np.integer)):
         value = value.num_timesteps
     return check_int("num_timesteps", value, minimum=1)
+
+
+def _check_weights(weights) -> np.ndarray:
+    """Sampling weights ``[T]`` as float64 numpy: finite, >= 0 with a positive sum."""
+    if torch.is_tensor(weights):
+        weights = weights.detach().cpu().numpy()
+    w = check_finite_array("weights", weights).astype(np.float64)
+    if w.ndim != 1 or w.size == 0:
+        raise ValueError(f"weights must have shape [T], got {w.shape}")
+    if np.any(w < 0) or not w.sum() > 0:
+        raise ValueError("weights must be >= 0 with a positive sum")
+    return w
 
 
 def sample_from_weights(
@@ -41,8 +54,10 @@ def sample_from_weights(
 ):
     """Draw ``t ~ p = weights / sum(weights)``; return ``(t [B] int64, w [B])`` with
     ``w = 1 / (T p_t)`` in ``dtype`` (float32 by default, as improved-diffusion)."""
+    generator = check_generator("generator", generator)
     batch_size = check_int("batch_size", batch_size, minimum=1)
-    w = np.asarray(weights, dtype=np.float64)
+    dtype = resolve_dtype(dtype)
+    w = _check_weights(weights)
     p = w / np.sum(w)
     T = len(p)
     t = torch.multinomial(torch.as_tensor(p), batch_size, replacement=True, generator=generator)
@@ -124,19 +139,14 @@ class LossSecondMomentResampler(LossAwareSampler):
 
     def update_with_all_losses(self, ts, losses) -> None:
         """Append ``losses[i]`` to step ``ts[i]``'s history, dropping its oldest once full."""
-        ts = torch.as_tensor(ts).detach().cpu().numpy() if isinstance(ts, torch.Tensor) else np.asarray(ts)
-        losses = (torch.as_tensor(losses).detach().cpu().double().numpy()
-                  if isinstance(losses, torch.Tensor) else np.asarray(losses, dtype=np.float64))
-        if not np.issubdtype(ts.dtype, np.integer):
-            raise TypeError(f"ts must be integer timesteps, got dtype {ts.dtype}")
-        if ts.ndim != 1 or losses.shape != ts.shape:
+        ts = check_indices("ts", ts, self.num_timesteps, what="integer timesteps [B]",
+                           bound_name="num_timesteps").detach().cpu().numpy()
+        if torch.is_tensor(losses):
+            losses = losses.detach().cpu().double().numpy()
+        losses = check_finite_array("losses", losses).astype(np.float64)
+        if losses.shape != ts.shape:
             raise ValueError(
                 f"ts and losses must both have shape [B], got ts {ts.shape} and losses {losses.shape}"
-            )
-        if ts.size and (ts.min() < 0 or ts.max() >= self.num_timesteps):
-            raise ValueError(
-                f"ts must lie in [0, num_timesteps) = [0, {self.num_timesteps}), got values in "
-                f"[{ts.min()}, {ts.max()}]"
             )
         H = self.history_per_term
         for t, loss in zip(ts.tolist(), losses.tolist()):
@@ -151,13 +161,10 @@ class LossSecondMomentResampler(LossAwareSampler):
 
 def create_named_schedule_sampler(name: str, num_timesteps, **kwargs) -> ScheduleSampler:
     """``"uniform"`` or ``"loss-second-moment"`` -> a sampler (improved-diffusion's names)."""
+    check_choice("schedule sampler name", name, ("uniform", "loss-second-moment"))
     if name == "uniform":
         return UniformSampler(num_timesteps, **kwargs)
-    if name == "loss-second-moment":
-        return LossSecondMomentResampler(num_timesteps, **kwargs)
-    raise ValueError(
-        f"unknown schedule sampler name {name!r}; valid choices: 'uniform', 'loss-second-moment'"
-    )
+    return LossSecondMomentResampler(num_timesteps, **kwargs)
 
 
 __all__ = [

@@ -8,9 +8,8 @@ no framework (ints, floats, bools, choices, shapes, numpy arrays, paths) live on
 Every check raises early with a message naming the offending argument. Value checks
 (NaN/Inf, ranges) run only on concrete tensors: while ``torch.compile`` traces, and for
 meta tensors, they are skipped (:func:`is_concrete`); shape / dtype checks always run.
-``check_array`` takes two extra arguments: ``device`` (a torch placement; JAX places arrays
-itself) and ``strict`` (require a ``torch.Tensor``, as the torch API does where a numpy
-array would silently land on the CPU).
+``check_array(..., strict=True)`` requires a ``torch.Tensor`` (the torch API does, where a
+numpy array would silently land on the CPU).
 
 One-sided names:
   check_generator -- torch draws noise from a ``torch.Generator``; the JAX twin takes PRNG keys.
@@ -93,14 +92,15 @@ def _shape_message(name: str, shape, got, what, like_name) -> str:
 
 
 def check_array(name: str, a, shape=None, dtype=None, device=None, *, what: str | None = None,
-                like_name: str | None = None, min_ndim: int = 0,
+                like_name: str | None = None, min_ndim: int = 0, finite: bool = True,
                 strict: bool = False) -> torch.Tensor:
     """``a`` as a floating tensor, checked and optionally moved; raise naming ``name``.
 
     ``shape``: the required shape (``None``: any); ``dtype`` / ``device``: move to them
     (``None``: keep); ``what`` describes the expected shape in the message (e.g.
     ``"[K, *shape]"``), or ``like_name`` names the tensor whose shape ``shape`` is;
-    ``min_ndim=1`` requires a batch axis ``[B, ...]``; ``strict`` requires a
+    ``min_ndim=1`` requires a batch axis ``[B, ...]``; ``finite=False`` skips the NaN/Inf
+    check (a sampler's state, which may legitimately diverge); ``strict`` requires a
     ``torch.Tensor`` (no conversion). ``TypeError`` for a non-tensor (strict) or a
     non-floating dtype, ``ValueError`` for a wrong shape or, when concrete, NaN/Inf values.
     """
@@ -115,7 +115,8 @@ def check_array(name: str, a, shape=None, dtype=None, device=None, *, what: str 
         shape = tuple(shape)
         if tuple(a.shape) != shape:
             raise ValueError(_shape_message(name, shape, tuple(a.shape), what, like_name))
-    check_finite(name, a)
+    if finite:
+        check_finite(name, a)
     if dtype is None and device is None:
         return a
     return a.to(dtype=dtype, device=device)
@@ -200,10 +201,11 @@ def resolve_dtype(dtype, *arrays) -> torch.dtype:
     return dtype
 
 
-def check_fn_output(fn_name: str, out, x, *, shape=None) -> None:
+def check_fn_output(fn_name: str, out, x, *, shape=None, reason: str | None = None) -> None:
     """Check what a user function (``score_fn``, ``model_fn``, ``eps_fn`` ...) returned for
     the input ``x``: a tensor of ``x.shape`` (or of ``shape`` when given, e.g. the doubled
-    channels of a learned-variance model) with a floating dtype.
+    channels of a learned-variance model) with a floating dtype. ``reason`` replaces
+    "expected <shape>" in the message with the caller's explanation.
 
     ``TypeError`` for a non-tensor or a non-floating dtype, ``ValueError`` for a wrong shape;
     the message names ``fn_name``, what it returned and what was expected.
@@ -216,7 +218,10 @@ def check_fn_output(fn_name: str, out, x, *, shape=None) -> None:
             f"got {type(out).__name__}"
         )
     if tuple(out.shape) != expected:
-        hint = "" if shape is None else f"; expected {expected}"
+        if reason is not None:
+            hint = f", but {reason}"
+        else:
+            hint = "" if shape is None else f"; expected {expected}"
         raise ValueError(
             f"{fn_name} returned shape {tuple(out.shape)} for x of shape {x_shape}{hint}"
         )
