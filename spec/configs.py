@@ -17,7 +17,7 @@ import enum
 import numpy as np
 
 from spec import schedules
-from spec.validate import check_choice, check_float, check_int
+from spec.validate import check_bool, check_choice, check_float, check_int
 
 
 class ModelMeanType(enum.Enum):
@@ -192,6 +192,9 @@ class DiffusionConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "steps", check_int("steps", self.steps, minimum=1))
+        object.__setattr__(
+            self, "rescale_timesteps", check_bool("rescale_timesteps", self.rescale_timesteps)
+        )
         check_choice("noise_schedule", self.noise_schedule, NOISE_SCHEDULES)
         if not isinstance(self.timestep_respacing, str):
             raise TypeError(

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from spec.validate import check_choice, check_float, check_int
+from spec.validate import check_callable, check_choice, check_finite_array, check_float, check_int
 
 
 # --------------------------------------------------------------------------- betas
@@ -58,6 +58,8 @@ def betas_for_alpha_bar(
     ``beta_i = min(1 - alpha_bar((i+1)/T) / alpha_bar(i/T), max_beta)``.
     """
     T = check_int("num_diffusion_timesteps", num_diffusion_timesteps, minimum=1)
+    check_callable("alpha_bar", alpha_bar, "alpha_bar(t) -> float")
+    max_beta = check_float("max_beta", max_beta, positive=True)
     betas = np.empty(T, dtype=np.float64)
     for i in range(T):
         t1, t2 = i / T, (i + 1) / T
@@ -183,8 +185,8 @@ def respace_betas(betas: np.ndarray, use_timesteps: Iterable[int]) -> tuple[np.n
 
     Returns ``(new_betas [K], timestep_map [K])`` (float64, int64), timestep_map[k] = i_k.
     """
-    betas = np.asarray(betas, dtype=np.float64)
-    keep = sorted(set(int(i) for i in use_timesteps))
+    betas = check_finite_array("betas", betas).astype(np.float64)
+    keep = sorted(set(check_int("use_timesteps[i]", i) for i in use_timesteps))
     if not keep or keep[0] < 0 or keep[-1] >= len(betas):
         raise ValueError(f"use_timesteps must be in [0, {len(betas)}), got {keep[:3]}...{keep[-3:]}")
     alphas_cumprod = np.cumprod(1.0 - betas)
@@ -267,7 +269,7 @@ def diffusion_tables(
     original_num_steps: int | None = None,
 ) -> DiffusionTables:
     """Compute every ``DiffusionTables`` entry from ``betas [T]`` in float64."""
-    betas = np.asarray(betas, dtype=np.float64)
+    betas = check_finite_array("betas", betas).astype(np.float64)
     if betas.ndim != 1 or len(betas) < 1:
         raise ValueError(f"betas must be 1-D and non-empty, got shape {betas.shape}")
     if not np.all((betas > 0) & (betas <= 1)):
