@@ -137,6 +137,7 @@ def get_anneal_dsm_loss_fn(sigmas, anneal_power: float = 2.0):
     anneal_power = check_float("anneal_power", anneal_power)
 
     def loss_fn(rng, score_fn, x):
+        x = check_array("x", x, min_ndim=1)
         k_label, k_z = jax.random.split(check_key("rng", rng))
         labels = jax.random.randint(k_label, (x.shape[0],), 0, len(sigmas))
         z = jax.random.normal(k_z, x.shape, x.dtype)
@@ -193,6 +194,7 @@ def get_sde_loss_fn(sde, *, reduce_mean: bool = True, likelihood_weighting: bool
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
 
     def loss_fn(rng, score_fn, x):
+        x = check_array("x", x, min_ndim=1)
         k_t, k_z = jax.random.split(check_key("rng", rng))
         t = jax.random.uniform(k_t, (x.shape[0],), x.dtype) * (sde.T - eps) + eps
         z = jax.random.normal(k_z, x.shape, x.dtype)
@@ -240,6 +242,7 @@ def _discrete_loss_fn(core, sde, reduce_mean):
     reduce_mean = check_bool("reduce_mean", reduce_mean)
 
     def loss_fn(rng, model_fn, x):
+        x = check_array("x", x, min_ndim=1)
         k_l, k_z = jax.random.split(check_key("rng", rng))
         labels = jax.random.randint(k_l, (x.shape[0],), 0, sde.N)
         z = jax.random.normal(k_z, x.shape, x.dtype)

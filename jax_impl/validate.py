@@ -48,6 +48,8 @@ def is_concrete(x) -> bool:
 
 
 def _dtype_of(name: str, x):
+    if x is None or isinstance(x, str):
+        raise TypeError(f"{name} must be an array with a floating dtype, got {type(x).__name__}")
     try:
         return jnp.result_type(x)
     except Exception:  # noqa: BLE001 (None, a torch tensor, a string ...: all wrong types)

@@ -111,6 +111,7 @@ def get_anneal_dsm_loss_fn(sigmas, anneal_power: float = 2.0):
 
     def loss_fn(score_fn, x, generator=None):
         generator = check_generator("generator", generator)
+        x = check_array("x", x, min_ndim=1)
         labels = torch.randint(0, len(sigmas), (x.shape[0],), generator=generator, device=x.device)
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         return anneal_dsm_loss(score_fn, x, labels, z, sigmas, anneal_power)
@@ -151,6 +152,7 @@ def get_sde_loss_fn(sde, *, reduce_mean: bool = True, likelihood_weighting: bool
 
     def loss_fn(score_fn, x, generator=None):
         generator = check_generator("generator", generator)
+        x = check_array("x", x, min_ndim=1)
         t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device) * (sde.T - eps) + eps
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         return sde_loss(sde, score_fn, x, t, z, reduce_mean=reduce_mean,
@@ -190,6 +192,7 @@ def _discrete_loss_fn(core, sde, reduce_mean):
 
     def loss_fn(model_fn, x, generator=None):
         generator = check_generator("generator", generator)
+        x = check_array("x", x, min_ndim=1)
         labels = torch.randint(0, sde.N, (x.shape[0],), generator=generator, device=x.device)
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         return core(sde, model_fn, x, labels, z, reduce_mean=reduce_mean)
