@@ -5,14 +5,14 @@ Every ``jax_impl`` module has a ``torch_ref`` twin of the same relative path, an
 * each docstring names its twin (``jax_impl/x.py`` <-> ``torch_ref/x.py``);
 * both export an ``__all__`` whose names exist, and the two ``__all__`` are identical, except
   for ONE-SIDED names: a name exported on one side only is allowed when that module's
-  docstring lists it under a line ``One-sided names:``, one name per line (bare or in
-  backticks) followed by its justification, e.g.::
+  docstring lists it, with its justification, in the paragraph that starts at a line
+  ``One-sided names:``, e.g.::
 
       One-sided names:
         check_key -- a JAX PRNG key has no torch counterpart (torch draws from a Generator).
 
-  (a more indented line continues an entry; the list ends at the next blank line). A
-  listed name must exist in its module and must not be exported by the twin;
+  (the grammar is in ``one_sided_names``). A listed name must exist in its module and
+  must not be exported by the twin;
 * every public function and class exported by both (and every public method of such a
   class) has the same signature: parameter names, order, kinds and defaults agree, with
   exactly these allowances, written once in ``_comparable``:
@@ -66,41 +66,46 @@ def _load(side: str, rel: str):
     return importlib.import_module(f"{side}.{rel.replace('/', '.')}")
 
 
-_ENTRY = re.compile(r"(?:[-*]\s+)?(`{0,2})([A-Za-z_]\w*)\1(?![\w.`])\s*(?:--|:|-|,)?\s*(.*)$")
+_NAME = r"(?:``[A-Za-z_]\w*``|`[A-Za-z_]\w*`|[A-Za-z_]\w*)(?![\w.`])"
+_ENTRY = re.compile(rf"(?P<bullet>[-*]\s+)?(?P<names>{_NAME}(?:\s*(?:/|,|and)\s*{_NAME})*)"
+                    rf"\s*(?P<sep>--|:|-)?\s*(?P<why>.*)$")
 
 
 def one_sided_names(doc: str | None) -> dict[str, str]:
     """``{name: justification}`` listed under ``One-sided names:`` in a module docstring.
 
-    One entry per line, the name first (bare or in backticks), then its justification;
-    a more indented line continues the entry above; a blank or less indented line ends
-    the list.
+    The list is the paragraph that starts at that line (it ends at a blank or a less
+    indented line). An entry is a line starting with a name (bare or in backticks) or
+    several names joined by ``/``, ``,`` or ``and``, after a bullet or followed by a
+    separator (``--``, ``:``, ``-``), then the justification; names in backticks right
+    after ``One-sided names:`` on the same line need neither. Any other line, and every
+    more indented line, continues the entry above.
     """
     lines = (doc or "").splitlines()
     for i, line in enumerate(lines):
         _, sep, rest = line.partition("One-sided names:")
         if not sep:
             continue
+        paragraph = ([rest.strip()] if rest.strip() else []) + lines[i + 1:]
         found: dict[str, str] = {}
-        entries = lines[i + 1:]
-        if rest.strip():
-            entries = [rest.strip()] + entries
-        indent, last = None, None
-        for entry in entries:
-            if not entry.strip():
+        base, last = None, []
+        for k, raw in enumerate(paragraph):
+            text = raw.strip()
+            if not text:
                 break
-            depth = len(entry) - len(entry.lstrip())
-            if indent is None:
-                indent = depth
-            if depth < indent:
+            depth = len(raw) - len(raw.lstrip())
+            base = depth if base is None else base
+            if depth < base:
                 break
-            if depth > indent and last is not None:
-                found[last] = (found[last] + " " + entry.strip()).strip()
-                continue
-            m = _ENTRY.match(entry.strip())
-            if m:
-                last = m.group(2)
-                found[last] = m.group(3).strip()
+            m = _ENTRY.match(text) if depth == base else None
+            inline = k == 0 and rest.strip() and "`" in m.group("names") if m else False
+            if m and (m.group("bullet") or m.group("sep") or inline):
+                last = [n for n in re.findall(r"[A-Za-z_]\w*", m.group("names")) if n != "and"]
+                for name in last:
+                    found[name] = m.group("why").strip()
+            else:
+                for name in last:
+                    found[name] = (found[name] + " " + text).strip()
         return found
     return {}
 
@@ -112,6 +117,10 @@ def test_one_sided_parser():
                                     "save_variables": "orbax I/O."}
     doc = "T.\n\nOne-sided names:\n  check_key -- PRNG keys are a JAX concept.\n"
     assert one_sided_names(doc) == {"check_key": "PRNG keys are a JAX concept."}
+    doc = ("T.\n\nOne-sided names: ``save_variables`` / ``load_variables`` store flax variables\n"
+           "as orbax (the torch side writes ``.pt``:\n``save_state_dict``).\n")
+    why = "store flax variables as orbax (the torch side writes ``.pt``: ``save_state_dict``)."
+    assert one_sided_names(doc) == {"save_variables": why, "load_variables": why}
     assert one_sided_names("no list here ``x``") == {}
 
 
