@@ -1,28 +1,34 @@
-"""Flax-side weight conversion: torch / score_sde checkpoints <-> flax variables, orbax I/O.
+"""Weights in and out of the flax models: official checkpoints, torch state_dicts, orbax I/O.
 
-Twin: ``torch_ref/convert.py``, which holds the explicit key tables and the conversion
-core (this module calls into it, so reading ``.pth`` files needs torch installed).
+Twin: ``torch_ref/convert.py`` (same names; torch tensors and modules there).
 
-- ``torch_to_flax_variables(state_dict, config)`` / ``flax_to_torch_state_dict(variables,
-  config)``: by the architecture's key table (every key used, every shape checked; the
-  ``sigmas`` buffer checked against the config on the way in and rebuilt on the way out);
-  the round trip is exact.
-- ``from_score_sde(checkpoint, config, weights="ema")`` -> ``(model, variables)`` such that
-  ``model.apply(variables, x_nhwc, labels)`` is the official network's output (NHWC).
-- ``save_variables`` / ``load_variables``: flax variables as an orbax checkpoint (written
-  to a temporary directory and renamed when complete, so a crash leaves no partial
-  checkpoint under ``path``).
+Imports no torch: the key tables, the checks and the conversion are framework-neutral
+data and numpy code in ``spec`` (``spec.keytables``, ``spec.convert``,
+``spec.checkpoints``), re-exported here; only reading a ``.pth`` / ``.pt`` file imports
+torch, inside the reader. Official weights stored as ``.npz`` / ``.safetensors`` (layout
+in ``spec.checkpoints``; ``save_checkpoint`` writes them) load without torch installed.
 
-The convert pair is deliberately asymmetric: both ``__all__`` list the same shared names
-(``KeyMap``, ``KeyTable``, ``key_table``, ``derived_buffers``, ``strip_prefix``,
-``load_checkpoint``, ``score_sde_state_dict``, ``num_parameters``, ``from_score_sde``,
-``from_ncsnv2``); the flax-only entry points above are exported here only.
+- ``torch_to_flax_variables(state_dict, config)`` -> flax variables (jax arrays), checked
+  against the model's variable structure; ``flax_to_torch_state_dict(variables, config)``
+  -> the official-named state_dict as numpy arrays (``sigmas`` first). By the
+  architecture's key table: every key used, every shape checked, integer or NaN / Inf
+  tensors rejected naming the key; the round trip is exact.
+- ``torch_to_flax`` / ``flax_to_torch``: the same for any key table, in numpy.
+- ``from_score_sde(checkpoint, config, weights="ema")`` -> ``(model, variables)`` with
+  ``model.apply(variables, x_nhwc, labels)`` the official network's output (NHWC);
+  ``from_ncsnv2`` likewise for ermongroup/ncsnv2 checkpoints.
+- ``score_sde_state_dict`` / ``ncsnv2_state_dict``: the validated numpy state_dicts.
+
+One-sided names: ``save_variables`` / ``load_variables`` store flax variables as an orbax
+checkpoint directory (needs jax / orbax); the torch side writes ``.pt`` files instead
+(``save_state_dict`` / ``load_state_dict``).
 """
 
 from __future__ import annotations
 
 import collections
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import jax
@@ -30,64 +36,74 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_impl.models import registry
-from jax_impl.models.ncsnv2 import from_ncsnv2  # noqa: F401  (re-exported next to from_score_sde)
-from torch_ref import convert as _core
-from torch_ref.convert import (  # noqa: F401  (re-exported)
-    KeyMap,
-    KeyTable,
-    derived_buffers,
-    key_table,
-    load_checkpoint,
-    num_parameters,
+from jax_impl.models.ncsnv2 import from_ncsnv2
+from spec.checkpoints import load_checkpoint, save_checkpoint
+from spec.convert import (
+    WEIGHTS,
+    check_state_dict,
+    flatten_paths,
+    flax_to_torch,
+    ncsnv2_state_dict,
     score_sde_state_dict,
     strip_prefix,
+    torch_to_flax,
 )
+from spec.keytables import LAYOUTS, KeyMap, KeyTable, derived_buffers, key_table, num_parameters
 
 __all__ = [
     "KeyMap",
     "KeyTable",
+    "LAYOUTS",
+    "WEIGHTS",
     "key_table",
     "derived_buffers",
-    "strip_prefix",
-    "load_checkpoint",
-    "score_sde_state_dict",
     "num_parameters",
-    "from_score_sde",
-    "from_ncsnv2",
+    "strip_prefix",
+    "flatten_paths",
+    "check_state_dict",
+    "torch_to_flax",
+    "flax_to_torch",
     "torch_to_flax_variables",
     "flax_to_torch_state_dict",
+    "load_checkpoint",
+    "save_checkpoint",
+    "score_sde_state_dict",
+    "ncsnv2_state_dict",
+    "from_score_sde",
+    "from_ncsnv2",
     "save_variables",
     "load_variables",
 ]
 
 
 def torch_to_flax_variables(state_dict: Mapping[str, Any], config, *, dtype=np.float32) -> dict:
-    """Flax variables (``'params'`` [+ ``'constants'``], jax arrays) from a torch state_dict.
+    """Flax variables (``'params'`` [+ ``'constants'``], jax arrays) of a torch-named state_dict.
 
-    ``state_dict`` may carry the ``module.`` prefix. ``dtype`` casts every array
-    (``None`` keeps the stored dtype). Raises ``KeyError`` / ``ValueError`` naming any
-    missing, unexpected or mis-shaped key.
+    ``state_dict`` (numpy arrays or torch tensors) may carry the ``module.`` prefix;
+    ``dtype`` casts every array (None keeps the stored dtype). Raises ``KeyError`` /
+    ``ValueError`` / ``TypeError`` naming any missing, unexpected, mis-shaped,
+    non-floating or non-finite key.
     """
-    table = key_table(config)
-    variables = _core.torch_to_flax(
-        strip_prefix(state_dict), table, flax_shapes=registry.variable_shapes(config),
-        derived=derived_buffers(config), dtype=dtype,
-    )
+    variables = torch_to_flax(strip_prefix(state_dict), key_table(config), flax_shapes=registry.variable_shapes(config),
+                              derived=derived_buffers(config), dtype=dtype)
     return jax.tree_util.tree_map(jnp.asarray, variables)
 
 
-def flax_to_torch_state_dict(variables: Mapping, config) -> "collections.OrderedDict":
-    """The torch state_dict (official key names and order, ``sigmas`` first) of flax variables."""
+def flax_to_torch_state_dict(variables: Mapping, config) -> "collections.OrderedDict[str, np.ndarray]":
+    """The torch state_dict (official key names and order, ``sigmas`` first) of flax
+    variables, as numpy arrays (``torch.from_numpy`` each to load it into a module)."""
     host = jax.tree_util.tree_map(np.asarray, dict(variables))
-    return _core.flax_to_torch(host, key_table(config), derived=derived_buffers(config))
+    return flax_to_torch(host, key_table(config), derived=derived_buffers(config))
 
 
 def from_score_sde(checkpoint, config, *, weights: str = "ema", dtype=np.float32):
     """``(model, variables)`` for a score_sde_pytorch checkpoint.
 
     Args:
-      checkpoint: a path to a ``.pth`` file, the dict it holds (``model``, ``ema``,
-        ``optimizer``, ``step``), or a bare state_dict with or without ``module.``.
+      checkpoint: a path -- ``.npz`` / ``.safetensors`` (no torch needed; layout in
+        ``spec.checkpoints``) or the official ``.pth`` (needs torch) -- the dict a
+        ``.pth`` holds (``model``, ``ema``, ``optimizer``, ``step``), or a bare
+        state_dict with or without ``module.``.
       config: ``DDPMConfig`` / ``NCSNppConfig`` (e.g. ``from_score_sde_config(cfg.to_dict())``
         or a preset).
       weights: ``"ema"`` (score_sde's EMA shadow parameters, what its evaluation uses)
@@ -102,13 +118,68 @@ def from_score_sde(checkpoint, config, *, weights: str = "ema", dtype=np.float32
     return registry.create_model(config), variables
 
 
+# ------------------------------------------------------------------- orbax directories
+
+_ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA")
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def _checkpoint_dir(path) -> Path:
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__} {path!r}")
+    p = Path(os.path.abspath(os.fspath(path)))
+    if not p.exists():
+        raise FileNotFoundError(f"no orbax checkpoint at {str(p)!r}: the path does not exist")
+    if not p.is_dir():
+        raise ValueError(f"{str(p)!r} is a file, not an orbax checkpoint directory (written by save_variables); "
+                         "checkpoint files load with from_score_sde / from_ncsnv2 / load_checkpoint")
+    missing = [m for m in _ORBAX_MARKERS if not (p / m).is_file()]
+    if missing:
+        raise ValueError(f"{str(p)!r} is not a complete orbax checkpoint directory (no {', '.join(missing)}); "
+                         "was it written by save_variables, and did the save finish?")
+    return p
+
+
+def _compare_structure(path: Path, saved: Mapping, expected: Mapping, config) -> None:
+    """ValueError naming the first leaf where the saved tree and the config's differ."""
+    got, want = flatten_paths(saved), flatten_paths(expected)
+    for leaf in sorted(set(got) | set(want)):
+        name = "/".join(leaf)
+        if leaf not in got:
+            raise ValueError(f"orbax checkpoint {str(path)!r} does not match {type(config).__name__}: the config's "
+                             f"variable {name!r} {tuple(want[leaf].shape)} is not in the checkpoint "
+                             f"({len(got)} saved leaves vs {len(want)} expected)")
+        if leaf not in want:
+            raise ValueError(f"orbax checkpoint {str(path)!r} does not match {type(config).__name__}: the checkpoint "
+                             f"holds {name!r} {tuple(got[leaf].shape)}, which the config's model has not")
+        gs, ws = tuple(getattr(got[leaf], "shape", ())), tuple(want[leaf].shape)
+        if gs != ws:
+            raise ValueError(f"orbax checkpoint {str(path)!r} does not match {type(config).__name__}: {name!r} "
+                             f"has shape {gs} in the checkpoint but {ws} in the model")
+
+
 def save_variables(path, variables: Mapping) -> None:
-    """Save flax variables as an orbax checkpoint at ``path`` (a directory; must not exist)."""
+    """Save flax variables as an orbax checkpoint at ``path`` (a directory; must not exist).
+
+    orbax writes into a temporary directory and renames it when complete, so a crash
+    leaves no partial checkpoint under ``path``. Leaves must be finite floating arrays.
+    """
     import orbax.checkpoint as ocp
 
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__} {path!r}")
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path):
         raise FileExistsError(f"checkpoint path {path!r} already exists")
+    if not isinstance(variables, Mapping) or not variables:
+        raise TypeError(f"variables must be a non-empty nested mapping of arrays, got {type(variables).__name__}")
+    for leaf, value in flatten_paths(variables).items():
+        if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+            raise TypeError(f"variables leaf {'/'.join(leaf)!r} is a {type(value).__name__}, not an array")
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path, dict(variables))
         ckptr.wait_until_finished()
@@ -117,16 +188,28 @@ def save_variables(path, variables: Mapping) -> None:
 def load_variables(path, config=None) -> dict:
     """Load flax variables saved by ``save_variables``.
 
-    With ``config``, the checkpoint is restored against the model's variable structure
-    (shapes and dtypes checked by orbax); otherwise as saved.
+    With ``config``, the saved structure is first compared with the model's
+    (``registry.variable_shapes(config)``) and the checkpoint is restored against it.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: ``path`` is a file or not a (complete) orbax checkpoint, the checkpoint
+        is damaged, or its structure differs from ``config``'s model (naming the first
+        differing variable) -- before orbax's own errors.
     """
     import orbax.checkpoint as ocp
 
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"no orbax checkpoint at {path!r}")
+    p = _checkpoint_dir(path)
+    expected = registry.variable_shapes(config) if config is not None else None
     with ocp.StandardCheckpointer() as ckptr:
-        if config is None:
-            return ckptr.restore(path)
-        target = registry.variable_shapes(config)
-        return ckptr.restore(path, target)
+        try:
+            saved = ckptr.metadata(p).item_metadata.tree
+        except Exception as e:  # noqa: BLE001 (orbax / tensorstore failures get one message)
+            raise ValueError(f"cannot read the orbax checkpoint {str(p)!r}: damaged metadata ({_short(e)})") from None
+        if expected is not None:
+            _compare_structure(p, saved, expected, config)
+        try:
+            return ckptr.restore(p) if expected is None else ckptr.restore(p, expected)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"cannot restore the orbax checkpoint {str(p)!r}: damaged or incomplete data "
+                             f"({_short(e)})") from None

@@ -68,17 +68,20 @@ def test_round_trips_are_exact(config, np_rng):
     # flax -> torch -> flax, starting from random flax variables of the model's structure
     variables = jax.tree_util.tree_map(
         lambda s: jnp.asarray(np_rng.normal(0, 0.05, size=s.shape), s.dtype), jreg.variable_shapes(config))
-    sd = jconv.flax_to_torch_state_dict(variables, config)
+    sd = jconv.flax_to_torch_state_dict(variables, config)  # numpy on the flax side
+    assert all(isinstance(v, np.ndarray) for v in sd.values())
     model = treg.create_model(config)
-    model.load_state_dict(sd, strict=True)  # every torch key produced, shapes right
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)  # every key, shapes right
     back = jconv.torch_to_flax_variables(model.state_dict(), config)
     assert _tree_equal(back, variables)
     # torch -> flax -> torch
     model = _torch_model(config, np_rng)
-    sd2 = jconv.flax_to_torch_state_dict(jconv.torch_to_flax_variables(model.state_dict(), config), config)
+    sd2 = tconv.flax_to_torch_state_dict(jconv.torch_to_flax_variables(model.state_dict(), config), config)
     assert list(sd2) == list(model.state_dict())
     for k, v in model.state_dict().items():
         assert torch.equal(sd2[k], v), k
+    sd3 = jconv.flax_to_torch_state_dict(tconv.torch_to_flax_variables(model.state_dict(), config), config)
+    assert list(sd3) == list(sd2) and all(np.array_equal(sd3[k], sd2[k].numpy()) for k in sd2)
 
 
 def test_conversion_errors_name_the_key(np_rng):

@@ -19,7 +19,8 @@ Twin: ``torch_ref/models/ddpm.py`` (NCHW). Config: ``spec.model_configs.DDPMConf
 Attention is placed by level (the resolution ``image_size // 2**level`` of the config),
 which is what score_sde does for inputs of size ``image_size``; other sizes divisible by
 ``2**(len(ch_mult)-1)`` run the same network. The ``vp/ddpm/cifar10`` preset has
-35,218,947 parameters.
+35,218,947 parameters. The list above is data: ``spec.unet_plans.ddpm_plan(config)``,
+from which this module, its twin and the checkpoint key table build.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from jax_impl.models.layers import (
     res_attn_stage,
 )
 from spec.model_configs import DDPMConfig
+from spec.unet_plans import ddpm_plan
 
 __all__ = [
     "DDPM",
@@ -61,46 +63,24 @@ class DDPM(nn.Module):
         cfg = self.config
         if not isinstance(cfg, DDPMConfig):
             raise TypeError(f"config must be a DDPMConfig, got {type(cfg).__name__}")
-        nf = cfg.nf
-        temb_dim = 4 * nf
+        temb_dim = 4 * cfg.nf
 
-        def resnet(in_ch, out_ch=None):
-            return ResnetBlockDDPM(cfg.nonlinearity, in_ch, out_ch, temb_dim=temb_dim, dropout=cfg.dropout)
+        def build(b):
+            if b.kind == "dense":
+                return nn.Dense(b.out_ch, kernel_init=default_init(), bias_init=nn.initializers.zeros)
+            if b.kind == "conv3x3":
+                return ddpm_conv3x3(b.out_ch, init_scale=b.init_scale)
+            if b.kind == "resnet":
+                return ResnetBlockDDPM(cfg.nonlinearity, b.in_ch, b.out_ch, temb_dim=temb_dim, dropout=cfg.dropout)
+            if b.kind == "attn":
+                return AttnBlock(b.in_ch)
+            if b.kind == "downsample":
+                return Downsample(b.in_ch, with_conv=b.with_conv)
+            if b.kind == "upsample":
+                return Upsample(b.in_ch, with_conv=b.with_conv)
+            return group_norm(b.in_ch, b.groups)
 
-        modules = []
-        if cfg.conditional:
-            modules.append(nn.Dense(temb_dim, kernel_init=default_init(), bias_init=nn.initializers.zeros))
-            modules.append(nn.Dense(temb_dim, kernel_init=default_init(), bias_init=nn.initializers.zeros))
-        modules.append(ddpm_conv3x3(nf))
-        hs_c = [nf]
-        in_ch = nf
-        for level, mult in enumerate(cfg.ch_mult):
-            for _ in range(cfg.num_res_blocks):
-                out_ch = nf * mult
-                modules.append(resnet(in_ch, out_ch))
-                in_ch = out_ch
-                if cfg.all_resolutions[level] in cfg.attn_resolutions:
-                    modules.append(AttnBlock(in_ch))
-                hs_c.append(in_ch)
-            if level != cfg.num_resolutions - 1:
-                modules.append(Downsample(in_ch, with_conv=cfg.resamp_with_conv))
-                hs_c.append(in_ch)
-        in_ch = hs_c[-1]
-        modules.append(resnet(in_ch))
-        modules.append(AttnBlock(in_ch))
-        modules.append(resnet(in_ch))
-        for level in reversed(range(cfg.num_resolutions)):
-            for _ in range(cfg.num_res_blocks + 1):
-                out_ch = nf * cfg.ch_mult[level]
-                modules.append(resnet(in_ch + hs_c.pop(), out_ch))
-                in_ch = out_ch
-            if cfg.all_resolutions[level] in cfg.attn_resolutions:
-                modules.append(AttnBlock(in_ch))
-            if level != 0:
-                modules.append(Upsample(in_ch, with_conv=cfg.resamp_with_conv))
-        assert not hs_c
-        modules.append(group_norm(in_ch, 32))
-        modules.append(ddpm_conv3x3(cfg.num_channels, init_scale=0.0))
+        modules = [build(b) for b in ddpm_plan(cfg)]
         self.all_modules = modules
 
     def __call__(self, x: jax.Array, labels: jax.Array, train: bool = False) -> jax.Array:

@@ -12,7 +12,8 @@ dilations 2 and 4 at constant resolution), four conditional refine blocks. Input
 ``logit_transform``).
 
 ``NCSNConfig`` and its presets are framework-neutral data defined once in
-``spec/ncsn_configs.py`` and re-exported here (the twin exports the same objects).
+``spec/ncsn_configs.py`` and re-exported here (the twin exports the same objects), as is
+``key_table`` (``spec.keytables.ncsn_key_table``: every parameter, torch key <-> flax path).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from jax_impl.models.ncsn_layers import (
     check_inputs,
     get_act,
 )
+from spec.keytables import ncsn_key_table as key_table  # noqa: F401  (re-exported: the table is data in spec)
 from spec.ncsn_configs import (  # noqa: F401  (re-exported: the config lives once in spec)
     NCSN_CIFAR10,
     NCSN_MNIST,
@@ -79,12 +81,3 @@ class CondRefineNetDilated(nn.Module):
             ref = block([skip] if ref is None else [skip, ref], y, skip.shape[1:3])
         h = get_act(act_name)(ConditionalInstanceNorm2dPlus(L, name="normalizer")(ref, y))
         return Conv2d(cfg.num_channels, 3, 1, name="end_conv")(h)
-
-
-def key_table(config: NCSNConfig) -> tuple:
-    """Explicit torch-key <-> flax-path table (``tuple[KeyMap, ...]``) of every NCSN v1 parameter."""
-    if not isinstance(config, NCSNConfig):
-        raise TypeError(f"config must be an NCSNConfig, got {type(config).__name__}")
-    from torch_ref.models.ncsn_layers import refinenet_key_table
-
-    return refinenet_key_table(NCSN_PLAN, conditional=True)

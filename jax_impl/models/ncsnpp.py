@@ -28,6 +28,9 @@ outside ``all_modules``). GroupNorm uses ``min(C // 4, 32)`` groups. Attention i
 by level, from the config. Parameter counts of the CIFAR-10 presets: DDPM++ cont.
 61,804,419 (deep 106,632,579); NCSN++ cont. 62,758,915 of which 62,758,787 trainable
 (deep 107,587,075).
+
+The modules are built from ``spec.unet_plans.ncsnpp_plan(config)``, the layout data the
+twin and the checkpoint key table walk too; the forward pass consumes them in plan order.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from jax_impl.models.layers import (
     naive_upsample,
 )
 from spec.model_configs import NCSNppConfig
+from spec.unet_plans import ncsnpp_plan
 
 __all__ = [
     "NCSNpp",
@@ -71,100 +75,37 @@ class NCSNpp(nn.Module):
         cfg = self.config
         if not isinstance(cfg, NCSNppConfig):
             raise TypeError(f"config must be an NCSNppConfig, got {type(cfg).__name__}")
-        nf, C = cfg.nf, cfg.num_channels
-        temb_dim = 4 * nf
-        biggan = cfg.resblock_type == "biggan"
+        temb_dim = 4 * cfg.nf
 
-        def resblock(in_ch, out_ch=None, up=False, down=False):
-            if biggan:
+        def resblock(b):
+            if b.resblock == "biggan":
                 return layerspp.ResnetBlockBigGANpp(
-                    cfg.nonlinearity, in_ch, out_ch, temb_dim=temb_dim, up=up, down=down, dropout=cfg.dropout,
-                    fir=cfg.fir, fir_kernel=cfg.fir_kernel, skip_rescale=cfg.skip_rescale, init_scale=cfg.init_scale)
+                    cfg.nonlinearity, b.in_ch, b.out_ch, temb_dim=temb_dim, up=b.resample == "up",
+                    down=b.resample == "down", dropout=cfg.dropout, fir=cfg.fir, fir_kernel=cfg.fir_kernel,
+                    skip_rescale=cfg.skip_rescale, init_scale=cfg.init_scale)
             return layerspp.ResnetBlockDDPMpp(
-                cfg.nonlinearity, in_ch, out_ch, temb_dim=temb_dim, dropout=cfg.dropout,
+                cfg.nonlinearity, b.in_ch, b.out_ch, temb_dim=temb_dim, dropout=cfg.dropout,
                 skip_rescale=cfg.skip_rescale, init_scale=cfg.init_scale)
 
-        def attn(ch):
-            return layerspp.AttnBlockpp(ch, skip_rescale=cfg.skip_rescale, init_scale=cfg.init_scale)
+        def build(b):
+            if b.kind == "fourier":
+                return layerspp.GaussianFourierProjection(embedding_size=b.out_ch, scale=cfg.fourier_scale)
+            if b.kind == "dense":
+                return nn.Dense(b.out_ch, kernel_init=default_init(), bias_init=nn.initializers.zeros)
+            if b.kind == "conv3x3":
+                return ddpm_conv3x3(b.out_ch, init_scale=b.init_scale)
+            if b.kind == "resnet":
+                return resblock(b)
+            if b.kind == "attn":
+                return layerspp.AttnBlockpp(b.in_ch, skip_rescale=cfg.skip_rescale, init_scale=cfg.init_scale)
+            if b.kind in ("downsample", "upsample"):
+                cls = layerspp.Downsample if b.kind == "downsample" else layerspp.Upsample
+                return cls(b.in_ch, b.out_ch, with_conv=b.with_conv, fir=b.fir, fir_kernel=cfg.fir_kernel)
+            if b.kind == "combine":
+                return layerspp.Combine(b.in_ch, b.out_ch, method=b.method)
+            return group_norm(b.in_ch, b.groups)
 
-        def dense(features):
-            return nn.Dense(features, kernel_init=default_init(), bias_init=nn.initializers.zeros)
-
-        def norm(ch):
-            return group_norm(ch, layerspp.pp_groups(ch))
-
-        modules = []
-        if cfg.embedding_type == "fourier":
-            modules.append(layerspp.GaussianFourierProjection(embedding_size=nf, scale=cfg.fourier_scale))
-        if cfg.conditional:
-            modules.append(dense(temb_dim))
-            modules.append(dense(temb_dim))
-        modules.append(ddpm_conv3x3(nf))
-        input_pyramid_ch = C
-        hs_c = [nf]
-        in_ch = nf
-        for level, mult in enumerate(cfg.ch_mult):
-            for _ in range(cfg.num_res_blocks):
-                out_ch = nf * mult
-                modules.append(resblock(in_ch, out_ch))
-                in_ch = out_ch
-                if cfg.all_resolutions[level] in cfg.attn_resolutions:
-                    modules.append(attn(in_ch))
-                hs_c.append(in_ch)
-            if level != cfg.num_resolutions - 1:
-                if biggan:
-                    modules.append(resblock(in_ch, down=True))
-                else:
-                    modules.append(layerspp.Downsample(in_ch, with_conv=cfg.resamp_with_conv, fir=cfg.fir,
-                                                       fir_kernel=cfg.fir_kernel))
-                if cfg.progressive_input == "input_skip":
-                    modules.append(layerspp.Combine(input_pyramid_ch, in_ch, method=cfg.progressive_combine))
-                    if cfg.progressive_combine == "cat":
-                        in_ch *= 2
-                elif cfg.progressive_input == "residual":
-                    modules.append(layerspp.Downsample(input_pyramid_ch, in_ch, with_conv=True, fir=cfg.fir,
-                                                       fir_kernel=cfg.fir_kernel))
-                    input_pyramid_ch = in_ch
-                hs_c.append(in_ch)
-        in_ch = hs_c[-1]
-        modules.append(resblock(in_ch))
-        modules.append(attn(in_ch))
-        modules.append(resblock(in_ch))
-        pyramid_ch = 0
-        for level in reversed(range(cfg.num_resolutions)):
-            for _ in range(cfg.num_res_blocks + 1):
-                out_ch = nf * cfg.ch_mult[level]
-                modules.append(resblock(in_ch + hs_c.pop(), out_ch))
-                in_ch = out_ch
-            if cfg.all_resolutions[level] in cfg.attn_resolutions:
-                modules.append(attn(in_ch))
-            if cfg.progressive != "none":
-                if level == cfg.num_resolutions - 1:
-                    modules.append(norm(in_ch))
-                    if cfg.progressive == "output_skip":
-                        modules.append(ddpm_conv3x3(C, init_scale=cfg.init_scale))
-                        pyramid_ch = C
-                    else:
-                        modules.append(ddpm_conv3x3(in_ch))
-                        pyramid_ch = in_ch
-                elif cfg.progressive == "output_skip":
-                    modules.append(norm(in_ch))
-                    modules.append(ddpm_conv3x3(C, init_scale=cfg.init_scale))
-                    pyramid_ch = C
-                else:
-                    modules.append(layerspp.Upsample(pyramid_ch, in_ch, with_conv=True, fir=cfg.fir,
-                                                     fir_kernel=cfg.fir_kernel))
-                    pyramid_ch = in_ch
-            if level != 0:
-                if biggan:
-                    modules.append(resblock(in_ch, up=True))
-                else:
-                    modules.append(layerspp.Upsample(in_ch, with_conv=cfg.resamp_with_conv, fir=cfg.fir,
-                                                     fir_kernel=cfg.fir_kernel))
-        assert not hs_c
-        if cfg.progressive != "output_skip":
-            modules.append(norm(in_ch))
-            modules.append(ddpm_conv3x3(C, init_scale=cfg.init_scale))
+        modules = [build(b) for b in ncsnpp_plan(cfg)]
         self.all_modules = modules
 
     def _pyramid_downsample(self, x: jax.Array) -> jax.Array:

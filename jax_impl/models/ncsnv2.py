@@ -21,7 +21,8 @@ dilation and keep the resolution, as ermongroup's code does (score_sde_pytorch's
 pads them by 1 and crashes, its issue #48).
 
 ``NCSNv2Config`` and ``NCSNV2_CIFAR10`` are framework-neutral data defined once in
-``spec/ncsn_configs.py`` and re-exported here (the twin exports the same objects).
+``spec/ncsn_configs.py`` and re-exported here (the twin exports the same objects), as is
+``key_table`` (``spec.keytables.ncsnv2_key_table``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from jax_impl.models.ncsn_layers import (
     take_rows,
 )
 from jax_impl.utils import append_dims
+from spec.convert import ncsnv2_state_dict, torch_to_flax
+from spec.keytables import ncsnv2_key_table as key_table  # noqa: F401  (re-exported: the table is data in spec)
 from spec.ncsn_configs import (  # noqa: F401  (re-exported: the config lives once in spec)
     NCSNV2_CIFAR10,
     NCSNV2_NAMES,
@@ -105,45 +108,28 @@ class NCSNv2(nn.Module):
         return h / append_dims(used_sigmas, h.ndim)
 
 
-def key_table(config: NCSNv2Config) -> tuple:
-    """Explicit torch-key <-> flax-path table (``tuple[KeyMap, ...]``) of every NCSNv2
-    parameter; the torch ``sigmas`` buffer is not listed (the flax model computes it)."""
-    if not isinstance(config, NCSNv2Config):
-        raise TypeError(f"config must be an NCSNv2Config, got {type(config).__name__}")
-    from torch_ref.models.ncsn_layers import refinenet_key_table
-
-    return refinenet_key_table(config.name, conditional=False)
-
-
-def _variable_shapes(model: nn.Module, config) -> Any:
-    """``jax.eval_shape`` of ``model.init`` (no allocation)."""
-    x = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, config.num_channels), jnp.float32)
-    y = jax.ShapeDtypeStruct((1,), jnp.int32)
-    return jax.eval_shape(model.init, jax.random.PRNGKey(0), x, y)
-
-
 def from_ncsnv2(checkpoint: Any, config: Any, *, weights: str | None = None) -> tuple[NCSNv2, dict]:
     """``(model, variables)`` from an ermongroup/ncsnv2 checkpoint, with
-    ``model.apply(variables, x_nhwc, y)`` equal to the official model's output.
+    ``model.apply(variables, x_nhwc, y)`` equal to the official model's output. No torch
+    is needed unless ``checkpoint`` is a ``.pth`` file.
 
     Args:
-      checkpoint: a path to ``checkpoint_*.pth``; the list it holds,
-        ``[model_state, optimizer_state, epoch, step(, ema_state)]`` (keys prefixed
-        ``module.``); or a bare state_dict.
+      checkpoint: a path (``checkpoint_*.pth``, or ``.npz`` / ``.safetensors`` in the
+        layout of ``spec.checkpoints``); the list a ``.pth`` holds, ``[model_state,
+        optimizer_state, epoch, step(, ema_state)]`` (keys prefixed ``module.``); or a
+        bare state_dict.
       config: the run's YAML config as a nested dict, or an ``NCSNv2Config``.
       weights: ``"ema"``, ``"raw"`` or None (EMA when the checkpoint holds it); see
-        ``torch_ref.models.ncsnv2.ncsnv2_state_dict``, which validates every key and shape
-        and checks the ``sigmas`` buffer against the config.
+        ``spec.convert.ncsnv2_state_dict``, which validates every key, shape, dtype and
+        value and checks the ``sigmas`` buffer against the config.
 
     Returns:
       the flax ``NCSNv2`` module and ``{"params": ...}`` (float32 ``jax.Array`` leaves).
     """
-    from torch_ref.convert import torch_to_flax
-    from torch_ref.models import ncsnv2 as torch_ncsnv2
-
     cfg = config if isinstance(config, NCSNv2Config) else NCSNv2Config.from_ncsnv2_config(config)
-    state = torch_ncsnv2.ncsnv2_state_dict(checkpoint, cfg, weights=weights)
+    state = ncsnv2_state_dict(checkpoint, cfg, weights=weights)
     model = NCSNv2(cfg)
-    variables = torch_to_flax(state, key_table(cfg), flax_shapes=_variable_shapes(model, cfg),
-                              ignore=("sigmas",), dtype=np.float32)
+    x = jax.ShapeDtypeStruct((1, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, jax.ShapeDtypeStruct((1,), jnp.int32))
+    variables = torch_to_flax(state, key_table(cfg), flax_shapes=shapes, ignore=("sigmas",), dtype=np.float32)
     return model, jax.tree.map(jnp.asarray, variables)

@@ -11,6 +11,7 @@ Framework-specific helpers, not part of the mirrored API: ``init_variables``, ``
 
 from __future__ import annotations
 
+import functools
 import types
 
 import jax
@@ -96,10 +97,16 @@ def init_variables(config, rng: jax.Array) -> dict:
     return jax.jit(model.init)({"params": rng}, *example_inputs(config))
 
 
-def variable_shapes(config) -> dict:
-    """``jax.ShapeDtypeStruct`` tree of the variables, computed without allocating."""
+@functools.lru_cache(maxsize=32)
+def _variable_shapes(config) -> dict:
     model = create_model(config)
     return jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)}, *example_inputs(config)))
+
+
+def variable_shapes(config) -> dict:
+    """``jax.ShapeDtypeStruct`` tree of the variables, computed without allocating
+    (``jax.eval_shape`` of ``init``; cached per config, a fresh tree each call)."""
+    return jax.tree_util.tree_map(lambda s: s, _variable_shapes(config))
 
 
 def count_parameters(config) -> dict[str, int]:

@@ -2,6 +2,9 @@
 
 Twin: ``torch_ref/models/utils.py``.
 
+Framework-specific helpers, not part of the mirrored API: ``check_variables`` (flax
+variables against the model's structure; torch modules own their parameters).
+
 ``get_model_fn(model, variables, train=False)`` wraps ``model.apply``;
 ``get_score_fn(sde, model_fn, *, continuous)`` turns it into ``score_fn(x, t)``, feeding
 the network the label score_sde's ``get_score_fn`` feeds it:
@@ -26,13 +29,14 @@ discrete index truncates, as the official code (``labels.long()`` in PyTorch,
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
 import spec
 from jax_impl.utils import append_dims, check_score_inputs
+from spec.convert import flatten_paths
 
 __all__ = [
     "get_model_fn",
@@ -43,12 +47,43 @@ ModelFn = Callable[..., jax.Array]
 ScoreFn = Callable[..., jax.Array]
 
 
+def check_variables(model, variables) -> None:
+    """Raise ``ValueError`` naming the first leaf where ``variables`` differ from what
+    ``model.init`` makes (``registry.variable_shapes(model.config)``: paths and shapes).
+
+    Models whose config the registry does not know are not checked.
+    """
+    from jax_impl.models import registry
+
+    config = getattr(model, "config", None)
+    if not any(type(config) is c for c, _ in registry.MODELS.values()):
+        return
+    if not isinstance(variables, Mapping):
+        raise TypeError(f"variables must be the nested mapping model.init returns, got {type(variables).__name__}")
+    got, want = flatten_paths(variables), flatten_paths(registry.variable_shapes(config))
+    where = f"variables do not match the {type(model).__name__} of this {type(config).__name__}"
+    for leaf in sorted(set(got) | set(want)):
+        name = "/".join(leaf)
+        if leaf not in got:
+            raise ValueError(f"get_model_fn: {where}: {name!r} {tuple(want[leaf].shape)} is missing "
+                             "(variables of another config?)")
+        if leaf not in want:
+            raise ValueError(f"get_model_fn: {where}: unexpected leaf {name!r} (variables of another config?)")
+        shape = tuple(getattr(got[leaf], "shape", ()))
+        if shape != tuple(want[leaf].shape):
+            raise ValueError(f"get_model_fn: {where}: {name!r} has shape {shape}, the model expects "
+                             f"{tuple(want[leaf].shape)} (variables of another config?)")
+
+
 def get_model_fn(model, variables, train: bool = False) -> ModelFn:
     """``model_fn(x, labels, rng=None) -> model.apply(variables, x, labels, train=train)``.
 
     With ``train=True`` dropout is on and ``rng`` (a PRNG key for the ``'dropout'``
-    stream) is required.
+    stream) is required. ``variables`` are checked against the model's structure
+    first (``check_variables``): another config's variables raise ``ValueError`` naming
+    the first mismatched leaf, before anything is traced.
     """
+    check_variables(model, variables)
 
     def model_fn(x, labels, rng=None):
         if not train:

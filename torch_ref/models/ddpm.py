@@ -17,7 +17,9 @@ and ``parameters()`` is in the order of score_sde's EMA ``shadow_params``:
   (cast to the output dtype; score_sde divides by the float64 buffer and so returns
   float64 there).
 
-Attention is placed by level, from the config (see the twin's docstring).
+Attention is placed by level, from the config (see the twin's docstring). The modules
+are built from ``spec.unet_plans.ddpm_plan(config)``, the layout the twin and the key
+table walk too.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from spec.model_configs import DDPMConfig
+from spec.unet_plans import ddpm_plan
 from torch_ref.models.layers import (
     AttnBlock,
     Downsample,
@@ -56,46 +59,24 @@ class DDPM(nn.Module):
         self.config = cfg = config
         self.act = get_act(cfg.nonlinearity)
         self.register_buffer("sigmas", torch.as_tensor(cfg.sigmas))
-        nf = cfg.nf
-        temb_dim = 4 * nf
+        temb_dim = 4 * cfg.nf
 
-        def resnet(in_ch, out_ch=None):
-            return ResnetBlockDDPM(cfg.nonlinearity, in_ch, out_ch, temb_dim=temb_dim, dropout=cfg.dropout)
+        def build(b):
+            if b.kind == "dense":
+                return ddpm_linear(b.in_ch, b.out_ch)
+            if b.kind == "conv3x3":
+                return ddpm_conv3x3(b.in_ch, b.out_ch, init_scale=b.init_scale)
+            if b.kind == "resnet":
+                return ResnetBlockDDPM(cfg.nonlinearity, b.in_ch, b.out_ch, temb_dim=temb_dim, dropout=cfg.dropout)
+            if b.kind == "attn":
+                return AttnBlock(b.in_ch)
+            if b.kind == "downsample":
+                return Downsample(b.in_ch, with_conv=b.with_conv)
+            if b.kind == "upsample":
+                return Upsample(b.in_ch, with_conv=b.with_conv)
+            return group_norm(b.in_ch, b.groups)
 
-        modules = []
-        if cfg.conditional:
-            modules.append(ddpm_linear(nf, temb_dim))
-            modules.append(ddpm_linear(temb_dim, temb_dim))
-        modules.append(ddpm_conv3x3(cfg.num_channels, nf))
-        hs_c = [nf]
-        in_ch = nf
-        for level, mult in enumerate(cfg.ch_mult):
-            for _ in range(cfg.num_res_blocks):
-                out_ch = nf * mult
-                modules.append(resnet(in_ch, out_ch))
-                in_ch = out_ch
-                if cfg.all_resolutions[level] in cfg.attn_resolutions:
-                    modules.append(AttnBlock(in_ch))
-                hs_c.append(in_ch)
-            if level != cfg.num_resolutions - 1:
-                modules.append(Downsample(in_ch, with_conv=cfg.resamp_with_conv))
-                hs_c.append(in_ch)
-        in_ch = hs_c[-1]
-        modules.append(resnet(in_ch))
-        modules.append(AttnBlock(in_ch))
-        modules.append(resnet(in_ch))
-        for level in reversed(range(cfg.num_resolutions)):
-            for _ in range(cfg.num_res_blocks + 1):
-                out_ch = nf * cfg.ch_mult[level]
-                modules.append(resnet(in_ch + hs_c.pop(), out_ch))
-                in_ch = out_ch
-            if cfg.all_resolutions[level] in cfg.attn_resolutions:
-                modules.append(AttnBlock(in_ch))
-            if level != 0:
-                modules.append(Upsample(in_ch, with_conv=cfg.resamp_with_conv))
-        assert not hs_c
-        modules.append(group_norm(in_ch, 32))
-        modules.append(ddpm_conv3x3(in_ch, cfg.num_channels, init_scale=0.0))
+        modules = [build(b) for b in ddpm_plan(cfg)]
         self.all_modules = nn.ModuleList(modules)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,8 @@ dilations 2 and 4 at constant resolution), four conditional refine blocks. Input
 ``logit_transform``).
 
 ``NCSNConfig`` and its presets are framework-neutral data defined once in
-``spec/ncsn_configs.py`` and re-exported here (the twin exports the same objects).
+``spec/ncsn_configs.py`` and re-exported here (the twin exports the same objects), as is
+``key_table`` (``spec.keytables.ncsn_key_table``: every parameter, torch key <-> flax path).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from spec.ncsn_configs import (  # noqa: F401  (re-exported: the config lives on
     NORMALIZATIONS,
     NCSNConfig,
 )
-from torch_ref.convert import KeyMap
+from spec.keytables import ncsn_key_table as key_table  # noqa: F401  (re-exported: the table is data in spec)
 from torch_ref.models.ncsn_layers import (
     REFINENET_PLANS,
     ConditionalInstanceNorm2dPlus,
@@ -35,7 +36,6 @@ from torch_ref.models.ncsn_layers import (
     CondRefineBlock,
     check_inputs,
     get_act,
-    refinenet_key_table,
 )
 
 __all__ = [
@@ -86,10 +86,3 @@ class CondRefineNetDilated(nn.Module):
             skip = layers[r.stage_index]
             ref = getattr(self, r.name)([skip] if ref is None else [skip, ref], y, skip.shape[2:])
         return self.end_conv(self.act(self.normalizer(ref, y)))
-
-
-def key_table(config: NCSNConfig) -> tuple[KeyMap, ...]:
-    """Explicit torch-key <-> flax-path table of every NCSN v1 parameter."""
-    if not isinstance(config, NCSNConfig):
-        raise TypeError(f"config must be an NCSNConfig, got {type(config).__name__}")
-    return refinenet_key_table(NCSN_PLAN, conditional=True)

@@ -29,9 +29,8 @@ Facts reproduced from the official code:
 
 The layout tables (``Stage``, ``Refine``, ``RefineNetPlan``, ``REFINENET_PLANS``),
 ``ACTIVATIONS``, ``INSTANCE_NORM_EPS`` and ``lookup_config`` are framework-neutral data
-defined once in ``spec/ncsn_configs.py`` and re-exported here.
-
-Framework-specific helpers, not part of the mirrored API: ``refinenet_key_table``.
+defined once in ``spec/ncsn_configs.py`` and re-exported here; the checkpoint key table
+of these blocks is data in ``spec/keytables.py`` (``refinenet_key_table``).
 """
 
 from __future__ import annotations
@@ -467,100 +466,3 @@ def check_inputs(x, y, *, image_size: int, num_channels: int, num_scales: int) -
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= num_scales:
             raise ValueError(f"y must lie in [0, num_scales) = [0, {num_scales}), got values in [{lo}, {hi}]")
-
-
-
-
-# ------------------------------------------------------------------------ key tables
-#
-# Flax naming (jax_impl/models/ncsn_layers.py) is the image of the torch naming: a
-# ModuleList index joins its list name with "_" (``res1.0`` -> ``res1_0``), a conv
-# ``weight`` is the flax ``kernel`` (OIHW <-> HWIO), an embedding ``weight`` is the
-# flax ``embedding``; every other name is unchanged.
-
-
-def _km(torch_key: str, flax_path: tuple[str, ...], layout: str):
-    from torch_ref.convert import KeyMap
-
-    return KeyMap(torch_key, ("params",) + flax_path, layout)
-
-
-def _conv_keys(t: str, f: tuple[str, ...], bias: bool = True) -> list:
-    out = [_km(f"{t}.weight", f + ("kernel",), "conv")]
-    if bias:
-        out.append(_km(f"{t}.bias", f + ("bias",), "same"))
-    return out
-
-
-def _norm_keys(t: str, f: tuple[str, ...], conditional: bool) -> list:
-    if conditional:
-        return [_km(f"{t}.embed.weight", f + ("embed", "embedding"), "same")]
-    return [_km(f"{t}.{p}", f + (p,), "same") for p in ("alpha", "gamma", "beta")]
-
-
-def _rcu_keys(t: str, f: tuple[str, ...], n_blocks: int, n_stages: int, conditional: bool) -> list:
-    out = []
-    for i in range(1, n_blocks + 1):
-        for j in range(1, n_stages + 1):
-            if conditional:
-                out += _norm_keys(f"{t}.{i}_{j}_norm", f + (f"{i}_{j}_norm",), True)
-            out += _conv_keys(f"{t}.{i}_{j}_conv", f + (f"{i}_{j}_conv",), bias=False)
-    return out
-
-
-def _refine_keys(t: str, f: tuple[str, ...], refine: Refine, conditional: bool) -> list:
-    out = []
-    for i in range(len(refine.in_planes)):
-        out += _rcu_keys(f"{t}.adapt_convs.{i}", f + (f"adapt_convs_{i}",), 2, 2, conditional)
-    out += _rcu_keys(f"{t}.output_convs", f + ("output_convs",), 3 if refine.end else 1, 2, conditional)
-    if not refine.start:
-        for i in range(len(refine.in_planes)):
-            out += _conv_keys(f"{t}.msf.convs.{i}", f + ("msf", f"convs_{i}"), bias=True)
-            if conditional:
-                out += _norm_keys(f"{t}.msf.norms.{i}", f + ("msf", f"norms_{i}"), True)
-    for i in range(2):
-        if conditional:
-            out += _norm_keys(f"{t}.crp.norms.{i}", f + ("crp", f"norms_{i}"), True)
-        out += _conv_keys(f"{t}.crp.convs.{i}", f + ("crp", f"convs_{i}"), bias=False)
-    return out
-
-
-def _residual_keys(t: str, f: tuple[str, ...], same_width: bool, resample: str | None,
-                   dilation: int | None, conditional: bool) -> list:
-    out = _norm_keys(f"{t}.normalize1", f + ("normalize1",), conditional)
-    out += _norm_keys(f"{t}.normalize2", f + ("normalize2",), conditional)
-    meanpool = resample == "down" and dilation is None
-    out += _conv_keys(f"{t}.conv1", f + ("conv1",))
-    if meanpool:
-        out += _conv_keys(f"{t}.conv2.conv", f + ("conv2", "conv"))
-        out += _conv_keys(f"{t}.shortcut.conv", f + ("shortcut", "conv"))
-    else:
-        out += _conv_keys(f"{t}.conv2", f + ("conv2",))
-        if resample is not None or not same_width:
-            out += _conv_keys(f"{t}.shortcut", f + ("shortcut",))
-    return out
-
-
-def refinenet_key_table(plan_name: str, *, conditional: bool) -> tuple:
-    """Every parameter of a RefineNet score network as ``KeyMap(torch_key, flax_path, layout)``.
-
-    ``plan_name`` is a key of ``REFINENET_PLANS``; ``conditional`` selects NCSN v1 blocks
-    (conditional InstanceNorm++ everywhere) or NCSNv2 blocks. Buffers (NCSNv2's
-    ``sigmas``) are not parameters and are not listed.
-    """
-    if plan_name not in REFINENET_PLANS:
-        raise ValueError(f"unknown RefineNet plan {plan_name!r}; valid choices: {tuple(REFINENET_PLANS)}")
-    plan = REFINENET_PLANS[plan_name]
-    out = _conv_keys("begin_conv", ("begin_conv",))
-    out += _norm_keys("normalizer", ("normalizer",), conditional)
-    out += _conv_keys("end_conv", ("end_conv",))
-    prev_mult = 1
-    for stage in plan.stages:
-        for i in range(2):
-            same = (prev_mult == stage.mult) if i == 0 else True
-            out += _residual_keys(f"{stage.name}.{i}", (f"{stage.name}_{i}",), same,
-                                  stage.resample if i == 0 else None, stage.dilation, conditional)
-        prev_mult = stage.mult
-    for refine in plan.refines(1):
-        out += _refine_keys(refine.name, (refine.name,), refine, conditional)
-    return tuple(out)
