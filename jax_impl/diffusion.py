@@ -193,6 +193,13 @@ class GaussianDiffusion(DiffusionProcess):
     def _check_like(self, name: str, a, ref_name: str, ref, *, finite: bool = True) -> jax.Array:
         return check_array(name, a, shape=ref.shape, like_name=ref_name, finite=finite)
 
+    def _check_reparam(self, x_t, t, name: str, a):
+        """The inputs of a ``predict_*`` reparameterisation: ``x_t [B, ...]``, ``t [B]`` and
+        ``a`` of x_t's shape (no NaN check: samplers call these on their state)."""
+        x_t = self._check_x("x_t", x_t, finite=False)
+        t = self._check_t(t, x_t, "x_t")
+        return x_t, t, self._check_like(name, a, "x_t", x_t, finite=False)
+
     def _axis(self, x) -> int:
         axis = self.channel_axis
         ndim = x.ndim
@@ -309,9 +316,7 @@ class GaussianDiffusion(DiffusionProcess):
 
     def predict_xstart_from_eps(self, x_t, t, eps):
         """``x_0 = x_t / sqrt(alpha_bar_t) - sqrt(1/alpha_bar_t - 1) eps``, ``[B, ...]``."""
-        x_t = self._check_x("x_t", x_t, finite=False)
-        t = self._check_t(t, x_t, "x_t")
-        eps = self._check_like("eps", eps, "x_t", x_t, finite=False)
+        x_t, t, eps = self._check_reparam(x_t, t, "eps", eps)
         return self._predict_xstart_from_eps(x_t, t, eps)
 
     def _predict_eps_from_xstart(self, x_t, t, pred_xstart):
@@ -321,9 +326,7 @@ class GaussianDiffusion(DiffusionProcess):
 
     def predict_eps_from_xstart(self, x_t, t, pred_xstart):
         """``eps = (x_t / sqrt(alpha_bar_t) - x_0) / sqrt(1/alpha_bar_t - 1)``, ``[B, ...]``."""
-        x_t = self._check_x("x_t", x_t, finite=False)
-        t = self._check_t(t, x_t, "x_t")
-        pred_xstart = self._check_like("pred_xstart", pred_xstart, "x_t", x_t, finite=False)
+        x_t, t, pred_xstart = self._check_reparam(x_t, t, "pred_xstart", pred_xstart)
         return self._predict_eps_from_xstart(x_t, t, pred_xstart)
 
     def _predict_xstart_from_xprev(self, x_t, t, xprev):
@@ -334,9 +337,7 @@ class GaussianDiffusion(DiffusionProcess):
 
     def predict_xstart_from_xprev(self, x_t, t, xprev):
         """Invert the posterior mean: ``x_0 = (x_{t-1} - coef2_t x_t) / coef1_t``, ``[B, ...]``."""
-        x_t = self._check_x("x_t", x_t, finite=False)
-        t = self._check_t(t, x_t, "x_t")
-        xprev = self._check_like("xprev", xprev, "x_t", x_t, finite=False)
+        x_t, t, xprev = self._check_reparam(x_t, t, "xprev", xprev)
         return self._predict_xstart_from_xprev(x_t, t, xprev)
 
     def _scale_timesteps(self, t, dtype):

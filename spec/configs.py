@@ -79,6 +79,18 @@ class SDEConfig:
     def _check_N(self) -> None:
         object.__setattr__(self, "N", check_int("N", self.N, minimum=1))
 
+    def _check_range(self, lo_name: str, hi_name: str, *, low_positive: bool, strict: bool) -> None:
+        """Validate the fields ``lo_name <= hi_name`` (``<`` when ``strict``) as finite floats,
+        ``hi > 0`` and ``lo > 0`` (``low_positive``) or ``lo >= 0``; store them as floats."""
+        lo = check_float(lo_name, getattr(self, lo_name), positive=low_positive,
+                         nonnegative=not low_positive)
+        hi = check_float(hi_name, getattr(self, hi_name), positive=True)
+        if lo > hi or (strict and lo == hi):
+            op = "<" if strict else "<="
+            raise ValueError(f"{lo_name} must be {op} {hi_name}, got {lo_name}={lo} and {hi_name}={hi}")
+        object.__setattr__(self, lo_name, lo)
+        object.__setattr__(self, hi_name, hi)
+
 
 @dataclasses.dataclass(frozen=True)
 class VPSDEConfig(SDEConfig):
@@ -91,12 +103,7 @@ class VPSDEConfig(SDEConfig):
 
     def __post_init__(self):
         self._check_N()
-        bmin = check_float("beta_min", self.beta_min, nonnegative=True)
-        bmax = check_float("beta_max", self.beta_max, positive=True)
-        if bmin > bmax:
-            raise ValueError(f"beta_min must be <= beta_max, got beta_min={bmin} > beta_max={bmax}")
-        object.__setattr__(self, "beta_min", bmin)
-        object.__setattr__(self, "beta_max", bmax)
+        self._check_range("beta_min", "beta_max", low_positive=False, strict=False)
 
     @property
     def discrete_betas(self) -> np.ndarray:
@@ -150,14 +157,7 @@ class VESDEConfig(SDEConfig):
 
     def __post_init__(self):
         self._check_N()
-        smin = check_float("sigma_min", self.sigma_min, positive=True)
-        smax = check_float("sigma_max", self.sigma_max, positive=True)
-        if smin >= smax:
-            raise ValueError(
-                f"sigma_min must be < sigma_max, got sigma_min={smin} >= sigma_max={smax}"
-            )
-        object.__setattr__(self, "sigma_min", smin)
-        object.__setattr__(self, "sigma_max", smax)
+        self._check_range("sigma_min", "sigma_max", low_positive=True, strict=True)
 
     @property
     def discrete_sigmas(self) -> np.ndarray:
