@@ -43,6 +43,7 @@ library's traceback is not chained.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import tempfile
 import zipfile
@@ -69,6 +70,8 @@ TORCH_SUFFIXES = (".pth", ".pt")
 FLAT_SUFFIXES = (".npz", ".safetensors")
 READ_SUFFIXES = TORCH_SUFFIXES + FLAT_SUFFIXES
 SEP = "/"
+#: safetensors metadata entry holding the names in their original (state_dict) order
+_ORDER_KEY = "scorediff.order"
 
 
 class _Unreadable(ValueError):
@@ -239,6 +242,14 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _head(p: Path, n: int = 4) -> bytes:
+    with open(p, "rb") as fh:
+        return fh.read(n)
+
+
 def _read_torch(p: Path):
     try:
         import torch  # the one lazy import: only when a .pth / .pt file is read
@@ -247,8 +258,9 @@ def _read_torch(p: Path):
                           ".npz or .safetensors where torch is available (spec.checkpoints."
                           "convert_checkpoint_file) and load that") from None
     if not zipfile.is_zipfile(p):
-        with open(p, "rb") as fh:
-            head = fh.read(2)
+        head = _head(p)
+        if head.startswith(_ZIP_MAGIC):
+            raise _Unreadable("truncated or damaged (an incomplete zip archive)")
         if head[:1] != b"\x80":  # neither torch's zip format nor a legacy pickle
             raise _Unreadable("not a PyTorch checkpoint (neither a torch zip archive nor a pickle)")
     else:
@@ -265,7 +277,9 @@ def _read_torch(p: Path):
 
 def _read_npz(p: Path) -> "collections.OrderedDict[str, np.ndarray]":
     if not zipfile.is_zipfile(p):
-        raise _Unreadable("not an .npz archive (not a zip file; truncated or another format)")
+        if _head(p).startswith(_ZIP_MAGIC):
+            raise _Unreadable("truncated or damaged .npz archive (an incomplete zip archive)")
+        raise _Unreadable("not an .npz archive (not a zip file)")
     try:
         with np.load(p, allow_pickle=False) as data:
             if not isinstance(data, np.lib.npyio.NpzFile):  # pragma: no cover (zip checked above)
@@ -290,16 +304,25 @@ def _read_npz(p: Path) -> "collections.OrderedDict[str, np.ndarray]":
 
 def _read_safetensors(p: Path) -> "collections.OrderedDict[str, np.ndarray]":
     try:
-        from safetensors.numpy import load_file
+        from safetensors import safe_open
     except ImportError:
         raise ImportError(f"reading {str(p)!r} needs the safetensors package (pip install safetensors)") from None
     try:
-        data = load_file(str(p))
+        with safe_open(str(p), framework="np") as fh:
+            names = list(fh.keys())
+            order = (fh.metadata() or {}).get(_ORDER_KEY)
+            data = {name: fh.get_tensor(name) for name in names}
     except Exception as e:  # noqa: BLE001
         raise _Unreadable(f"damaged, truncated or not a safetensors file ({_short(e)})") from None
     if not data:
         raise _Unreadable("the safetensors file holds no tensors")
-    return collections.OrderedDict(sorted(data.items(), key=lambda kv: _natural_key(kv[0])))
+    try:  # the writer's order (state_dict order); the header itself is sorted by name
+        order = json.loads(order) if order else None
+    except ValueError:
+        order = None
+    if not (isinstance(order, list) and sorted(order) == sorted(data)):
+        order = sorted(data, key=_natural_key)
+    return collections.OrderedDict((name, data[name]) for name in order)
 
 
 def _natural_key(name: str):
@@ -370,7 +393,7 @@ def save_checkpoint(path, checkpoint) -> Path:
         else:
             from safetensors.numpy import save_file
 
-            save_file(dict(flat), tmp)
+            save_file(dict(flat), tmp, metadata={_ORDER_KEY: json.dumps(list(flat))})
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
