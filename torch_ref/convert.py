@@ -104,17 +104,22 @@ def ncsnv2_state_dict(checkpoint, config, *, weights: str | None = None
     return _to_torch(_convert.ncsnv2_state_dict(checkpoint, config, weights=weights))
 
 
-def from_score_sde(checkpoint, config, *, weights: str = "ema") -> torch.nn.Module:
+def from_score_sde(checkpoint, config, *, weights: str = "ema", dtype=torch.float32) -> torch.nn.Module:
     """The torch model (NCHW, eval mode) with a score_sde_pytorch checkpoint's weights.
 
-    See ``score_sde_state_dict`` for the arguments. The module computes exactly the
-    official network for the same weights.
+    See ``score_sde_state_dict`` for the arguments; ``dtype`` is the parameter dtype
+    (float32 by default; buffers such as ``sigmas`` keep theirs). The module computes
+    exactly the official network for the same weights.
     """
     from torch_ref.models.registry import create_model
 
     state_dict = score_sde_state_dict(checkpoint, config, weights=weights)
     model = create_model(config)
     model.load_state_dict(state_dict, strict=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dtype != dtype:
+                p.data = p.data.to(dtype)
     return model.eval()
 
 
