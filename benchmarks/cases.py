@@ -150,11 +150,11 @@ def bench_pc(sizes: Sizes, seed: int = 0) -> list[dict]:
     """Reverse-diffusion + Langevin PC sampling of a VPSDE with a small MLP on 2-D data.
 
     Variants (same weights, same pre-drawn noise): the whole loop as one ``lax.scan``
-    under jit (``pc_sample_from_noise``); a Python ``for`` loop calling a jitted
-    corrector+predictor step (noise and grid passed whole and indexed inside the step,
-    so each step is exactly one dispatch; synchronised once at the end); torch eager
-    ``pc_sample_from_noise`` (a ``for`` loop). Plus, not compared numerically, ``pc_sample``
-    drawing its noise in the loop (JAX ``fold_in`` per step).
+    under jit (``pc_sample`` with ``x_T=`` and ``noise=``); a Python ``for`` loop calling a
+    jitted corrector+predictor step (noise and grid passed whole and indexed inside the
+    step, so each step is exactly one dispatch; synchronised once at the end); torch eager
+    ``pc_sample`` on the same pre-drawn noise (a ``for`` loop). Plus, not compared
+    numerically, ``pc_sample`` drawing its noise in the loop (JAX ``fold_in`` per step).
 
     One fitted MLP serves every batch size of ``sizes.pc_batches``: at a large batch the
     step is matmul-bound, at a small one the per-step overhead shows.
@@ -187,7 +187,8 @@ def _bench_pc_batch(sizes, B, cfg, tmodel, variables, fit, rng, seed) -> dict:
 
     # (a) whole loop in one lax.scan
     def scan_fn(v, prior, pn, cn):
-        return jsamplers.pc_sample_from_noise(jsde_, jscore(v), prior, pn, cn, **opts)[0]
+        return jsamplers.pc_sample(None, jsde_, jscore(v), prior.shape, x_T=jsde_.prior_from_noise(prior),
+                                   noise={"predictor": pn, "corrector": cn}, **opts)[0]
 
     jargs = (variables, jnp.asarray(prior), jnp.asarray(pn), jnp.asarray(cn))
     scan_compile_s, scan_c = _aot(scan_fn, *jargs)
@@ -225,17 +226,20 @@ def _bench_pc_batch(sizes, B, cfg, tmodel, variables, fit, rng, seed) -> dict:
 
     def torch_run():
         with torch.no_grad():
-            return _torch_sync(tsamplers.pc_sample_from_noise(tsde_, tscore, *targs, **opts)[0])
+            prior_t, pn_t, cn_t = targs
+            return _torch_sync(tsamplers.pc_sample(
+                tsde_, tscore, tuple(prior_t.shape), x_T=tsde_.prior_from_noise(prior_t),
+                noise={"predictor": pn_t, "corrector": cn_t}, **opts)[0])
 
     variants = [
-        Variant("jax: lax.scan under jit (pc_sample_from_noise)",
+        Variant("jax: lax.scan under jit (pc_sample, pre-drawn noise)",
                 lambda: jax.block_until_ready(scan_c(*jargs)), scan_compile_s),
         Variant("jax: Python loop over a jitted step", loop_run, step_compile_s,
                 "compile_s: compile + first call of the step"),
         Variant("jax: lax.scan, in-loop RNG (pc_sample)",
                 lambda: jax.block_until_ready(key_c(variables, key)), key_compile_s,
                 "own noise: not compared"),
-        Variant("torch eager: for loop (pc_sample_from_noise)", torch_run),
+        Variant("torch eager: for loop (pc_sample, pre-drawn noise)", torch_run),
     ]
     stats, outs = measure(variants, sizes.pc_repeats)
     add_ratios(stats, variants[0].name)

@@ -33,38 +33,32 @@ VE + Langevin the result matches the exact conditional within Monte-Carlo error
 for multi-modal data whose known part is unlikely under the prior's modes the samples
 can commit to the wrong mode.
 
-Randomness per PC step i (from ``fold_in(key, i)``): the corrector's and predictor's
-noise and ``data [2, *shape]``, the re-noising after the corrector and after the
-predictor. ``*_from_noise`` take those arrays pre-drawn (``data_noise [N, 2, *shape]``).
+Randomness per PC step i (from ``fold_in(split(rng)[1], i)``): the corrector's and
+predictor's noise and ``data [2, *shape]``, the re-noising after the corrector and after
+the predictor. Pre-drawn, they are the driver's ``noise`` dict (``{"predictor": [N, B,
+...], "corrector": [N, n_steps, B, ...], "data": [N, 2, B, ...]}``, the PC sampler's
+keys plus ``data``); ``x_T`` is the unconditional prior state ``[B, ...]`` (e.g.
+``sde.prior_from_noise(z)``, default ``sde.prior_sampling(split(rng)[0])``) whose known
+part the sampler replaces by the data before the first step.
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
-from jax_impl.samplers import (
-    ScoreFn,
-    check_shape,
-    pc_components,
-    pc_loop,
-    pc_nfe,
-    pc_noise_shapes,
-    stack_step_noise,
-)
-from jax_impl.utils import append_dims, is_concrete
+from jax_impl.samplers import ScoreFn, _pc_prepare, pc_loop, pc_nfe
+from jax_impl.utils import append_dims
+from jax_impl.validate import check_array, is_concrete
 from spec import grids
+from spec.validate import check_shape
 
 __all__ = [
     "CHANNEL_AXIS",
     "decouple",
     "couple",
     "pc_inpaint",
-    "pc_inpaint_from_noise",
     "pc_colorize",
-    "pc_colorize_from_noise",
 ]
-
 CHANNEL_AXIS = -1
 """Channel axis of JAX images (NHWC)."""
 
@@ -94,10 +88,9 @@ def couple(y, channel_axis: int = CHANNEL_AXIS):
 
 
 def _check_data(name, data):
-    data = jnp.asarray(data)
-    check_shape(data.shape)
-    if not jnp.issubdtype(data.dtype, jnp.floating):
-        raise TypeError(f"{name} must have a floating dtype, got {data.dtype}")
+    """``data`` as a floating array ``[B, ...]`` (NaN / Inf rejected when concrete)."""
+    data = check_array(name, data)
+    check_shape(f"{name}.shape", data.shape)
     return data
 
 
@@ -110,7 +103,7 @@ def _check_mask(mask, data):
     except ValueError:
         raise ValueError(f"mask of shape {mask.shape} does not broadcast to data's shape {data.shape}") from None
     if is_concrete(mask) and not bool(jnp.all((mask == 0) | (mask == 1))):
-        raise ValueError("mask must contain only 0 (unknown) and 1 (known)")
+        raise ValueError("mask must contain only 0 (unknown) and 1 (known) (no NaN)")
     return mask.astype(data.dtype)
 
 
@@ -154,42 +147,34 @@ def _colorize_projection(sde, gray):
     return project
 
 
-def _inpaint_start(sde, data, mask, prior_noise):
-    return data * mask + sde.prior_from_noise(prior_noise) * (1.0 - mask)
+def _inpaint_start(data, mask, x_T):
+    return data * mask + x_T * (1.0 - mask)
 
 
-def _colorize_start(sde, gray, prior_noise):
+def _colorize_start(gray, x_T):
     mask = _gray_mask(gray)
-    return couple(decouple(gray) * mask + decouple(sde.prior_from_noise(prior_noise)) * (1.0 - mask))
+    return couple(decouple(gray) * mask + decouple(x_T) * (1.0 - mask))
 
 
 _PC_DOC_ARGS = """predictor, corrector, snr, n_steps, probability_flow, denoise, eps: as
-      ``jax_impl.samplers.pc_sample`` (eps defaults per SDE: 1e-5 VE, 1e-3 VP/sub-VP;
-      score_sde's controllable code used 1e-5 with its VE models)."""
+        ``jax_impl.samplers.pc_sample`` (eps defaults per SDE: 1e-5 VE, 1e-3 VP/sub-VP;
+        score_sde's controllable code used 1e-5 with its VE models).
+      x_T: the unconditional prior state ``[B, ...]`` (e.g. ``sde.prior_from_noise(z)``);
+        its known part is replaced by the data. Default ``sde.prior_sampling(split(rng)[0])``.
+      noise: pre-drawn step noise ``{"predictor": [N, B, ...], "corrector": [N, n_steps,
+        B, ...], "data": [N, 2, B, ...]}`` (keys the configuration does not use are
+        ignored); default from ``fold_in(split(rng)[1], i)``. ``rng`` may be None when
+        ``x_T`` and ``noise`` are given."""
 
 
-def _run(sde, score_fn, shape, dtype, start, project, options, *, rng=None, noise_arrays=None,
-         prior_noise=None):
-    denoise = options.pop("denoise")
-    pred, corr, ts = pc_components(sde, **options)
-    if rng is not None:
-        prior_key, loop_key = jax.random.split(rng)
-        x = start(jax.random.normal(prior_key, shape, dtype))
-        out = pc_loop(sde, score_fn, x, pred, corr, ts, key=loop_key, project=project, n_data=2,
-                      denoise=denoise)
-    else:
-        shapes = pc_noise_shapes(pred, corr, shape, n_data=2)
-        noise = stack_step_noise(shapes, len(ts), **noise_arrays)
-        noise = {k: jnp.asarray(v, dtype) for k, v in noise.items()}
-        x = start(jnp.asarray(prior_noise, dtype))
-        out = pc_loop(sde, score_fn, x, pred, corr, ts, noise=noise, project=project, n_data=2,
-                      denoise=denoise)
+def _run(rng, sde, score_fn, like, start, project, options, x_T, noise):
+    pred, corr, ts, score_fn, dtype, x_T, prior_key, loop_key, noise = _pc_prepare(
+        rng, sde, score_fn, like.shape, x_T, noise, like.dtype, n_data=2, **options)
+    if x_T is None:
+        x_T = sde.prior_sampling(prior_key, like.shape, dtype)
+    out = pc_loop(loop_key, sde, score_fn, start(x_T), pred, corr, ts, noise=noise,
+                  project=project, n_data=2, denoise=options["denoise"])
     return out, pc_nfe(pred, corr, len(ts))
-
-
-def _check_prior_noise(prior_noise, shape):
-    if tuple(jnp.shape(prior_noise)) != tuple(shape):
-        raise ValueError(f"prior_noise must have shape {tuple(shape)}, got {tuple(jnp.shape(prior_noise))}")
 
 
 # ----------------------------------------------------------------------------- public
@@ -197,13 +182,14 @@ def _check_prior_noise(prior_noise, shape):
 
 def pc_inpaint(rng, sde, score_fn: ScoreFn, data, mask, *, predictor="reverse_diffusion",
                corrector="langevin", snr: float = 0.16, n_steps: int = 1,
-               probability_flow: bool = False, denoise: bool = True, eps: float | None = None):
+               probability_flow: bool = False, denoise: bool = True, eps: float | None = None,
+               x_T=None, noise=None):
     """Inpaint ``data [B, ...]`` where ``mask`` (data's rank, broadcastable; 1 = known,
     0 = to fill) is 0, sampling the unknown part from the score model.
 
     Args:
       rng: PRNG key. sde, score_fn: as ``pc_sample``. data: the images (any rank; its
-        dtype is the sampler's); only its known part is read.
+        dtype is the sampler's; NaN / Inf rejected); only its known part is read.
       {args}
     Returns ``(samples [B, ...], nfe)``. With ``denoise`` the known part is the data's
     marginal mean at ``eps`` (data itself for VE, ``m(eps) data`` for VP / sub-VP), without
@@ -213,63 +199,27 @@ def pc_inpaint(rng, sde, score_fn: ScoreFn, data, mask, *, predictor="reverse_di
     mask = _check_mask(mask, data)
     options = dict(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
                    probability_flow=probability_flow, eps=eps, denoise=denoise)
-    return _run(sde, score_fn, data.shape, data.dtype,
-                lambda z: _inpaint_start(sde, data, mask, z),
-                _inpaint_projection(sde, data, mask), options, rng=rng)
-
-
-def pc_inpaint_from_noise(sde, score_fn: ScoreFn, data, mask, prior_noise, predictor_noise=None,
-                          corrector_noise=None, data_noise=None, *, predictor="reverse_diffusion",
-                          corrector="langevin", snr: float = 0.16, n_steps: int = 1,
-                          probability_flow: bool = False, denoise: bool = True,
-                          eps: float | None = None):
-    """``pc_inpaint`` with pre-drawn noise: ``prior_noise [B, ...]``, ``predictor_noise
-    [N, B, ...]``, ``corrector_noise [N, n_steps, B, ...]`` (None where unused) and
-    ``data_noise [N, 2, B, ...]``. Returns ``(samples, nfe)``."""
-    data = _check_data("data", data)
-    mask = _check_mask(mask, data)
-    _check_prior_noise(prior_noise, data.shape)
-    options = dict(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
-                   probability_flow=probability_flow, eps=eps, denoise=denoise)
-    arrays = dict(predictor_noise=predictor_noise, corrector_noise=corrector_noise, data_noise=data_noise)
-    return _run(sde, score_fn, data.shape, data.dtype,
-                lambda z: _inpaint_start(sde, data, mask, z),
-                _inpaint_projection(sde, data, mask), options, noise_arrays=arrays,
-                prior_noise=prior_noise)
+    return _run(rng, sde, score_fn, data, lambda x: _inpaint_start(data, mask, x),
+                _inpaint_projection(sde, data, mask), options, x_T, noise)
 
 
 def pc_colorize(rng, sde, score_fn: ScoreFn, gray, *, predictor="reverse_diffusion",
                 corrector="langevin", snr: float = 0.16, n_steps: int = 1,
-                probability_flow: bool = False, denoise: bool = True, eps: float | None = None):
+                probability_flow: bool = False, denoise: bool = True, eps: float | None = None,
+                x_T=None, noise=None):
     """Colorize gray-scale images ``gray [B, ..., C]`` (NHWC, C = 3 equal channels or 1):
     sample the two colour directions of the decoupled space given the gray level.
 
     Args:
       rng: PRNG key. sde, score_fn: as ``pc_sample`` (score_fn sees RGB images).
-      {args}
+      {args} (``B, ...`` is the 3-channel image shape.)
     Returns ``(samples [B, ..., 3], nfe)``; the channel mean of the samples equals gray's.
     """
     gray = _check_gray(gray)
     options = dict(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
                    probability_flow=probability_flow, eps=eps, denoise=denoise)
-    return _run(sde, score_fn, gray.shape, gray.dtype, lambda z: _colorize_start(sde, gray, z),
-                _colorize_projection(sde, gray), options, rng=rng)
-
-
-def pc_colorize_from_noise(sde, score_fn: ScoreFn, gray, prior_noise, predictor_noise=None,
-                           corrector_noise=None, data_noise=None, *, predictor="reverse_diffusion",
-                           corrector="langevin", snr: float = 0.16, n_steps: int = 1,
-                           probability_flow: bool = False, denoise: bool = True,
-                           eps: float | None = None):
-    """``pc_colorize`` with pre-drawn noise (shapes as ``pc_inpaint_from_noise``, with
-    ``B, ...`` the 3-channel image shape). Returns ``(samples, nfe)``."""
-    gray = _check_gray(gray)
-    _check_prior_noise(prior_noise, gray.shape)
-    options = dict(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
-                   probability_flow=probability_flow, eps=eps, denoise=denoise)
-    arrays = dict(predictor_noise=predictor_noise, corrector_noise=corrector_noise, data_noise=data_noise)
-    return _run(sde, score_fn, gray.shape, gray.dtype, lambda z: _colorize_start(sde, gray, z),
-                _colorize_projection(sde, gray), options, noise_arrays=arrays, prior_noise=prior_noise)
+    return _run(rng, sde, score_fn, gray, lambda x: _colorize_start(gray, x),
+                _colorize_projection(sde, gray), options, x_T, noise)
 
 
 pc_inpaint.__doc__ = pc_inpaint.__doc__.format(args=_PC_DOC_ARGS)

@@ -38,7 +38,7 @@ in data space (m(0) = 1).
       if sigma_{i+1} > 0:  d' = (x' - D(x'; sigma_{i+1})) / sigma_{i+1},
                            x' = x_hat + (sigma_{i+1} - sigma_hat) (d + d') / 2.
   Start ``x_hat_0 = sigma_max z`` (EDM; for VE with the default sigma_max this is exactly
-  ``sde.prior_from_noise(z)``). NFE = 2 n - 1. ``S_churn = 0`` (default) is the
+  ``sde.prior_from_noise(z)``): the driver's ``x_T``. NFE = 2 n - 1. ``S_churn = 0`` (default) is the
   deterministic Algorithm 1.
 * DPM-Solver++(2M) (``dpm_solver_pp_sample``), with h_i = lambda_{i+1} - lambda_i:
       D_i = D(x_hat_i; sigma_i)
@@ -51,11 +51,14 @@ in data space (m(0) = 1).
 
 Layout as the other samplers: pure steps (``edm_heun_step``, ``dpm_solver_pp_step``) take
 the noise / history explicitly; the drivers run the first n - 1 steps in one
-``jax.lax.scan`` and the final step to sigma = 0 after it. Randomness: prior noise from
-``jax.random.split(rng)[0]`` (or ``z=``), churn noise of step i from
-``fold_in(split(rng)[1], i)`` (or ``noise=`` ``[n, *shape]``). Drivers are plain functions:
-jit them with ``sde``, ``score_fn``, ``shape`` and the keywords static; new keys or new
-parameters never recompile. Arguments are checked while tracing, before compilation.
+``jax.lax.scan`` and the final step to sigma = 0 after it. Randomness (the sampler
+contract of ``jax_impl.samplers``): the start ``x_T = x_hat_0 = sigma_max z`` with z from
+``jax.random.split(rng)[0]`` (or ``x_T=`` given), churn noise of step i from
+``fold_in(split(rng)[1], i)`` (or ``noise=`` ``[n, *shape]``). Drivers are plain
+functions: jit them with ``sde``, ``score_fn``, ``shape`` and the keywords static; new
+keys or new parameters never recompile. Arguments are checked while tracing, before
+compilation (pre-drawn arrays: shape, floating dtype, concrete NaN / Inf; ``rng``: one
+PRNG key), and what ``score_fn`` returns at trace time (shape of x, floating dtype).
 """
 
 from __future__ import annotations
@@ -67,8 +70,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_impl.sde import VESDE, VPSDE, subVPSDE
-from jax_impl.utils import append_dims, check_array, resolve_dtype
+from jax_impl.sde import VESDE, subVPSDE
+from jax_impl.utils import append_dims
+from jax_impl.validate import check_array, check_fn_output, check_key, check_sde, resolve_dtype
 from spec import grids, schedules
 from spec.sampler_args import (  # DPM_GRIDS, DEFAULT_T_MIN re-exported
     DEFAULT_T_MIN,
@@ -76,6 +80,7 @@ from spec.sampler_args import (  # DPM_GRIDS, DEFAULT_T_MIN re-exported
     check_callable,
     check_sample_shape,
     check_sigma_range,
+    checked_fn,
 )
 from spec.validate import check_choice, check_float, check_int
 
@@ -96,14 +101,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------- sigma <-> t
-
-
-def _check_sde(sde) -> None:
-    if not isinstance(sde, (VESDE, VPSDE, subVPSDE)):
-        raise TypeError(
-            "sde must be a jax_impl.sde.VESDE, VPSDE or subVPSDE instance, got "
-            f"{type(sde).__name__}"
-        )
 
 
 def sigma_from_t(sde, t) -> jax.Array:
@@ -192,26 +189,31 @@ def _sigma_range(sde, sigma_min, sigma_max, dtype):
     return smin, smax, s_T
 
 
-def _prepare(rng, sde, score_fn, shape, num_steps, z, noise, dtype, needs_noise):
-    _check_sde(sde)
+def _prepare(rng, sde, score_fn, shape, num_steps, x_T, noise, dtype, needs_noise):
+    """Validate a driver's inputs; return ``(shape, num_steps, dtype, score_fn (checked),
+    x_T or None, z_key or None, noise, step_key)``: the start is
+    ``sigma_max * normal(z_key, shape)`` when ``x_T`` is None."""
+    check_sde(sde)
     check_callable("score_fn", score_fn, "score_fn(x, t)")
     shape = check_sample_shape(shape, min_ndim=2)
     num_steps = check_int("num_steps", num_steps, minimum=1)
-    dtype = resolve_dtype(dtype, z, noise)
-    if z is not None:
-        z = check_array("z", z, shape, dtype)
+    dtype = resolve_dtype(dtype, x_T, noise)
+    if x_T is not None:
+        x_T = check_array("x_T", x_T, shape, dtype)
     if noise is not None:
         if not needs_noise:
             raise ValueError("noise is only used with S_churn > 0 (the stochastic EDM sampler)")
         noise = check_array("noise", noise, (num_steps,) + shape, dtype)
-    step_key = None
-    if z is None or (needs_noise and noise is None):
+    z_key = step_key = None
+    if x_T is None or (needs_noise and noise is None):
         if rng is None:
-            raise TypeError("rng must be a jax.random key unless z (and noise) are given")
-        z_key, step_key = jax.random.split(rng)
-        if z is None:
-            z = jax.random.normal(z_key, shape, dtype)
-    return shape, num_steps, dtype, z, noise, step_key
+            raise TypeError("rng must be a jax.random key (e.g. jax.random.key(0)) unless x_T "
+                            "(and, with S_churn > 0, noise) are given; got None")
+        z_key, step_key = jax.random.split(check_key("rng", rng))
+    elif rng is not None:
+        check_key("rng", rng)
+    score_fn = checked_fn("score_fn", score_fn, check_fn_output)
+    return shape, num_steps, dtype, score_fn, x_T, z_key, noise, step_key
 
 
 def edm_heun_sample(
@@ -228,7 +230,7 @@ def edm_heun_sample(
     S_tmin: float = 0.0,
     S_tmax: float = float("inf"),
     S_noise: float = 1.0,
-    z: Optional[jax.Array] = None,
+    x_T: Optional[jax.Array] = None,
     noise: Optional[jax.Array] = None,
     dtype=None,
 ):
@@ -236,14 +238,16 @@ def edm_heun_sample(
     Karras ladder ``spec.schedules.karras_sigmas(num_steps, sigma_min, sigma_max, rho)``.
 
     Args:
-      rng: key (unused, may be None, when ``z`` and, with churn, ``noise`` are given).
+      rng: key (unused, may be None, when ``x_T`` and, with churn, ``noise`` are given).
       sde: ``VESDE``, ``VPSDE`` or ``subVPSDE``; score_fn: ``score_fn(x, t [B])``.
       shape: ``[B, ...]``; num_steps: n noise levels (NFE = 2 n - 1).
       sigma_min, sigma_max: ends of the ladder (defaults sigma(1e-3), sigma(T)); must lie
         in the SDE's range ``[sigma(0), sigma(T)]``.
       S_churn, S_tmin, S_tmax, S_noise: EDM's stochasticity (``S_churn >= 0``).
-      z: prior noise ``[*shape]`` (``x_hat_0 = sigma_max z``); noise: churn noise
-        ``[num_steps, *shape]``.
+      x_T: the start ``x_hat_0 = sigma_max z`` ``[*shape]`` (EDM's scaled state; for VE
+        with the default sigma_max, ``sde.prior_from_noise(z)``); noise: churn noise
+        ``[num_steps, *shape]`` (only with ``S_churn > 0``).
+      dtype: default that of x_T / noise, else float32.
 
     Returns:
       ``(samples [*shape], nfe)`` with nfe a Python int.
@@ -253,8 +257,8 @@ def edm_heun_sample(
     S_tmin = float(S_tmin)
     S_tmax = float(S_tmax)
     rho = check_float("rho", rho, positive=True)
-    shape, n, dtype, z, noise, step_key = _prepare(
-        rng, sde, score_fn, shape, num_steps, z, noise, dtype, needs_noise=S_churn > 0
+    shape, n, dtype, score_fn, x_T, z_key, noise, step_key = _prepare(
+        rng, sde, score_fn, shape, num_steps, x_T, noise, dtype, needs_noise=S_churn > 0
     )
     smin, smax, s_T = _sigma_range(sde, sigma_min, sigma_max, dtype)
     sigmas = jnp.asarray(schedules.karras_sigmas(n, smin, smax, rho), dtype=dtype)  # [n + 1]
@@ -276,7 +280,7 @@ def edm_heun_sample(
                              S_noise=S_noise, sigma_cap=jnp.asarray(s_T, dtype),
                              second_order=second_order)
 
-    x_hat = smax * z
+    x_hat = smax * jax.random.normal(z_key, shape, dtype) if x_T is None else x_T
     idx = jnp.arange(n - 1, dtype=jnp.int32)
     xs = (idx, None if noise is None else noise[: n - 1])
     x_hat, _ = jax.lax.scan(lambda x, inp: (step(x, inp[0], inp[1], True), None), x_hat, xs)
@@ -295,7 +299,7 @@ def dpm_solver_pp_sample(
     sigma_max: Optional[float] = None,
     grid: str = "logsnr",
     rho: float = 7.0,
-    z: Optional[jax.Array] = None,
+    x_T: Optional[jax.Array] = None,
     dtype=None,
 ):
     """DPM-Solver++(2M) (Lu et al. 2022, data prediction, multistep) on ``num_steps`` noise
@@ -303,6 +307,7 @@ def dpm_solver_pp_sample(
 
     Args:
       grid: ``"logsnr"`` (uniform in lambda = -log sigma) or ``"karras"`` (with ``rho``).
+      x_T: the start ``x_hat_0 = sigma_max z`` (deterministic after it: no ``noise``).
       Others as ``edm_heun_sample`` (no churn).
 
     Returns:
@@ -310,8 +315,8 @@ def dpm_solver_pp_sample(
     """
     check_choice("grid", grid, DPM_GRIDS)
     rho = check_float("rho", rho, positive=True)
-    shape, n, dtype, z, _, _ = _prepare(rng, sde, score_fn, shape, num_steps, z, None, dtype,
-                                        needs_noise=False)
+    shape, n, dtype, score_fn, x_T, z_key, _, _ = _prepare(
+        rng, sde, score_fn, shape, num_steps, x_T, None, dtype, needs_noise=False)
     smin, smax, _ = _sigma_range(sde, sigma_min, sigma_max, dtype)
     table = grids.dpm_solver_sigmas(grid, n, smin, smax, rho)
     sigmas = jnp.asarray(table, dtype=dtype)  # [n + 1], last = 0
@@ -321,7 +326,7 @@ def dpm_solver_pp_sample(
     def denoise_fn(x_hat, sigma):
         return edm_denoiser(sde, score_fn, x_hat, sigma)
 
-    x_hat = smax * z
+    x_hat = smax * jax.random.normal(z_key, shape, dtype) if x_T is None else x_T
 
     def body(carry, i):
         x, d_prev = carry

@@ -7,7 +7,8 @@ The probability-flow ODE of an SDE ``dx = f(x, t) dt + g(t) dw`` shares its marg
 
     dx/dt = f(x, t) - 1/2 g(t)^2 score(x, t)                       (Song et al. eq. 13)
 
-* ``ode_sample`` integrates it from T to ``eps``, starting at ``x_T = sde.prior_from_noise(z)``,
+* ``ode_sample`` integrates it from T to ``eps``, starting at ``x_T`` (default
+  ``sde.prior_from_noise(z)``, z ~ N(0, I)),
   with a fixed-step solver on the uniform grid ``linspace(T, eps, num_steps + 1)``
   (``euler``: 1 evaluation per step, ``heun`` = explicit trapezoid: 2, ``rk4``: 4) or an
   adaptive Runge-Kutta pair (``dopri5`` = Dormand-Prince 5(4), the method of scipy's
@@ -27,6 +28,8 @@ The probability-flow ODE of an SDE ``dx = f(x, t) dt + g(t) dw`` shares its marg
   evaluation: for small dimensions) or the Hutchinson-Skilling estimate
   ``div v ~ e^T (dv/dx) e`` with one probe ``e`` (Gaussian or Rademacher) drawn once per
   call and kept for the whole trajectory (score_sde's semantics; unbiased over ``e``).
+  The probe is the function's pre-drawn ``noise`` (``[B, ...]``), as every sampler's
+  per-call noise is.
 * ``bits_per_dim`` turns that into bits per dimension of 8-bit data with the dequantization
   bound (derivation in its docstring).
 
@@ -37,9 +40,20 @@ solvers through ``lax.scan``; adaptive ones through diffrax's default
 ``RecursiveCheckpointAdjoint``). Arguments are checked while tracing, before compilation.
 ``score_fn(x, t)`` always receives ``t`` as a ``[B]`` array.
 
-Randomness: the prior noise ``z`` comes from ``jax.random.split(rng)[0]`` unless given;
-the Hutchinson probe from ``split(rng)[1]`` unless given (``epsilon=``); ``bits_per_dim``
-draws its dequantization noise from ``split(rng)[0]`` and hands ``split(rng)[1]`` on.
+Randomness (the sampler contract of ``jax_impl.samplers``: ``rng`` first, pre-drawn
+arrays as keywords): ``ode_sample``'s start ``x_T = sde.prior_from_noise(z)`` with z from
+``jax.random.split(rng)[0]`` unless ``x_T=`` is given; ``likelihood``'s Hutchinson probe
+from ``split(rng)[1]`` unless ``noise=`` (the probe ``[B, ...]``) is given;
+``bits_per_dim`` draws its dequantization noise from ``split(rng)[0]`` and hands
+``split(rng)[1]`` on, unless ``noise={"dequantization": u, "hutchinson": e}`` gives them.
+``rng`` may be None only when everything random is given (or nothing is random).
+
+diffrax is imported only when an adaptive method (``dopri5``, ``tsit5``) is integrated,
+so importing this module (or ``jax_impl.samplers``) does not load it.
+
+Checks (before compilation): options, ``rng`` (``validate.check_key``), array arguments
+(shape, floating dtype, concrete NaN / Inf), bools, and at trace time what ``score_fn``
+returns (the shape of x and a floating dtype).
 
 NFE (number of score evaluations, returned with every result): fixed-step solvers
 ``evals_per_step * num_steps`` (a Python int); adaptive ones (a traced int32, from
@@ -56,25 +70,33 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence
 
-import diffrax
 import jax
 import jax.numpy as jnp
 
-from jax_impl.sde import VESDE, VPSDE, subVPSDE
-from jax_impl.utils import check_array, check_floating, is_concrete, resolve_dtype
+from jax_impl.validate import (
+    check_array,
+    check_fn_output,
+    check_key,
+    check_sde,
+    is_concrete,
+    resolve_dtype,
+)
 from spec.grids import check_eps as _check_eps
 from spec.grids import ode_time_grid  # noqa: F401  (re-exported)
-from spec.sampler_args import (  # the method and probe names are re-exported
+from spec.sampler_args import (  # the method, probe and noise names are re-exported
     ADAPTIVE_METHODS,
+    BPD_NOISE_KEYS,
     FIXED_STEP_METHODS,
     HUTCHINSON_TYPES,
     ODE_METHODS,
     check_callable,
     check_ode_method,
     check_sample_shape,
+    checked_fn,
+    split_bpd_noise,
 )
 from spec.sampler_args import EVALS_PER_STEP as _EVALS_PER_STEP
-from spec.validate import check_choice, check_int
+from spec.validate import check_bool, check_choice, check_int
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -85,6 +107,7 @@ __all__ = [
     "ADAPTIVE_METHODS",
     "ODE_METHODS",
     "HUTCHINSON_TYPES",
+    "BPD_NOISE_KEYS",
     "ode_time_grid",
     "euler_step",
     "heun_step",
@@ -101,12 +124,21 @@ __all__ = [
 # --------------------------------------------------------------------------- checks
 
 
-def _check_sde(sde) -> None:
-    if not isinstance(sde, (VESDE, VPSDE, subVPSDE)):
-        raise TypeError(
-            "sde must be a jax_impl.sde.VESDE, VPSDE or subVPSDE instance, got "
-            f"{type(sde).__name__}"
-        )
+def _check_rng(rng, given: str):
+    """``rng`` as one PRNG key; None raises ``TypeError`` saying ``given`` must then be passed."""
+    if rng is None:
+        raise TypeError(f"rng must be a jax.random key (e.g. jax.random.key(0)) unless {given}; "
+                        "got None")
+    return check_key("rng", rng)
+
+
+def _check_data(x):
+    """``x [B, ...]`` (B >= 1, at least one data axis), floating and, when concrete, finite."""
+    x = check_array("x", x)
+    if x.ndim < 2 or 0 in x.shape:
+        raise ValueError(f"x must have shape [B, ...] with B >= 1 and at least one data axis "
+                         f"of size >= 1, got {x.shape}")
+    return x
 
 
 # ------------------------------------------------------------------ steps and grid
@@ -198,6 +230,8 @@ def _integrate(fn, y0, t0: float, t1: float, method: str, num_steps, rtol, atol,
         y1, _ = jax.lax.scan(body, y0, (grid[:-1], grid[1:]))
         return y1, _EVALS_PER_STEP[method] * num_steps
 
+    import diffrax  # lazy: only the adaptive solvers need it
+
     solver = diffrax.Dopri5() if method == "dopri5" else diffrax.Tsit5()
     term = diffrax.ODETerm(lambda t, y, args: fn(y, jnp.asarray(t, dtype)))
     sol = diffrax.diffeqsolve(
@@ -238,7 +272,7 @@ def ode_sample(
     num_steps: Optional[int] = None,
     denoise: bool = False,
     eps: float = 1e-3,
-    z: Optional[jax.Array] = None,
+    x_T: Optional[jax.Array] = None,
     dtype=None,
     max_steps: int = 4096,
 ):
@@ -246,33 +280,36 @@ def ode_sample(
     ``get_ode_sampler``, solved in-graph).
 
     Args:
-      rng: key for the prior noise (unused, may be None, when ``z`` is given).
+      rng: key for the start: ``x_T = sde.prior_from_noise(normal(split(rng)[0]))``
+        (unused, may be None, when ``x_T`` is given).
       sde: a ``VESDE``, ``VPSDE`` or ``subVPSDE``.
       score_fn: ``score_fn(x [B, ...], t [B]) -> [B, ...]``.
       shape: ``[B, ...]`` of the samples.
       method: one of ``ODE_METHODS``; fixed-step methods need ``num_steps``, adaptive
         ones use ``rtol``/``atol`` (> 0, >= 0) and at most ``max_steps`` steps.
-      denoise: finish with score_sde's one-step denoiser at ``eps`` (one more NFE).
+      denoise: finish with score_sde's one-step denoiser at ``eps`` (one more NFE); a bool.
       eps: end time in (0, T).
-      z: prior noise ``[*shape]``; ``x_T = sde.prior_from_noise(z)``.
-      dtype: of the samples (default: ``z``'s dtype, else float32).
+      x_T: the start ``[*shape]`` at time T (e.g. ``sde.prior_from_noise(z)``).
+      dtype: of the samples (default: ``x_T``'s dtype, else float32).
 
     Returns:
       ``(x_eps [*shape], nfe)``.
     """
-    _check_sde(sde)
+    check_sde(sde)
     check_callable("score_fn", score_fn, "score_fn(x, t)")
     shape = check_sample_shape(shape, min_ndim=2)
+    denoise = check_bool("denoise", denoise)
     eps = _check_eps(eps, sde.T)
     num_steps, rtol, atol, max_steps = check_ode_method(method, num_steps, rtol, atol, max_steps)
-    dtype = resolve_dtype(dtype, z)
-    if z is None:
-        if rng is None:
-            raise TypeError("rng must be a jax.random key unless z is given")
-        z = jax.random.normal(jax.random.split(rng)[0], shape, dtype)
+    dtype = resolve_dtype(dtype, x_T)
+    if x_T is None:
+        key = jax.random.split(_check_rng(rng, "x_T is given"))[0]
+        x_T = sde.prior_from_noise(jax.random.normal(key, shape, dtype))
     else:
-        z = check_array("z", z, shape, dtype)
-    x_T = sde.prior_from_noise(z)
+        x_T = check_array("x_T", x_T, shape, dtype)
+        if rng is not None:
+            check_key("rng", rng)
+    score_fn = checked_fn("score_fn", score_fn, check_fn_output)
 
     def drift(x, t):
         return probability_flow_drift(sde, score_fn, x, t)
@@ -296,7 +333,7 @@ def likelihood(
     eps: float = 1e-5,
     method: str = "dopri5",
     num_steps: Optional[int] = None,
-    epsilon: Optional[jax.Array] = None,
+    noise: Optional[jax.Array] = None,
     max_steps: int = 4096,
 ):
     """Log-likelihood (nats) of ``x`` under the probability-flow ODE (score_sde's
@@ -308,38 +345,38 @@ def likelihood(
     p_T equals the prior).
 
     Args:
-      rng: key for the Hutchinson probe (unused, may be None, when ``hutchinson`` is None
-        or ``epsilon`` is given).
-      x: data ``[B, ...]`` (floating).
+      rng: key for the Hutchinson probe, drawn from ``split(rng)[1]`` (unused, may be
+        None, when ``hutchinson`` is None or ``noise`` is given).
+      x: data ``[B, ...]`` (floating, B >= 1, finite).
       hutchinson: ``None`` (exact divergence), ``"gaussian"`` or ``"rademacher"``.
-      epsilon: the probe ``[B, ...]`` (overrides drawing one from ``rng``).
+      noise: the pre-drawn Hutchinson probe ``[B, ...]`` (score_sde's ``epsilon``; only
+        with ``hutchinson``).
       eps: start time in (0, T). Other solver arguments as ``ode_sample``.
 
     Returns:
       ``(logp [B], z = x_T [B, ...], nfe)``.
     """
-    _check_sde(sde)
+    check_sde(sde)
     check_callable("score_fn", score_fn, "score_fn(x, t)")
-    check_floating("x", x)
-    x = jnp.asarray(x)
-    if x.ndim < 2:
-        raise ValueError(f"x must have shape [B, ...] with at least one data axis, got {x.shape}")
+    x = _check_data(x)
     check_choice("hutchinson", hutchinson, HUTCHINSON_TYPES)
     eps = _check_eps(eps, sde.T)
     num_steps, rtol, atol, max_steps = check_ode_method(method, num_steps, rtol, atol, max_steps)
+    if rng is not None:
+        check_key("rng", rng)
+    epsilon = None
     if hutchinson is not None:
-        if epsilon is None:
-            if rng is None:
-                raise TypeError("rng must be a jax.random key unless epsilon is given")
-            key = jax.random.split(rng)[1]
+        if noise is None:
+            key = jax.random.split(_check_rng(rng, "noise (the Hutchinson probe) is given"))[1]
             if hutchinson == "gaussian":
                 epsilon = jax.random.normal(key, x.shape, x.dtype)
             else:
                 epsilon = jax.random.rademacher(key, x.shape, x.dtype)
         else:
-            epsilon = check_array("epsilon", epsilon, x.shape, x.dtype)
-    elif epsilon is not None:
-        raise ValueError("epsilon (a Hutchinson probe) was given but hutchinson is None")
+            epsilon = check_array("noise", noise, x.shape, x.dtype)
+    elif noise is not None:
+        raise ValueError("noise (a Hutchinson probe) was given but hutchinson is None")
+    score_fn = checked_fn("score_fn", score_fn, check_fn_output)
 
     def field(state, t):
         y, _ = state
@@ -365,14 +402,13 @@ def bits_per_dim(
     centered: bool = False,
     dequantize: bool = True,
     num_levels: int = 256,
-    u: Optional[jax.Array] = None,
     hutchinson: Optional[str] = None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
     eps: float = 1e-5,
     method: str = "dopri5",
     num_steps: Optional[int] = None,
-    epsilon: Optional[jax.Array] = None,
+    noise: Optional[dict] = None,
     max_steps: int = 4096,
 ):
     """Bits per dimension of quantized data (an upper bound on -log2 P(x) / D).
@@ -396,41 +432,47 @@ def bits_per_dim(
     keeping the same offset (score_sde's behaviour without uniform dequantization).
 
     Args:
-      u: the dequantization noise ``[B, ...]`` in [0, 1) (overrides drawing it).
+      rng: key: ``u`` from ``split(rng)[0]``, the probe from ``split(split(rng)[1])[1]``
+        (as ``likelihood`` with ``split(rng)[1]``); may be None when nothing is drawn.
+      centered, dequantize: bools.
+      noise: pre-drawn noise, a dict with keys among ``BPD_NOISE_KEYS``:
+        ``"dequantization"``: ``u [B, ...]`` in [0, 1) (only with ``dequantize``);
+        ``"hutchinson"``: the probe ``[B, ...]`` (only with ``hutchinson``). A kind not
+        given is drawn from ``rng``.
       Other arguments as ``likelihood``.
 
     Returns:
       ``(bpd [B], z [B, ...], nfe)``.
     """
-    check_floating("x", x)
-    x = jnp.asarray(x)
+    x = _check_data(x)
+    centered = check_bool("centered", centered)
+    dequantize = check_bool("dequantize", dequantize)
     num_levels = check_int("num_levels", num_levels, minimum=2)
+    u, probe = split_bpd_noise(noise, dequantize, hutchinson)
     lo = -1.0 if centered else 0.0
-    if is_concrete(x) and x.size and (float(jnp.min(x)) < lo or float(jnp.max(x)) > 1.0):
+    if is_concrete(x) and (float(jnp.min(x)) < lo or float(jnp.max(x)) > 1.0):
         raise ValueError(
             f"x must lie in [{lo}, 1] (centered={centered}), got values in "
             f"[{float(jnp.min(x))}, {float(jnp.max(x))}]"
         )
     u_key = h_key = None
     if rng is not None:
-        u_key, h_key = jax.random.split(rng)
+        u_key, h_key = jax.random.split(check_key("rng", rng))
     if dequantize:
         if u is None:
             if u_key is None:
-                raise TypeError("rng must be a jax.random key unless u is given")
+                _check_rng(rng, "noise['dequantization'] (u) is given")
             u = jax.random.uniform(u_key, x.shape, x.dtype)
         else:
-            u = check_array("u", u, x.shape, x.dtype)
+            u = check_array("noise['dequantization']", u, x.shape, x.dtype)
         x01 = (x + 1.0) * 0.5 if centered else x
         v = (x01 * (num_levels - 1) + u) / num_levels
         y = 2.0 * v - 1.0 if centered else v
     else:
-        if u is not None:
-            raise ValueError("u (dequantization noise) was given but dequantize is False")
         y = x
     logp, z, nfe = likelihood(
         h_key, sde, score_fn, y, hutchinson=hutchinson, rtol=rtol, atol=atol, eps=eps,
-        method=method, num_steps=num_steps, epsilon=epsilon, max_steps=max_steps,
+        method=method, num_steps=num_steps, noise=probe, max_steps=max_steps,
     )
     D = math.prod(x.shape[1:])
     offset = math.log2(num_levels) - (1.0 if centered else 0.0)

@@ -3,14 +3,51 @@ Ermon 2019, 2020), in JAX; the public entry module of every sampler.
 
 Twin: ``torch_ref/samplers.py`` (same classes, functions and semantics, PyTorch).
 
+The sampler contract (every driver of the library, both frameworks):
+  * JAX: ``sampler(rng, <model>, <score_fn | model_fn>, shape, *, <options>, x_T=None,
+    noise=None, dtype=None) -> (samples, nfe)``; the torch twin has the same parameters
+    without ``rng`` and with a keyword ``generator: torch.Generator | None = None`` last.
+  * ``x_T=`` is the actual starting state ``[*shape]`` (PC: ``sde.prior_from_noise(z)``);
+    ``noise=`` the per-step noise: a ``[K, *shape]`` array, or where a step draws several
+    kinds a dict (PC: ``{"predictor": [N, B, ...], "corrector": [N, n_steps, B, ...]}``,
+    the shapes ``pc_noise_shapes`` gives with a leading ``N``). What is not given is drawn
+    from ``rng`` (``split(rng)[0]`` the start, step i ``fold_in(split(rng)[1], i)``);
+    ``rng`` may be None only when everything random is given. ``dtype`` defaults to that
+    of ``x_T`` / ``noise``, else float32.
+  * The table of drivers (all importable from this module; the ODE solver needs diffrax
+    only when an adaptive method is run):
+
+      ==========================  ===============================================
+      ``pc_sample``               predictor-corrector (score_sde), this module
+      ``ald_sample``              annealed Langevin dynamics (NCSN), this module
+      ``ode_sample``              probability-flow ODE (``jax_impl.ode``)
+      ``ddpm_sample``             DDPM ancestral (``jax_impl.samplers_discrete``)
+      ``ddim_sample``             DDIM, any eta (``jax_impl.samplers_discrete``)
+      ``ddim_invert``             deterministic DDIM encoding (no randomness, no rng)
+      ``edm_heun_sample``         EDM Heun (``jax_impl.fast_samplers``)
+      ``dpm_solver_pp_sample``    DPM-Solver++(2M) (``jax_impl.fast_samplers``)
+      ``pc_inpaint``,             conditional PC (``jax_impl.controllable``)
+      ``pc_colorize``
+      ==========================  ===============================================
+
+  * Checks, all raised before compilation: options (names, bools, ranges), ``rng`` (one
+    PRNG key, ``validate.check_key``), pre-drawn arrays (shape, floating dtype, concrete
+    NaN/Inf), and what ``score_fn`` returns (shape ``x.shape`` and a floating dtype,
+    checked at trace time on every call site).
+
 Structure (DESIGN rules 2-4):
-  * Predictors and correctors are small frozen dataclasses with a pure ``step(sde,
-    score_fn, x, t, z) -> (x, x_mean)`` that takes its Gaussian noise ``z`` as an argument.
-    ``get_predictor(name)`` / ``get_corrector(name)`` build them from score_sde's names.
+  * Predictors and correctors follow a small protocol (``Predictor``, ``Corrector``
+    below): ``nfe`` (score evaluations per step), ``noise_shape(shape)`` (the noise one
+    step takes for samples of ``shape``, None for none), ``check(sde)`` (raise if it
+    cannot run on ``sde``) and a pure ``step(sde, score_fn, x, t, z) -> (x, x_mean)``
+    that takes its Gaussian noise ``z`` as an argument. The built-in ones are small
+    frozen dataclasses built by ``get_predictor(name)`` / ``get_corrector(name)`` from
+    score_sde's names; any object following the protocol (no subclassing) works in
+    ``pc_sample`` as well.
   * ``pc_loop`` runs the whole trajectory in one ``jax.lax.scan`` over the float64 grid
     ``spec.grids.pc_timesteps`` (cast at use); the noise of step i comes either from
-    ``jax.random.fold_in(key, i)`` or from pre-drawn arrays (``*_from_noise``), so the
-    sampler is one XLA program and parity tests can feed both frameworks the same noise.
+    ``jax.random.fold_in(key, i)`` or from the pre-drawn ``noise`` dict, so the sampler
+    is one XLA program and parity tests can feed both frameworks the same noise.
   * ``pc_sample`` / ``ald_sample`` are plain functions: ``jax.jit`` them with ``sde``,
     ``score_fn``, ``shape`` and the options static; only the key and the arrays a
     ``score_fn`` closes over vary between calls (no recompilation). They ``vmap``. Each
@@ -52,7 +89,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -61,37 +98,74 @@ import spec
 from spec import grids
 from spec.sampler_args import (  # re-exported: the public names of this module
     CORRECTORS,
+    PC_NOISE_KEYS,
     PREDICTORS,
     ald_nfe,
     check_shape,
+    check_step_noise,
     pc_nfe,
     pc_noise_shapes,
-    stack_step_noise,
 )
+from spec.sampler_args import check_callable, check_component, checked_fn
 from spec.sampler_args import check_noise as _check_noise
-from spec.validate import check_choice, check_float, check_int
+from spec.validate import check_bool, check_choice, check_float, check_int
 from jax_impl.utils import append_dims
+from jax_impl.validate import check_array, check_fn_output, check_key, check_sde, resolve_dtype
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 __all__ = [
-    "PREDICTORS", "CORRECTORS",
+    "PREDICTORS", "CORRECTORS", "PC_NOISE_KEYS", "Predictor", "Corrector",
     "EulerMaruyamaPredictor", "ReverseDiffusionPredictor", "AncestralSamplingPredictor",
     "NonePredictor", "LangevinCorrector", "AnnealedLangevinCorrector", "NoneCorrector",
     "get_predictor", "get_corrector", "pc_components", "pc_nfe", "pc_noise_shapes",
-    "stack_step_noise", "pc_loop", "pc_sample", "pc_sample_from_noise",
-    "ald_step", "ald_nfe", "ald_sample", "ald_sample_from_noise", "check_shape",
+    "check_step_noise", "pc_loop", "pc_sample",
+    "ald_step", "ald_nfe", "ald_sample", "check_shape",
 ]
 
+# ------------------------------------------------------------------------ protocols
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What ``pc_sample`` needs of a predictor (score_sde's ``Predictor``, as a protocol:
+    any class with these members works, no subclassing).
+
+    ``nfe``: score evaluations per step (an int). ``noise_shape(shape)``: the shape of the
+    Gaussian noise ``z`` one step takes for samples of ``shape`` ``(B, ...)``, or None when
+    the step is deterministic. ``check(sde)``: raise (``ValueError`` / ``TypeError``) if
+    the predictor cannot run on ``sde``; called once, before tracing. ``step(sde,
+    score_fn, x, t, z)``: one step at time ``t [B]`` from ``x [B, ...]`` with ``z`` of
+    ``noise_shape(x.shape)`` (None when deterministic); returns ``(x, x_mean)``, the new
+    state and its noise-free part (what ``denoise=True`` returns after the last step).
+    """
+
+    nfe: int
+
+    def noise_shape(self, shape): ...
+
+    def check(self, sde) -> None: ...
+
+    def step(self, sde, score_fn, x, t, z): ...
+
+
+@runtime_checkable
+class Corrector(Protocol):
+    """What ``pc_sample`` needs of a corrector: the members of ``Predictor`` with the same
+    meaning (``nfe`` per PC step, e.g. ``n_steps`` for Langevin; ``noise_shape(shape)``,
+    e.g. ``(n_steps, *shape)``; ``check(sde)``; ``step(sde, score_fn, x, t, z) -> (x,
+    x_mean)``). The corrector runs before the predictor in each PC step."""
+
+    nfe: int
+
+    def noise_shape(self, shape): ...
+
+    def check(self, sde) -> None: ...
+
+    def step(self, sde, score_fn, x, t, z): ...
+
+
 # ------------------------------------------------------------------------------ helpers
-
-
-def _check_sde(sde) -> None:
-    if not isinstance(sde, spec.SDEConfig) or not hasattr(sde, "reverse"):
-        raise TypeError(
-            "sde must be a jax_impl.sde SDE (VESDE, VPSDE or subVPSDE), "
-            f"got {type(sde).__name__}"
-        )
 
 
 def _discrete_alpha(sde, t, dtype) -> jax.Array:
@@ -106,10 +180,13 @@ def _batch_mean_norm(v: jax.Array) -> jax.Array:
     return jnp.mean(jnp.linalg.norm(v.reshape(v.shape[0], -1), axis=-1))
 
 
-def _check_dtype(dtype):
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
-    return jnp.dtype(dtype)
+def _check_rng(rng, given: str):
+    """``rng`` checked as one PRNG key; None is allowed only when nothing is left to draw
+    (``given`` names what must then be passed). Returns ``rng``."""
+    if rng is None:
+        raise TypeError(f"rng must be a jax.random key (e.g. jax.random.key(0)) unless {given} "
+                        "given; got None")
+    return check_key("rng", rng)
 
 
 # --------------------------------------------------------------------------- predictors
@@ -129,6 +206,10 @@ class EulerMaruyamaPredictor:
     def stochastic(self) -> bool:
         """Whether ``step`` uses its noise ``z`` (shape of x)."""
         return not self.probability_flow
+
+    def noise_shape(self, shape):
+        """``shape`` (one normal per entry of x), or None with the probability flow."""
+        return tuple(shape) if self.stochastic else None
 
     def check(self, sde) -> None:
         """Raise if this predictor cannot run on ``sde``."""
@@ -157,6 +238,10 @@ class ReverseDiffusionPredictor:
     @property
     def stochastic(self) -> bool:
         return not self.probability_flow
+
+    def noise_shape(self, shape):
+        """``shape``, or None with the probability flow."""
+        return tuple(shape) if self.stochastic else None
 
     def check(self, sde) -> None:
         """Raise if this predictor cannot run on ``sde``."""
@@ -192,6 +277,10 @@ class AncestralSamplingPredictor:
     @property
     def stochastic(self) -> bool:
         return True
+
+    def noise_shape(self, shape):
+        """``shape``: one normal per entry of x."""
+        return tuple(shape)
 
     def check(self, sde) -> None:
         """Raise ``ValueError`` for a sub-VP SDE (only VE and VP have a discrete chain)."""
@@ -235,6 +324,10 @@ class NonePredictor:
     def stochastic(self) -> bool:
         return False
 
+    def noise_shape(self, shape):
+        """None: no noise."""
+        return None
+
     def check(self, sde) -> None:
         """Runs on every SDE."""
 
@@ -259,10 +352,9 @@ class _Corrector:
         """Score evaluations per PC step."""
         return self.n_steps
 
-    @property
-    def noise_shape_prefix(self) -> tuple[int, ...]:
-        """Leading axes of the noise ``step`` takes: ``(n_steps,)``."""
-        return (self.n_steps,)
+    def noise_shape(self, shape):
+        """``(n_steps, *shape)``: one normal per Langevin step and entry of x."""
+        return (self.n_steps, *shape)
 
     def check(self, sde) -> None:
         """Runs on every SDE (VE, VP and sub-VP)."""
@@ -320,6 +412,10 @@ class NoneCorrector:
     name: ClassVar[str] = "none"
     nfe: ClassVar[int] = 0
 
+    def noise_shape(self, shape):
+        """None: no noise."""
+        return None
+
     def check(self, sde) -> None:
         """Runs on every SDE."""
 
@@ -339,14 +435,10 @@ _CORRECTOR_CLASSES = {
     "none": NoneCorrector,
 }
 
-Predictor = EulerMaruyamaPredictor | ReverseDiffusionPredictor | AncestralSamplingPredictor | NonePredictor
-Corrector = LangevinCorrector | AnnealedLangevinCorrector | NoneCorrector
-
-
 def get_predictor(name: str, *, probability_flow: bool = False) -> Predictor:
     """The predictor called ``name`` (one of ``PREDICTORS``, score_sde's names)."""
     check_choice("predictor", name, PREDICTORS)
-    return _PREDICTOR_CLASSES[name](probability_flow=bool(probability_flow))
+    return _PREDICTOR_CLASSES[name](probability_flow=check_bool("probability_flow", probability_flow))
 
 
 def get_corrector(name: str, *, snr: float = 0.16, n_steps: int = 1) -> Corrector:
@@ -364,24 +456,25 @@ def pc_components(sde, *, predictor="reverse_diffusion", corrector="langevin", s
                   n_steps=1, probability_flow=False, eps=None):
     """Validate the PC options; return ``(predictor, corrector, timesteps [N] float64)``.
 
-    ``predictor`` / ``corrector`` are names (``PREDICTORS`` / ``CORRECTORS``) or instances;
-    ``snr``, ``n_steps`` and ``probability_flow`` configure those given by name (an
-    instance keeps its own fields). ``eps`` defaults to ``spec.grids.default_pc_eps(sde)``.
-    Everything raises here, before any tracing or compilation.
+    ``predictor`` / ``corrector`` are names (``PREDICTORS`` / ``CORRECTORS``) or objects
+    following the ``Predictor`` / ``Corrector`` protocol (the built-in classes or a
+    user's own); ``snr``, ``n_steps`` and ``probability_flow`` configure those given by
+    name (an object keeps its own fields). ``eps`` defaults to
+    ``spec.grids.default_pc_eps(sde)``. Everything raises here, before any tracing or
+    compilation, including the components' own ``check(sde)``.
     """
-    _check_sde(sde)
+    check_sde(sde)
+    check_bool("probability_flow", probability_flow)
     if isinstance(predictor, str):
         predictor = get_predictor(predictor, probability_flow=probability_flow)
-    elif not isinstance(predictor, tuple(_PREDICTOR_CLASSES.values())):
-        raise TypeError(f"predictor must be a name in {PREDICTORS} or a predictor instance, "
-                        f"got {predictor!r}")
+    else:
+        check_component("predictor", predictor)
     if isinstance(corrector, str):
         check_float("snr", snr, positive=True)
         check_int("n_steps", n_steps, minimum=1)
         corrector = get_corrector(corrector, snr=snr, n_steps=n_steps)
-    elif not isinstance(corrector, tuple(_CORRECTOR_CLASSES.values())):
-        raise TypeError(f"corrector must be a name in {CORRECTORS} or a corrector instance, "
-                        f"got {corrector!r}")
+    else:
+        check_component("corrector", corrector)
     predictor.check(sde)
     corrector.check(sde)
     eps = grids.default_pc_eps(sde) if eps is None else eps
@@ -401,17 +494,18 @@ def _draw_step_noise(key, shapes, dtype):
     return out
 
 
-def pc_loop(sde, score_fn: ScoreFn, x_init, predictor, corrector, timesteps, *, key=None,
+def pc_loop(rng, sde, score_fn: ScoreFn, x_init, predictor, corrector, timesteps, *,
             noise=None, project=None, n_data: int = 0, denoise: bool = True):
-    """Run corrector-then-predictor steps over ``timesteps`` in one ``lax.scan``.
+    """Run corrector-then-predictor steps over ``timesteps`` in one ``lax.scan`` (the
+    engine under ``pc_sample`` and the conditional samplers; inputs are not re-checked).
 
     Args:
-      x_init: ``x_T`` ``[B, ...]``; its dtype is the sampler's.
-      predictor, corrector: instances (see ``pc_components``).
+      rng: the loop key: step i draws ``normal(fold_in(rng, i))`` cut into the arrays of
+        ``pc_noise_shapes`` (None when ``noise`` is given or nothing is drawn).
+      x_init: the start ``[B, ...]``; its dtype is the sampler's.
+      predictor, corrector: protocol objects (see ``pc_components``).
       timesteps: float64 ``[N]`` numpy grid, cast to ``x_init.dtype`` here.
-      key: per-step noise ``normal(fold_in(key, i))`` (split over the names of
-        ``pc_noise_shapes``); or
-      noise: a dict of pre-drawn arrays ``[N, ...]`` (``stack_step_noise``).
+      noise: the pre-drawn dict ``{name: [N, ...]}`` (``check_step_noise``), or None.
       project: optional ``project(x, x_mean, t [B], z_data) -> (x, x_mean)`` applied after
         the corrector and after the predictor (conditional sampling); it consumes
         ``noise["data"][i, 0]`` and ``[i, 1]`` (``n_data = 2``).
@@ -419,20 +513,20 @@ def pc_loop(sde, score_fn: ScoreFn, x_init, predictor, corrector, timesteps, *, 
 
     Returns the samples ``[B, ...]``.
     """
-    if (key is None) == (noise is None):
-        raise ValueError("pass exactly one of key and noise")
     x_init = jnp.asarray(x_init)
     dtype = x_init.dtype
     batch = x_init.shape[0]
     shapes = pc_noise_shapes(predictor, corrector, x_init.shape, n_data)
     ts = jnp.asarray(timesteps, dtype)
     num_steps = ts.shape[0]
+    if noise is None and shapes and rng is None:
+        raise TypeError("pc_loop: rng is required to draw the step noise when noise is None")
 
     def body(carry, inp):
         x, _ = carry
         i, t, z = inp
         if z is None:
-            z = _draw_step_noise(jax.random.fold_in(key, i), shapes, dtype)
+            z = _draw_step_noise(jax.random.fold_in(rng, i), shapes, dtype) if shapes else {}
         vec_t = jnp.broadcast_to(t, (batch,))
         x, x_mean = corrector.step(sde, score_fn, x, vec_t, z.get("corrector"))
         if project is not None:
@@ -447,64 +541,76 @@ def pc_loop(sde, score_fn: ScoreFn, x_init, predictor, corrector, timesteps, *, 
     return x_mean if denoise else x
 
 
+def _pc_prepare(rng, sde, score_fn, shape, x_T, noise, dtype, *, denoise, n_data: int = 0,
+                **options):
+    """The checks and draws shared by the PC drivers (``pc_sample`` and the conditional
+    samplers of ``jax_impl.controllable``): validate ``options`` (``pc_components``'
+    keywords and ``denoise``), ``shape``, ``rng``, ``x_T [*shape]`` and the ``noise`` dict;
+    draw what is not given. Returns ``(predictor, corrector, timesteps, checked score_fn,
+    dtype, x_T or None, prior_key or None, loop_key or None, noise or None)``; ``x_T`` is
+    None exactly when it must be drawn from ``prior_key`` (as ``normal(prior_key, shape)``
+    mapped to the prior)."""
+    check_callable("score_fn", score_fn, "score_fn(x, t)")
+    shape = check_shape(shape)
+    check_bool("denoise", denoise)
+    pred, corr, ts = pc_components(sde, **options)
+    shapes = pc_noise_shapes(pred, corr, shape, n_data)
+    if noise is not None:
+        noise = check_step_noise(noise, shapes, len(ts))
+    dtype = resolve_dtype(dtype, x_T, *(noise or {}).values())
+    if x_T is not None:
+        x_T = check_array("x_T", x_T, shape, dtype)
+    if noise is not None:
+        noise = {k: check_array(f"noise[{k!r}]", v, None, dtype) for k, v in noise.items()}
+    prior_key = loop_key = None
+    if x_T is None or (shapes and noise is None):
+        given = "x_T and noise (" + (", ".join(map(repr, shapes)) or "no keys") + ") are"
+        prior_key, loop_key = jax.random.split(_check_rng(rng, given))
+    elif rng is not None:
+        check_key("rng", rng)
+    score_fn = checked_fn("score_fn", score_fn, check_fn_output)
+    return pred, corr, ts, score_fn, dtype, x_T, prior_key, loop_key, noise
+
+
 # --------------------------------------------------------------------------- PC public
 
 
 def pc_sample(rng, sde, score_fn: ScoreFn, shape, *, predictor="reverse_diffusion",
               corrector="langevin", snr: float = 0.16, n_steps: int = 1,
               probability_flow: bool = False, denoise: bool = True, eps: float | None = None,
-              dtype=jnp.float32):
+              x_T=None, noise=None, dtype=None):
     """Predictor-corrector sampling of ``sde``'s reverse SDE (Song et al. 2021, Alg. 1-3).
 
     Args:
-      rng: a PRNG key (the prior draw uses one split, step i ``fold_in(key, i)``).
+      rng: a PRNG key (``jax.random.key(0)``): ``x_T = sde.prior_sampling(split(rng)[0])``,
+        step i's noise from ``fold_in(split(rng)[1], i)``. May be None when ``x_T`` and
+        every array ``noise`` needs are given.
       sde: ``jax_impl.sde`` VESDE / VPSDE / subVPSDE (static under jit).
-      score_fn: ``score_fn(x [B, ...], t [B]) -> [B, ...]``.
+      score_fn: ``score_fn(x [B, ...], t [B]) -> [B, ...]`` (checked at trace time: the
+        shape of x and a floating dtype).
       shape: ``(B, ...)`` of the samples.
-      predictor: one of ``PREDICTORS`` or an instance; corrector: ``CORRECTORS`` or instance.
+      predictor: one of ``PREDICTORS`` or a ``Predictor``; corrector: one of
+        ``CORRECTORS`` or a ``Corrector`` (a user's own class works: see the protocols).
       snr, n_steps: the corrector's signal-to-noise ratio and steps per PC step.
       probability_flow: predict along the probability-flow ODE (stochastic correctors
-        still add noise).
-      denoise: return the last predictor's mean. eps: end time (default 1e-5 VE, 1e-3 VP).
-      dtype: floating dtype of the samples.
+        still add noise). A bool.
+      denoise: return the last predictor's mean (a bool). eps: end time (default 1e-5
+        VE, 1e-3 VP / sub-VP).
+      x_T: the start ``[*shape]`` (e.g. ``sde.prior_from_noise(z)``).
+      noise: pre-drawn step noise, a dict ``{"predictor": [N, *shape], "corrector":
+        [N, n_steps, *shape]}`` (the keys ``pc_noise_shapes`` lists; unused keys are
+        ignored).
+      dtype: floating dtype of the samples (default: that of x_T / noise, else float32).
 
     Returns ``(samples [B, ...], nfe)`` with ``nfe = N (predictor.nfe + corrector.nfe)``.
     """
-    shape = check_shape(shape)
-    dtype = _check_dtype(dtype)
-    pred, corr, ts = pc_components(sde, predictor=predictor, corrector=corrector, snr=snr,
-                                   n_steps=n_steps, probability_flow=probability_flow, eps=eps)
-    prior_key, loop_key = jax.random.split(rng)
-    x = sde.prior_sampling(prior_key, shape, dtype)
-    samples = pc_loop(sde, score_fn, x, pred, corr, ts, key=loop_key, denoise=denoise)
-    return samples, pc_nfe(pred, corr, len(ts))
-
-
-def pc_sample_from_noise(sde, score_fn: ScoreFn, prior_noise, predictor_noise=None,
-                         corrector_noise=None, *, predictor="reverse_diffusion",
-                         corrector="langevin", snr: float = 0.16, n_steps: int = 1,
-                         probability_flow: bool = False, denoise: bool = True,
-                         eps: float | None = None):
-    """``pc_sample`` with pre-drawn noise (the pure core; parity tests feed both frameworks).
-
-    Args:
-      prior_noise: ``z [B, ...]``; ``x_T = sde.prior_from_noise(z)``; sets shape and dtype.
-      predictor_noise: ``[N, B, ...]``, step i's predictor noise (None if the predictor is
-        deterministic: ``none`` or probability flow).
-      corrector_noise: ``[N, n_steps, B, ...]`` (None for corrector ``none``).
-    Returns ``(samples, nfe)``.
-    """
-    prior_noise = jnp.asarray(prior_noise)
-    check_shape(prior_noise.shape)
-    _check_dtype(prior_noise.dtype)
-    pred, corr, ts = pc_components(sde, predictor=predictor, corrector=corrector, snr=snr,
-                                   n_steps=n_steps, probability_flow=probability_flow, eps=eps)
-    shapes = pc_noise_shapes(pred, corr, prior_noise.shape)
-    noise = stack_step_noise(shapes, len(ts), predictor_noise=predictor_noise,
-                             corrector_noise=corrector_noise)
-    noise = {k: jnp.asarray(v, prior_noise.dtype) for k, v in noise.items()}
-    x = sde.prior_from_noise(prior_noise)
-    samples = pc_loop(sde, score_fn, x, pred, corr, ts, noise=noise, denoise=denoise)
+    pred, corr, ts, score_fn, dtype, x_T, prior_key, loop_key, noise = _pc_prepare(
+        rng, sde, score_fn, shape, x_T, noise, dtype, predictor=predictor,
+        corrector=corrector, snr=snr, n_steps=n_steps, probability_flow=probability_flow,
+        eps=eps, denoise=denoise)
+    if x_T is None:
+        x_T = sde.prior_sampling(prior_key, check_shape(shape), dtype)
+    samples = pc_loop(loop_key, sde, score_fn, x_T, pred, corr, ts, noise=noise, denoise=denoise)
     return samples, pc_nfe(pred, corr, len(ts))
 
 
@@ -546,19 +652,8 @@ def _ald_loop(sigmas, score_fn, x, levels, step_sizes, *, key, noise, denoise, f
     return trajectory
 
 
-def _check_ald_options(sigmas, n_steps_each, step_lr, x_init, shape):
-    sig = grids.check_sigmas(sigmas)
-    levels, step_sizes = grids.ald_schedule(sig, n_steps_each, step_lr)
-    if x_init is not None:
-        x_init = jnp.asarray(x_init)
-        if tuple(x_init.shape) != tuple(shape):
-            raise ValueError(f"x_init must have shape {tuple(shape)}, got {tuple(x_init.shape)}")
-        _check_dtype(x_init.dtype)
-    return sig, levels, step_sizes, x_init
-
-
 def ald_sample(rng, sigmas, score_fn, shape, *, n_steps_each: int = 100, step_lr: float = 2e-5,
-               denoise: bool = True, final_only: bool = True, x_init=None, dtype=jnp.float32):
+               denoise: bool = True, final_only: bool = True, x_T=None, noise=None, dtype=None):
     """Annealed Langevin dynamics (Song & Ermon 2019 Alg. 1; NCSNv2's sampler).
 
     For each level i = 0..L-1 (``sigmas`` decreasing, e.g.
@@ -567,48 +662,52 @@ def ald_sample(rng, sigmas, score_fn, shape, *, n_steps_each: int = 100, step_lr
     then, with ``denoise``, ``x <- x + sigma_L^2 score(x, L-1)``.
 
     Args:
-      rng: PRNG key; step s draws ``normal(fold_in(key, s))`` (NCSN v1 draws the noise
-        before calling the score, NCSNv2 after: only the torch RNG stream would notice).
+      rng: PRNG key; the start is drawn from ``split(rng)[0]``, step s's noise from
+        ``normal(fold_in(split(rng)[1], s))`` (NCSN v1 draws the noise before calling the
+        score, NCSNv2 after: only the torch RNG stream would notice). May be None when
+        ``x_T`` and ``noise`` are given.
       sigmas: concrete float ladder ``[L]`` (static); score_fn: ``score_fn(x, level [B]
         int32) -> [B, ...]`` (the noise-conditional network's label).
-      shape: ``(B, ...)``. x_init: start ``[B, ...]`` (NCSN uses uniform noise for images);
-        default ``sigma_1 * N(0, I)``, the law of the largest perturbation of centred data.
-      final_only: return the last sample ``[B, ...]``, or else NCSNv2's trajectory
-        ``[S (+1), B, ...]``: every post-step sample plus the denoised one
-        (S = L n_steps_each). NCSN v1's list (pre-step, clamped to [0, 1]) is not reproduced.
+      shape: ``(B, ...)``. x_T: the start ``[B, ...]`` (NCSN uses uniform noise for
+        images); default ``sigma_1 * N(0, I)``, the law of the largest perturbation of
+        centred data. noise: the step noise ``[L n_steps_each, *shape]`` (row s feeds
+        step s). dtype: default that of x_T / noise, else float32.
+      denoise, final_only: bools. ``final_only``: return the last sample ``[B, ...]``, or
+        else NCSNv2's trajectory ``[S (+1), B, ...]``: every post-step sample plus the
+        denoised one (S = L n_steps_each). NCSN v1's list (pre-step, clamped to [0, 1]) is
+        not reproduced.
 
     Returns ``(samples, nfe)``, ``nfe = L n_steps_each + denoise``.
     """
+    check_callable("score_fn", score_fn, "score_fn(x, level)")
     shape = check_shape(shape)
-    dtype = _check_dtype(dtype if x_init is None else jnp.result_type(x_init))
-    sig, levels, step_sizes, x_init = _check_ald_options(sigmas, n_steps_each, step_lr, x_init, shape)
-    init_key, loop_key = jax.random.split(rng)
-    if x_init is None:
-        x_init = jnp.asarray(sig[0], dtype) * jax.random.normal(init_key, shape, dtype)
-    out = _ald_loop(sig, score_fn, x_init, levels, step_sizes, key=loop_key, noise=None,
-                    denoise=denoise, final_only=final_only)
-    return out, ald_nfe(len(sig), n_steps_each, denoise)
-
-
-def ald_sample_from_noise(sigmas, score_fn, x_init, noise, *, n_steps_each: int = 100,
-                          step_lr: float = 2e-5, denoise: bool = True, final_only: bool = True):
-    """``ald_sample`` with pre-drawn noise ``[L n_steps_each, B, ...]`` (row s feeds step s)
-    from ``x_init [B, ...]``. Returns ``(samples, nfe)`` as ``ald_sample``."""
-    x_init = jnp.asarray(x_init)
-    shape = check_shape(x_init.shape)
-    sig, levels, step_sizes, x_init = _check_ald_options(sigmas, n_steps_each, step_lr, x_init, shape)
-    if tuple(jnp.shape(noise)) != (len(levels), *shape):
-        raise ValueError(f"noise must have shape {(len(levels), *shape)} "
-                         f"(L * n_steps_each, *x_init.shape), got {tuple(jnp.shape(noise))}")
-    noise = jnp.asarray(noise, x_init.dtype)
-    out = _ald_loop(sig, score_fn, x_init, levels, step_sizes, key=None, noise=noise,
+    denoise = check_bool("denoise", denoise)
+    final_only = check_bool("final_only", final_only)
+    sig = grids.check_sigmas(sigmas)
+    levels, step_sizes = grids.ald_schedule(sig, n_steps_each, step_lr)
+    dtype = resolve_dtype(dtype, x_T, noise)
+    if x_T is not None:
+        x_T = check_array("x_T", x_T, shape, dtype)
+    if noise is not None:
+        noise = check_array("noise", noise, (len(levels), *shape), dtype,
+                            what="[L * n_steps_each, *shape]")
+    init_key = loop_key = None
+    if x_T is None or noise is None:
+        init_key, loop_key = jax.random.split(_check_rng(rng, "x_T and noise are"))
+    elif rng is not None:
+        check_key("rng", rng)
+    if x_T is None:
+        x_T = jnp.asarray(sig[0], dtype) * jax.random.normal(init_key, shape, dtype)
+    score_fn = checked_fn("score_fn", score_fn, check_fn_output)
+    out = _ald_loop(sig, score_fn, x_T, levels, step_sizes, key=loop_key, noise=noise,
                     denoise=denoise, final_only=final_only)
     return out, ald_nfe(len(sig), n_steps_each, denoise)
 
 
 # ------------------------------------------------------------------- other samplers
 # This module is the public entry point of every sampler: the discrete (DDPM / DDIM), ODE
-# and fast samplers live in their own modules and are re-exported here.
+# and fast samplers live in their own modules and are re-exported here (none of them
+# imports diffrax: ``jax_impl.ode`` loads it only when an adaptive method runs).
 
 from jax_impl.fast_samplers import dpm_solver_pp_sample, edm_heun_sample  # noqa: E402
 from jax_impl.ode import ode_sample  # noqa: E402

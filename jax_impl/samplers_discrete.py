@@ -31,21 +31,38 @@ and the keyword options static, e.g. by closing over them; a new key or new netw
 parameters passed as traced arguments never recompile. Each returns ``(samples, nfe)``
 with ``nfe`` the number of model evaluations (a Python int).
 
-Input checks (shape, dtype, eta, noise shape; the model output's shape through
-``p_mean_variance``) raise ``TypeError`` / ``ValueError`` while tracing, before compilation.
+Input checks raise ``TypeError`` / ``ValueError`` while tracing, before compilation: the
+options (``eta``, bools), ``rng`` (one PRNG key), ``x_T`` / ``noise`` / ``x0`` (shape,
+floating dtype, concrete NaN / Inf), and at trace time what ``model_fn`` returns (x's
+shape, or twice its channels for a learned variance, and a floating dtype) and what
+``denoised_fn`` returns (x0_hat's shape, floating).
+
+``clip_denoised`` (default True, improved-diffusion's) clamps the predicted x_0 to
+[-1, 1]: right for images scaled to [-1, 1], wrong for other data. The drivers keep the
+default but warn (``UserWarning``) when it is on for data that are not images (rank < 4,
+e.g. ``[B, D]`` points): pass ``clip_denoised=False`` there.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from jax_impl.diffusion import GaussianDiffusion
-from jax_impl.utils import append_dims, check_array, check_floating, resolve_dtype
-from spec.sampler_args import check_callable, check_ddim_eta, check_sample_shape
-from spec.validate import check_int
+from jax_impl.utils import append_dims
+from jax_impl.validate import (
+    check_array,
+    check_diffusion,
+    check_floating,
+    check_fn_output,
+    check_key,
+    resolve_dtype,
+)
+from spec.sampler_args import check_callable, check_ddim_eta, check_sample_shape, checked_fn
+from spec.validate import check_bool, check_int
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 DenoisedFn = Optional[Callable[[jax.Array], jax.Array]]
@@ -63,11 +80,38 @@ __all__ = [
 # ----------------------------------------------------------------------- helpers
 
 
-def _check_diffusion(diffusion) -> None:
-    if not isinstance(diffusion, GaussianDiffusion):
-        raise TypeError(
-            f"diffusion must be a jax_impl.diffusion.GaussianDiffusion, got {type(diffusion).__name__}"
+_check_diffusion = check_diffusion
+
+
+def _model_output_shape(diffusion):
+    """``shape_of(x)`` for ``model_fn``'s output: x's shape, with the channel axis doubled
+    when the diffusion learns its variance (mean part, then variance part)."""
+    def shape_of(x):
+        shape = list(jnp.shape(x))
+        if diffusion.learned_variance and len(shape) >= 2:
+            shape[diffusion.channel_axis % len(shape)] *= 2
+        return tuple(shape)
+
+    return shape_of
+
+
+def _checked_fns(diffusion, model_fn, denoised_fn, clip_denoised, ndim):
+    """Validate the model-side arguments of a driver; return ``(model_fn, denoised_fn)``
+    wrapped so that each call checks its output at trace time."""
+    check_callable("model_fn", model_fn, "model_fn(x, t)")
+    check_bool("clip_denoised", clip_denoised)
+    if clip_denoised and ndim < 4:
+        warnings.warn(
+            f"clip_denoised=True clamps the predicted x_0 to [-1, 1] (images scaled to "
+            f"[-1, 1]), but these data have rank {ndim} (not [B, H, W, C] images); pass "
+            "clip_denoised=False unless the data really lie in [-1, 1]",
+            UserWarning, stacklevel=3,
         )
+    model_fn = checked_fn("model_fn", model_fn, check_fn_output, _model_output_shape(diffusion))
+    if denoised_fn is not None:
+        check_callable("denoised_fn", denoised_fn, "denoised_fn(x0)")
+        denoised_fn = checked_fn("denoised_fn", denoised_fn, check_fn_output)
+    return model_fn, denoised_fn
 
 
 def _coef(diffusion: GaussianDiffusion, name: str, t, x) -> jax.Array:
@@ -92,11 +136,14 @@ def _check_eta(diffusion: GaussianDiffusion, eta) -> float:
                           diffusion.table("alphas_cumprod_prev"))
 
 
-def _prepare(rng, diffusion, model_fn, shape, x_T, noise, dtype, *, needs_noise: bool):
-    """Validate a driver's inputs; return ``(shape, dtype, x_T, noise, step_key)``."""
+def _prepare(rng, diffusion, model_fn, shape, x_T, noise, dtype, *, needs_noise: bool,
+             clip_denoised, denoised_fn):
+    """Validate a driver's inputs; return ``(shape, dtype, x_T, noise, step_key, model_fn,
+    denoised_fn)`` (the functions wrapped with their output checks)."""
     _check_diffusion(diffusion)
-    check_callable("model_fn", model_fn)
     shape = check_sample_shape(shape)
+    model_fn, denoised_fn = _checked_fns(diffusion, model_fn, denoised_fn, clip_denoised,
+                                         len(shape))
     for name, a in (("x_T", x_T), ("noise", noise)):
         if a is not None:
             check_floating(name, a)
@@ -110,12 +157,14 @@ def _prepare(rng, diffusion, model_fn, shape, x_T, noise, dtype, *, needs_noise:
     step_key = None
     if need_key:
         if rng is None:
-            raise TypeError("rng must be a jax.random key unless x_T (and, for a stochastic "
-                            "sampler, noise) are given")
-        prior_key, step_key = jax.random.split(rng)
+            raise TypeError("rng must be a jax.random key (e.g. jax.random.key(0)) unless x_T "
+                            "(and, for a stochastic sampler, noise) are given; got None")
+        prior_key, step_key = jax.random.split(check_key("rng", rng))
         if x_T is None:
             x_T = jax.random.normal(prior_key, shape, dtype)
-    return shape, dtype, x_T, noise, step_key
+    elif rng is not None:
+        check_key("rng", rng)
+    return shape, dtype, x_T, noise, step_key, model_fn, denoised_fn
 
 
 def _run_reverse_loop(step, x_T, K: int, noise, step_key, needs_noise: bool):
@@ -301,6 +350,9 @@ def ddpm_sample(
       rng: a JAX key (may be None when both ``x_T`` and ``noise`` are given).
       diffusion: the (respaced) ``GaussianDiffusion``; model_fn: ``model_fn(x, t_model)``.
       shape: sample shape ``[B, ...]``.
+      clip_denoised: clamp the predicted x_0 to [-1, 1] (images scaled to [-1, 1]; a
+        ``UserWarning`` when on for data of rank < 4). denoised_fn: optional map applied
+        to x0_hat before clipping.
       x_T: optional start ``[*shape]`` (default: normal from ``split(rng)[0]``).
       noise: optional step noise ``[K, *shape]``; ``noise[i]`` is used at t = K-1-i
         (default: normal from ``fold_in(split(rng)[1], i)``).
@@ -308,8 +360,9 @@ def ddpm_sample(
 
     Returns ``(x_0 [*shape], nfe = K)``.
     """
-    shape, dtype, x_T, noise, key = _prepare(
-        rng, diffusion, model_fn, shape, x_T, noise, dtype, needs_noise=True
+    shape, dtype, x_T, noise, key, model_fn, denoised_fn = _prepare(
+        rng, diffusion, model_fn, shape, x_T, noise, dtype, needs_noise=True,
+        clip_denoised=clip_denoised, denoised_fn=denoised_fn,
     )
 
     def step(x, t, z):
@@ -348,8 +401,9 @@ def ddim_sample(
     _check_diffusion(diffusion)
     eta = _check_eta(diffusion, eta)
     stochastic = eta > 0.0
-    shape, dtype, x_T, noise, key = _prepare(
-        rng, diffusion, model_fn, shape, x_T, noise, dtype, needs_noise=stochastic
+    shape, dtype, x_T, noise, key, model_fn, denoised_fn = _prepare(
+        rng, diffusion, model_fn, shape, x_T, noise, dtype, needs_noise=stochastic,
+        clip_denoised=clip_denoised, denoised_fn=denoised_fn,
     )
     if not stochastic:
         noise = None
@@ -405,12 +459,11 @@ def ddim_invert(
     t = K-1 (pass it as ``ddim_sample(..., x_T=x_T)``).
     """
     _check_diffusion(diffusion)
-    check_callable("model_fn", model_fn)
     n_iter = check_int("fixed_point_iters", fixed_point_iters, minimum=0)
-    check_floating("x0", x0)
-    x0 = jnp.asarray(x0)
-    if x0.ndim < 1:
-        raise ValueError(f"x0 must have a batch axis, shape [B, ...], got shape {x0.shape}")
+    x0 = check_array("x0", x0)
+    if x0.ndim < 1 or x0.shape[0] < 1:
+        raise ValueError(f"x0 must have a batch axis, shape [B, ...] with B >= 1, got shape {x0.shape}")
+    model_fn, denoised_fn = _checked_fns(diffusion, model_fn, denoised_fn, clip_denoised, x0.ndim)
     K = diffusion.num_timesteps
     B = x0.shape[0]
 

@@ -122,6 +122,36 @@ CASES = [  # (sde, predictor, corrector, probability_flow, denoise)
 ]
 
 
+def _pc_noise(conv, pn, cn, dn):
+    """The step-noise dict (None when no array is given: drawn from the key then)."""
+    if pn is None and cn is None and dn is None:
+        return None
+    return {k: None if v is None else conv(v)
+            for k, v in (("predictor", pn), ("corrector", cn), ("data", dn))}
+
+
+def j_inpaint(sde, score_fn, data, mask, prior, pn, cn, dn, **kw):
+    """``pc_inpaint`` on pre-drawn noise: the prior noise z (``x_T = prior_from_noise(z)``)
+    and the step-noise dict."""
+    return jc.pc_inpaint(None, sde, score_fn, data, mask, x_T=sde.prior_from_noise(jnp.asarray(prior)),
+                         noise=_pc_noise(jnp.asarray, pn, cn, dn), **kw)
+
+
+def t_inpaint(sde, score_fn, data, mask, prior, pn, cn, dn, **kw):
+    return tc.pc_inpaint(sde, score_fn, data, mask, x_T=sde.prior_from_noise(torch.as_tensor(prior)),
+                         noise=_pc_noise(torch.as_tensor, pn, cn, dn), **kw)
+
+
+def j_colorize(sde, score_fn, gray, prior, pn, cn, dn, **kw):
+    return jc.pc_colorize(None, sde, score_fn, gray, x_T=sde.prior_from_noise(jnp.asarray(prior)),
+                          noise=_pc_noise(jnp.asarray, pn, cn, dn), **kw)
+
+
+def t_colorize(sde, score_fn, gray, prior, pn, cn, dn, **kw):
+    return tc.pc_colorize(sde, score_fn, gray, x_T=sde.prior_from_noise(torch.as_tensor(prior)),
+                          noise=_pc_noise(torch.as_tensor, pn, cn, dn), **kw)
+
+
 def _noise(np_rng, N, shape, n_steps):
     return (np_rng.standard_normal(shape), np_rng.standard_normal((N, *shape)),
             np_rng.standard_normal((N, n_steps, *shape)), np_rng.standard_normal((N, 2, *shape)))
@@ -136,9 +166,9 @@ def test_inpaint_three_way_float64(kind, predictor, corrector, probability_flow,
     prior, pn, cn, dn = _noise(np_rng, N, IMG, n_steps)
     kw = dict(predictor=predictor, corrector=corrector, n_steps=n_steps,
               probability_flow=probability_flow, denoise=denoise, eps=eps)
-    j_x, j_nfe = jax.jit(lambda *a: jc.pc_inpaint_from_noise(jsd, j_iso_score(jsd), *a, **kw))(
+    j_x, j_nfe = jax.jit(lambda *a: j_inpaint(jsd, j_iso_score(jsd), *a, **kw))(
         data, mask, prior, pn, cn, dn)
-    t_x, t_nfe = tc.pc_inpaint_from_noise(tsd, t_iso_score(tsd), *map(nchw, (data, mask, prior, pn, cn, dn)), **kw)
+    t_x, t_nfe = t_inpaint(tsd, t_iso_score(tsd), *map(nchw, (data, mask, prior, pn, cn, dn)), **kw)
     start, project = np_inpaint_fns(jsd, data, mask)
     o_x = np_controlled_pc(jsd, np_iso_score(jsd), start, project, prior, pn, cn, dn, predictor,
                            corrector, probability_flow, 0.16, eps, denoise)
@@ -158,8 +188,8 @@ def test_colorize_three_way_float64(kind, predictor, corrector, probability_flow
     prior, pn, cn, dn = _noise(np_rng, N, IMG, n_steps)
     kw = dict(predictor=predictor, corrector=corrector, n_steps=n_steps,
               probability_flow=probability_flow, denoise=denoise, eps=eps)
-    j_x, _ = jax.jit(lambda *a: jc.pc_colorize_from_noise(jsd, j_iso_score(jsd), *a, **kw))(gray, prior, pn, cn, dn)
-    t_x, _ = tc.pc_colorize_from_noise(tsd, t_iso_score(tsd), *map(nchw, (gray, prior, pn, cn, dn)), **kw)
+    j_x, _ = jax.jit(lambda *a: j_colorize(jsd, j_iso_score(jsd), *a, **kw))(gray, prior, pn, cn, dn)
+    t_x, _ = t_colorize(tsd, t_iso_score(tsd), *map(nchw, (gray, prior, pn, cn, dn)), **kw)
     start, project = np_colorize_fns(jsd, gray)
     o_x = np_controlled_pc(jsd, np_iso_score(jsd), start, project, prior, pn, cn, dn, predictor,
                            corrector, probability_flow, 0.16, eps, denoise)
@@ -169,7 +199,7 @@ def test_colorize_three_way_float64(kind, predictor, corrector, probability_flow
         mean_eps = oracle.marginal_prob(jsd, gray, np.full(IMG[0], eps))[0]
         np.testing.assert_allclose(to_np(j_x).mean(-1), mean_eps[..., 0], rtol=1e-12, atol=1e-14)
     # A 1-channel gray image is the same input.
-    j_x1, _ = jax.jit(lambda *a: jc.pc_colorize_from_noise(jsd, j_iso_score(jsd), *a, **kw))(
+    j_x1, _ = jax.jit(lambda *a: j_colorize(jsd, j_iso_score(jsd), *a, **kw))(
         gray[..., :1], prior, pn, cn, dn)
     np.testing.assert_allclose(to_np(j_x1), to_np(j_x), rtol=1e-13)
 
@@ -181,12 +211,12 @@ def test_float32_parity(np_rng):
     data = np_rng.standard_normal(IMG).astype(np.float32)
     mask = (np_rng.uniform(size=IMG) < 0.5).astype(np.float32)
     prior, pn, cn, dn = (a.astype(np.float32) for a in _noise(np_rng, N, IMG, 1))
-    j_x, _ = jax.jit(lambda *a: jc.pc_inpaint_from_noise(jsd, j_iso_score(jsd), *a))(data, mask, prior, pn, cn, dn)
-    t_x, _ = tc.pc_inpaint_from_noise(tsd, t_iso_score(tsd), *map(nchw, (data, mask, prior, pn, cn, dn)))
+    j_x, _ = jax.jit(lambda *a: j_inpaint(jsd, j_iso_score(jsd), *a))(data, mask, prior, pn, cn, dn)
+    t_x, _ = t_inpaint(tsd, t_iso_score(tsd), *map(nchw, (data, mask, prior, pn, cn, dn)))
     assert j_x.dtype == jnp.float32 and t_x.dtype == torch.float32
     np.testing.assert_allclose(to_np(j_x), nhwc(t_x), rtol=1e-4, atol=1e-5)
-    j_c, _ = jax.jit(lambda *a: jc.pc_colorize_from_noise(jsd, j_iso_score(jsd), *a))(data, prior, pn, cn, dn)
-    t_c, _ = tc.pc_colorize_from_noise(tsd, t_iso_score(tsd), *map(nchw, (data, prior, pn, cn, dn)))
+    j_c, _ = jax.jit(lambda *a: j_colorize(jsd, j_iso_score(jsd), *a))(data, prior, pn, cn, dn)
+    t_c, _ = t_colorize(tsd, t_iso_score(tsd), *map(nchw, (data, prior, pn, cn, dn)))
     np.testing.assert_allclose(to_np(j_c), nhwc(t_c), rtol=1e-4, atol=1e-5)
 
 
@@ -324,9 +354,10 @@ def test_bad_input(side):
     with pytest.raises(ValueError, match="C = 1 or 3"):
         colorize(conv(np.zeros((2, 2))))
     z = conv(np.zeros((2, 3)))
-    with pytest.raises(ValueError, match="prior_noise must have shape"):
-        mod.pc_inpaint_from_noise(sd, score, data, conv(np.ones((2, 3))), conv(np.zeros((3, 3))))
-    with pytest.raises(ValueError, match="data_noise is required"):
-        mod.pc_inpaint_from_noise(sd, score, data, conv(np.ones((2, 3))), z, conv(np.zeros((5, 2, 3))),
-                                  conv(np.zeros((5, 1, 2, 3))))
+    run = j_inpaint if side == "jax" else t_inpaint
+    with pytest.raises(ValueError, match="x_T must have shape"):
+        run(sd, score, data, conv(np.ones((2, 3))), conv(np.zeros((3, 3))), None, None, None)
+    with pytest.raises(ValueError, match=r"noise\['data'\] is required"):
+        run(sd, score, data, conv(np.ones((2, 3))), z, conv(np.zeros((5, 2, 3))),
+            conv(np.zeros((5, 1, 2, 3))), None)
     assert not called

@@ -54,6 +54,20 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
+def j_start(sde, z):
+    """The start ``x_T = x_hat_0 = sigma_max z`` with the default sigma_max = sigma(T),
+    computed as the drivers do (in z's dtype); ``z`` a JAX array or tracer."""
+    with jax.ensure_compile_time_eval():  # a constant, also when z is traced
+        s_T = jfs.sigma_from_t(sde, jnp.asarray([0.0, sde.T, jfs.DEFAULT_T_MIN], z.dtype))[1]
+    return float(s_T) * z
+
+
+def t_start(sde, z):
+    """The torch twin of ``j_start``."""
+    s_T = tfs.sigma_from_t(sde, torch.tensor([0.0, sde.T, tfs.DEFAULT_T_MIN], dtype=z.dtype))[1]
+    return float(s_T) * z
+
+
 def _pair(kind):
     jcls, tcls = KINDS[kind]
     return jcls(), tcls()
@@ -168,9 +182,9 @@ def test_three_way_float64(kind, names, np_rng):
         churn = "S_churn" in kw
         jkw = dict(kw, noise=jnp.asarray(noise)) if churn else kw
         tkw = dict(kw, noise=torch.as_tensor(noise)) if churn else kw
-        xj, nj = jax.jit(lambda z: getattr(jfs, fn)(None, js, jscore, z.shape, z=z, **jkw))(
+        xj, nj = jax.jit(lambda z: getattr(jfs, fn)(None, js, jscore, z.shape, x_T=j_start(js, z), **jkw))(
             jnp.asarray(z))
-        xt, nt = getattr(tfs, fn)(ts, tscore, z.shape, z=torch.as_tensor(z), **tkw)
+        xt, nt = getattr(tfs, fn)(ts, tscore, z.shape, x_T=t_start(ts, torch.as_tensor(z)), **tkw)
         xo = _np_sample(name, js, z, noise, kw)
         n = kw["num_steps"]
         assert nj == nt == (2 * n - 1 if fn == "edm_heun_sample" else n)
@@ -187,9 +201,9 @@ def test_parity_float32(name, np_rng):
     fn, kw = SAMPLERS[name]
     churn = "S_churn" in kw
     xj, _ = jax.jit(lambda z: getattr(jfs, fn)(
-        None, js, jscore, z.shape, z=z, **(dict(kw, noise=jnp.asarray(noise)) if churn else kw)))(
+        None, js, jscore, z.shape, x_T=j_start(js, z), **(dict(kw, noise=jnp.asarray(noise)) if churn else kw)))(
         jnp.asarray(z))
-    xt, _ = getattr(tfs, fn)(ts, tscore, z.shape, z=torch.as_tensor(z),
+    xt, _ = getattr(tfs, fn)(ts, tscore, z.shape, x_T=t_start(ts, torch.as_tensor(z)),
                              **(dict(kw, noise=torch.as_tensor(noise)) if churn else kw))
     assert xj.dtype == jnp.float32 and xt.dtype == torch.float32
     # ~13 float32 score evaluations (a Cholesky each) and sigma's from t(sigma) in float32:
@@ -233,7 +247,7 @@ def test_convergence_to_closed_form_ode_solution(kind):
     counts = (16, 32, 64)
     for fn in ("edm_heun_sample", "dpm_solver_pp_sample"):
         def run(z, fn=fn):
-            return [getattr(jfs, fn)(None, js, score, z.shape, num_steps=n, z=z)[0] for n in counts]
+            return [getattr(jfs, fn)(None, js, score, z.shape, num_steps=n, x_T=j_start(js, z))[0] for n in counts]
         errs = np.array([np.abs(to_np(x) - exact).max() for x in jax.jit(run)(jnp.asarray(z))])
         orders = -np.diff(np.log(errs)) / math.log(2)
         assert np.all(orders > 1.7) and np.all(orders < 2.6), f"{kind} {fn}: {errs}, {orders}"
@@ -264,11 +278,11 @@ def test_nfe_counts_true_evaluations(np_rng):
 
     for fn, kw in (("edm_heun_sample", dict(num_steps=5)), ("dpm_solver_pp_sample", dict(num_steps=6))):
         calls[0] = tcalls[0] = 0
-        x, nfe = jax.jit(lambda z: getattr(jfs, fn)(None, js, counted, z.shape, z=z, **kw))(
+        x, nfe = jax.jit(lambda z: getattr(jfs, fn)(None, js, counted, z.shape, x_T=j_start(js, z), **kw))(
             jnp.asarray(z))
         jax.block_until_ready(x)
         jax.effects_barrier()
-        _, tnfe = getattr(tfs, fn)(ts, tcounted, z.shape, z=torch.as_tensor(z), **kw)
+        _, tnfe = getattr(tfs, fn)(ts, tcounted, z.shape, x_T=t_start(ts, torch.as_tensor(z)), **kw)
         assert nfe == calls[0] == tnfe == tcalls[0], fn
 
 
@@ -317,7 +331,7 @@ def _never_called(x, t):
     ("dpm_solver_pp_sample", dict(sigma_min=5.0, sigma_max=1.0), ValueError, "sigma_min must be < sigma_max"),
     ("edm_heun_sample", dict(S_churn=-1.0), ValueError, "S_churn must be >= 0"),
     ("edm_heun_sample", dict(rho=0.0), ValueError, "rho must be > 0"),
-    ("edm_heun_sample", dict(z=np.zeros((3, 2))), ValueError, r"z must have shape \(4, 2\)"),
+    ("edm_heun_sample", dict(x_T=np.zeros((3, 2))), ValueError, r"x_T must have shape \(4, 2\)"),
     ("edm_heun_sample", dict(S_churn=1.0, num_steps=3, noise=np.zeros((2, 4, 2))), ValueError,
      r"noise must have shape \(3, 4, 2\)"),
     ("edm_heun_sample", dict(noise=np.zeros((18, 4, 2))), ValueError, "only used with S_churn > 0"),

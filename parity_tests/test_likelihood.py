@@ -118,10 +118,10 @@ def test_likelihood_parity_fixed_step_float64(kind, np_rng):
     for hutchinson in (None, "gaussian"):
         kw = dict(method="rk4", num_steps=8, hutchinson=hutchinson)
         jl, jz, jn = jax.jit(lambda x, e: jode.likelihood(
-            None, js, jscore, x, epsilon=None if hutchinson is None else e, **kw))(
+            None, js, jscore, x, noise=None if hutchinson is None else e, **kw))(
             jnp.asarray(x), jnp.asarray(e))
         tl, tz, tn = tode.likelihood(ts, tscore, torch.as_tensor(x),
-                                     epsilon=None if hutchinson is None else torch.as_tensor(e), **kw)
+                                     noise=None if hutchinson is None else torch.as_tensor(e), **kw)
         assert jl.shape == (6,) and jz.shape == x.shape and jn == tn == 32
         np.testing.assert_allclose(to_np(jl), to_np(tl), rtol=1e-10, atol=1e-10, err_msg=str(hutchinson))
         np.testing.assert_allclose(to_np(jz), to_np(tz), rtol=1e-10, atol=1e-12, err_msg=str(hutchinson))
@@ -266,7 +266,8 @@ def test_bits_per_dim_offsets_against_closed_form(centered):
     k, u = _pixels(24, seed=4)
     x = 2 * k / 255 - 1 if centered else k / 255
     eps, D = 1e-5, 2
-    bpd, z, _ = jax.jit(lambda x, u: jode.bits_per_dim(None, js, score, x, centered=centered, u=u,
+    bpd, z, _ = jax.jit(lambda x, u: jode.bits_per_dim(None, js, score, x, centered=centered,
+                                                       noise={"dequantization": u},
                                                        rtol=1e-7, atol=1e-7, eps=eps))(
         jnp.asarray(x), jnp.asarray(u))
     bpd, z = np.asarray(bpd), np.asarray(z)
@@ -286,9 +287,9 @@ def test_bits_per_dim_parity_and_plumbing(np_rng):
     x = 2 * k / 255 - 1
     kw = dict(centered=True, method="rk4", num_steps=6)
     jb, _, jn = jax.jit(lambda x, u: jode.bits_per_dim(
-        None, js, jgmm.score_fn_for_sde(js, MIX_Y), x, u=u, **kw))(jnp.asarray(x), jnp.asarray(u))
+        None, js, jgmm.score_fn_for_sde(js, MIX_Y), x, noise={"dequantization": u}, **kw))(jnp.asarray(x), jnp.asarray(u))
     tb, _, tn = tode.bits_per_dim(ts, tgmm.score_fn_for_sde(ts, MIX_Y), torch.as_tensor(x),
-                                  u=torch.as_tensor(u), **kw)
+                                  noise={"dequantization": torch.as_tensor(u)}, **kw)
     assert jn == tn == 24
     np.testing.assert_allclose(to_np(jb), to_np(tb), rtol=1e-10)
     # no dequantization: x is taken as the continuous y itself, same offset
@@ -321,7 +322,7 @@ def test_torch_tsit5_bits_per_dim_against_closed_form():
     k, u = _pixels(8, seed=4)
     x, eps, D = 2 * k / 255 - 1, 1e-5, 2
     bpd, z, _ = tode.bits_per_dim(ts, tgmm.score_fn_for_sde(ts, MIX_Y), torch.as_tensor(x),
-                                  centered=True, u=torch.as_tensor(u), rtol=1e-7, atol=1e-7,
+                                  centered=True, noise={"dequantization": torch.as_tensor(u)}, rtol=1e-7, atol=1e-7,
                                   eps=eps, method="tsit5")
     bpd, z = to_np(bpd), to_np(z)
     y = 2 * (k + u) / 256 - 1
@@ -367,8 +368,8 @@ def _never_called(x, t):
     (dict(rtol=0.0), "rtol must be > 0"),
     (dict(eps=0.0), r"eps must lie in the open interval \(0, T\)"),
     (dict(eps=1.5), r"eps must lie in the open interval \(0, T\)"),
-    (dict(hutchinson="gaussian", epsilon=np.zeros((3, 2))), r"epsilon must have shape \(4, 2\)"),
-    (dict(epsilon=np.zeros((4, 2))), "hutchinson is None"),
+    (dict(hutchinson="gaussian", noise=np.zeros((3, 2))), r"noise must have shape \(4, 2\)"),
+    (dict(noise=np.zeros((4, 2))), "hutchinson is None"),
 ])
 def test_likelihood_bad_arguments(kwargs, match):
     js, ts = _pair("vp")
@@ -391,10 +392,11 @@ def test_bits_per_dim_and_shape_errors():
         jode.bits_per_dim(jax.random.PRNGKey(0), js, _never_called, -jnp.ones((4, 2)))
     with pytest.raises(ValueError, match=r"x must lie in \[0.0, 1\]"):
         tode.bits_per_dim(ts, _never_called, -torch.ones((4, 2), dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"u must have shape \(4, 2\)"):
-        jode.bits_per_dim(None, js, _never_called, jnp.zeros((4, 2)), u=jnp.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"noise\['dequantization'\] must have shape \(4, 2\)"):
+        jode.bits_per_dim(None, js, _never_called, jnp.zeros((4, 2)),
+                          noise={"dequantization": jnp.zeros((2, 2))})
     with pytest.raises(ValueError, match="dequantize is False"):
         tode.bits_per_dim(ts, _never_called, torch.zeros((4, 2)), dequantize=False,
-                          u=torch.zeros((4, 2)))
+                          noise={"dequantization": torch.zeros((4, 2))})
     with pytest.raises(ValueError, match="num_levels must be >= 2"):
         jode.bits_per_dim(None, js, _never_called, jnp.zeros((4, 2)), num_levels=1)

@@ -142,10 +142,10 @@ def test_fixed_step_three_way_float64(kind, methods, np_rng):
     for method in methods:
         for denoise in (False, True):
             run = jax.jit(lambda z, m=method, d=denoise: jode.ode_sample(
-                None, js, jscore, z.shape, method=m, num_steps=n, eps=eps, denoise=d, z=z))
+                None, js, jscore, z.shape, method=m, num_steps=n, eps=eps, denoise=d, x_T=js.prior_from_noise(z)))
             xj, nj = run(jnp.asarray(z))
             xt, nt = tode.ode_sample(ts, tscore, z.shape, method=method, num_steps=n, eps=eps,
-                                     denoise=denoise, z=torch.as_tensor(z))
+                                     denoise=denoise, x_T=ts.prior_from_noise(torch.as_tensor(z)))
             xo = _np_solve(js, MIX, np.asarray(js.prior_from_noise(z)), method, n, 1.0, eps)
             if denoise:
                 xo = _np_denoise(js, MIX, xo, eps)
@@ -161,8 +161,8 @@ def test_fixed_step_parity_float32(np_rng):
     jscore, tscore = _scores(js, ts)
     z = np_rng.standard_normal((16, 2)).astype(np.float32)
     xj, _ = jax.jit(lambda z: jode.ode_sample(None, js, jscore, z.shape, method="rk4",
-                                              num_steps=10, z=z))(jnp.asarray(z))
-    xt, _ = tode.ode_sample(ts, tscore, z.shape, method="rk4", num_steps=10, z=torch.as_tensor(z))
+                                              num_steps=10, x_T=js.prior_from_noise(z)))(jnp.asarray(z))
+    xt, _ = tode.ode_sample(ts, tscore, z.shape, method="rk4", num_steps=10, x_T=ts.prior_from_noise(torch.as_tensor(z)))
     assert xj.dtype == jnp.float32 and xt.dtype == torch.float32
     # 40 score evaluations in float32 through a Cholesky each: 10x the one-op tolerance.
     t32 = tol(np.float32)
@@ -178,15 +178,15 @@ def test_adaptive_jax_vs_torch_within_tolerance(kind, np_rng):
 
     def jrun(method, r):
         return jax.jit(lambda z: jode.ode_sample(None, js, jscore, z.shape, method=method,
-                                                 rtol=r, atol=r, z=z, max_steps=20000))(jnp.asarray(z))
+                                                 rtol=r, atol=r, x_T=js.prior_from_noise(z), max_steps=20000))(jnp.asarray(z))
 
     ref, _ = jrun("dopri5", tight)
     xj, _ = jrun("dopri5", loose)
     xs, _ = jrun("tsit5", loose)
     xt, _ = tode.ode_sample(ts, tscore, z.shape, method="dopri5", rtol=loose, atol=loose,
-                            z=torch.as_tensor(z))
+                            x_T=ts.prior_from_noise(torch.as_tensor(z)))
     xts, _ = tode.ode_sample(ts, tscore, z.shape, method="tsit5", rtol=loose, atol=loose,
-                             z=torch.as_tensor(z))
+                             x_T=ts.prior_from_noise(torch.as_tensor(z)))
     assert xts.dtype == torch.float64
     # rtol = atol bounds the local error per step; over the ~40-300 steps to eps, where
     # the mixture's score sharpens, the global error measured is 1-30x that: allow 100x.
@@ -218,7 +218,7 @@ def test_nfe_counts_true_evaluations(np_rng):
     for method in ("dopri5", "tsit5"):
         calls[0] = 0
         x, nfe = jax.jit(lambda z, m=method: jode.ode_sample(
-            None, js, counted_jscore, z.shape, method=m, z=z, denoise=True))(jnp.asarray(z))
+            None, js, counted_jscore, z.shape, method=m, x_T=js.prior_from_noise(z), denoise=True))(jnp.asarray(z))
         jax.block_until_ready(x)
         jax.effects_barrier()
         assert int(nfe) == calls[0], method
@@ -232,7 +232,7 @@ def test_nfe_counts_true_evaluations(np_rng):
     for method, n in (("dopri5", None), ("tsit5", None), ("heun", 5)):
         tcalls[0] = 0
         _, nfe = tode.ode_sample(ts, counted_tscore, z.shape, method=method, num_steps=n,
-                                 z=torch.as_tensor(z), denoise=True)
+                                 x_T=ts.prior_from_noise(torch.as_tensor(z)), denoise=True)
         assert nfe == tcalls[0], method
         if method == "tsit5":  # 2 (initial step) + 6 per attempted step (FSAL) + 1 denoise
             assert (nfe - 3) % 6 == 0 and nfe > 3, nfe
@@ -275,7 +275,7 @@ def test_convergence_orders_on_closed_form_ode():
         # one program for all step counts (one compile per method)
         def run(z):
             return [jode.ode_sample(None, js, score, z.shape, method=method, num_steps=n,
-                                    eps=eps, z=z)[0] for n in counts]
+                                    eps=eps, x_T=js.prior_from_noise(z))[0] for n in counts]
         return [np.abs(to_np(x) - exact).max() for x in jax.jit(run)(jnp.asarray(z))]
 
     for method, order, counts in (("euler", 1, (50, 100, 200)), ("heun", 2, (25, 50, 100)),
@@ -302,7 +302,7 @@ def test_torch_tsit5_against_closed_form_both_directions():
     errs = []
     for r in (1e-5, 1e-10):
         x, _ = tode.ode_sample(ts, score, z.shape, method="tsit5", rtol=r, atol=r, eps=eps,
-                               z=torch.as_tensor(z))
+                               x_T=ts.prior_from_noise(torch.as_tensor(z)))
         errs.append(np.abs(to_np(x) - exact).max())
     assert errs[1] < 1e-8 and errs[1] < errs[0], errs
     drift = lambda y, t: tode.probability_flow_drift(ts, score, y, t)  # noqa: E731
@@ -317,7 +317,7 @@ def test_torch_tsit5_max_steps_raises():
     score = tgmm.score_fn_for_sde(ts, MIX)
     with pytest.raises(RuntimeError, match="max_steps=3"):
         tode.ode_sample(ts, score, (4, 2), method="tsit5", rtol=1e-9, atol=1e-9, max_steps=3,
-                        z=torch.zeros(4, 2, dtype=torch.float64))
+                        x_T=torch.zeros(4, 2, dtype=torch.float64))
 
 
 # --------------------------------------------------------- jit / vmap / grad
@@ -361,7 +361,7 @@ def test_grad_of_sample_statistic_matches_finite_differences(method):
     kw = dict(num_steps=10) if method == "rk4" else dict(rtol=1e-10, atol=1e-10)
 
     def stat(theta):
-        x, _ = jode.ode_sample(None, js, _param_score(js, theta), z.shape, method=method, z=z, **kw)
+        x, _ = jode.ode_sample(None, js, _param_score(js, theta), z.shape, method=method, x_T=js.prior_from_noise(z), **kw)
         return jnp.mean(x[:, 0] + 2.0 * x[:, 1] ** 2)
 
     theta0, h = 0.9, 1e-4
@@ -391,7 +391,7 @@ def _never_called(x, t):
     (dict(method="dopri5", num_steps=10), ValueError, "num_steps applies to the fixed-step"),
     (dict(eps=0.0), ValueError, r"eps must lie in the open interval \(0, T\)"),
     (dict(eps=1.0), ValueError, r"eps must lie in the open interval \(0, T\)"),
-    (dict(z=np.zeros((5, 2))), ValueError, r"z must have shape \(4, 2\)"),
+    (dict(x_T=np.zeros((5, 2))), ValueError, r"x_T must have shape \(4, 2\)"),
     (dict(max_steps=0), ValueError, "max_steps must be >= 1"),
 ])
 def test_bad_arguments_raise_before_compilation(kwargs, exc, match):

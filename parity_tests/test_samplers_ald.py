@@ -64,8 +64,9 @@ def test_ald_three_way_float64(denoise, final_only, np_rng):
     x0 = np_rng.standard_normal((5, 2)) * 3.0
     noise = np_rng.standard_normal((4 * n, 5, 2))
     kw = dict(n_steps_each=n, step_lr=lr, denoise=denoise, final_only=final_only)
-    j_out, j_nfe = jax.jit(lambda x, z: js.ald_sample_from_noise(sigmas, j_score, x, z, **kw))(x0, noise)
-    t_out, t_nfe = ts.ald_sample_from_noise(sigmas, t_score, torch.as_tensor(x0), torch.as_tensor(noise), **kw)
+    j_out, j_nfe = jax.jit(lambda x, z: js.ald_sample(None, sigmas, j_score, x.shape, x_T=x, noise=z, **kw))(x0, noise)
+    t_out, t_nfe = ts.ald_sample(sigmas, t_score, x0.shape, x_T=torch.as_tensor(x0),
+                                  noise=torch.as_tensor(noise), **kw)
     o_out = np_ald(np_score, sigmas, x0, noise, n, lr, denoise, final_only)
     expected_shape = (5, 2) if final_only else (4 * n + denoise, 5, 2)
     assert j_out.shape == tuple(t_out.shape) == o_out.shape == expected_shape
@@ -82,8 +83,9 @@ def test_ald_float32_parity(np_rng):
     x0 = (np_rng.standard_normal((6, 2)) * 3.0).astype(np.float32)
     noise = np_rng.standard_normal((40, 6, 2)).astype(np.float32)
     kw = dict(n_steps_each=10, step_lr=1e-3)
-    j_out, _ = jax.jit(lambda x, z: js.ald_sample_from_noise(sigmas, j_score, x, z, **kw))(x0, noise)
-    t_out, _ = ts.ald_sample_from_noise(sigmas, t_score, torch.as_tensor(x0), torch.as_tensor(noise), **kw)
+    j_out, _ = jax.jit(lambda x, z: js.ald_sample(None, sigmas, j_score, x.shape, x_T=x, noise=z, **kw))(x0, noise)
+    t_out, _ = ts.ald_sample(sigmas, t_score, x0.shape, x_T=torch.as_tensor(x0),
+                                  noise=torch.as_tensor(noise), **kw)
     assert j_out.dtype == jnp.float32 and t_out.dtype == torch.float32
     np.testing.assert_allclose(to_np(j_out), to_np(t_out), rtol=1e-4, atol=1e-5)
     o_out = np_ald(np_score, sigmas, x0.astype(np.float64), noise.astype(np.float64), 10, 1e-3, True, True)
@@ -162,10 +164,10 @@ def test_ald_driver_key_generator_and_x_init():
     a, b = f(jax.random.PRNGKey(0)), f(jax.random.PRNGKey(1))
     assert len(traces) == 1 and not np.allclose(a, b)  # a new key does not recompile
     np.testing.assert_array_equal(a, f(jax.random.PRNGKey(0)))
-    # An explicit x_init is used (and its dtype kept); vmap over keys works.
+    # An explicit x_T is used (and its dtype kept); vmap over keys works.
     x_init = jnp.zeros((4, 2), jnp.float64)
     out, _ = jax.jit(lambda k, x0: js.ald_sample(k, sigmas, j_score, (4, 2), n_steps_each=5, step_lr=1e-3,
-                                                 x_init=x0, final_only=False, denoise=False))(
+                                                 x_T=x0, final_only=False, denoise=False))(
         jax.random.PRNGKey(0), x_init)
     assert out.shape == (15, 4, 2) and out.dtype == jnp.float64
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
@@ -200,12 +202,11 @@ def test_ald_bad_input(side):
         (dict(n_steps_each=0), ValueError, "n_steps_each must be >= 1"),
         (dict(step_lr=0.0), ValueError, "step_lr must be > 0"),
         (dict(shape=(0, 2)), ValueError, r"shape\[0\] must be >= 1"),
-        (dict(x_init=conv(np.zeros((3, 2)))), ValueError, "x_init must have shape"),
+        (dict(x_T=conv(np.zeros((3, 2)))), ValueError, "x_T must have shape"),
     ]
     for kw, err, msg in cases:
         with pytest.raises(err, match=msg):
             run(**kw)
     with pytest.raises(ValueError, match="noise must have shape"):
-        mod.ald_sample_from_noise((1.0, 0.1), score, conv(np.zeros((2, 2))), conv(np.zeros((3, 2, 2))),
-                                  n_steps_each=2)
+        run(x_T=conv(np.zeros((2, 2))), noise=conv(np.zeros((3, 2, 2))), n_steps_each=2)
     assert not called

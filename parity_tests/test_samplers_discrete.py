@@ -708,11 +708,14 @@ def _bad_input_cases(fw):
         pre.append((lambda: js.ddpm_sample(None, d, m2, (4, 2)), TypeError, "rng must be a jax.random key"))
     else:
         pre.append((lambda: ts.ddpm_sample(d, m2, (4, 2), generator=5), TypeError,
-                    "generator must be a torch.Generator"))
-    post = [  # the model output is checked on the first (traced) call, before any compute
-        (lambda: ddpm(d_lr, m2, (4, 2)), ValueError, "model_output must have shape (4, 4)"),
-        (lambda: ddim(d_lr, m2, (4, 2)), ValueError, "model_output must have shape (4, 4)"),
-        (lambda: mod.ddim_invert(d_lr, m2, arr((4, 2))), ValueError, "model_output must have shape (4, 4)"),
+                    "generator must be None or a torch.Generator"))
+    # the model output is checked on the first (traced) call, before any compute, naming
+    # the function (a learned variance doubles the channels)
+    msg = "model_fn returned shape (4, 2) for x of shape (4, 2); expected (4, 4)"
+    post = [
+        (lambda: ddpm(d_lr, m2, (4, 2)), ValueError, msg),
+        (lambda: ddim(d_lr, m2, (4, 2)), ValueError, msg),
+        (lambda: mod.ddim_invert(d_lr, m2, arr((4, 2))), ValueError, msg),
     ]
     return pre, post, calls
 

@@ -41,6 +41,23 @@ def make_pair(kind, N):
     return jcls(N=N, **kw), tcls(N=N, **kw)
 
 
+def j_pc(sde, score_fn, prior, pnoise=None, cnoise=None, **kw):
+    """``pc_sample`` on pre-drawn noise: the prior noise z (``x_T = prior_from_noise(z)``)
+    and the predictor / corrector step noise ``[N, ...]``."""
+    prior = jnp.asarray(prior)
+    return js.pc_sample(None, sde, score_fn, prior.shape, x_T=sde.prior_from_noise(prior),
+                        noise={"predictor": pnoise, "corrector": cnoise}, **kw)
+
+
+def t_pc(sde, score_fn, prior, pnoise=None, cnoise=None, **kw):
+    """The torch twin of ``j_pc`` (numpy or tensor inputs)."""
+    prior = torch.as_tensor(prior)
+    noise = {k: None if v is None else torch.as_tensor(v)
+             for k, v in (("predictor", pnoise), ("corrector", cnoise))}
+    return ts.pc_sample(sde, score_fn, tuple(prior.shape), x_T=sde.prior_from_noise(prior),
+                        noise=noise, **kw)
+
+
 def supported(kind, predictor, probability_flow):
     if predictor == "ancestral_sampling":
         return kind != "subvp" and not probability_flow
@@ -241,9 +258,9 @@ def test_pc_trajectory_three_way_float64(predictor, probability_flow, corrector,
 
     for denoise in (True, False) if corrector == "langevin" else (True,):
         kw = {**kw, "denoise": denoise}
-        run = jax.jit(lambda *a, kw=kw: js.pc_sample_from_noise(jsd, j_iso_score(jsd), *a, **kw))
+        run = jax.jit(lambda *a, kw=kw: j_pc(jsd, j_iso_score(jsd), *a, **kw))
         j_x, j_nfe = run(prior, pnoise, cnoise)
-        t_x, t_nfe = ts.pc_sample_from_noise(tsd, t_iso_score(tsd), *map(torch.as_tensor, (prior, pnoise, cnoise)), **kw)
+        t_x, t_nfe = t_pc(tsd, t_iso_score(tsd), *map(torch.as_tensor, (prior, pnoise, cnoise)), **kw)
         o_x = np_pc_sample(jsd, np_iso_score(jsd), prior, pnoise, cnoise, predictor, corrector,
                            probability_flow, snr, eps, denoise)
         np.testing.assert_allclose(to_np(j_x), to_np(t_x), rtol=1e-9, atol=1e-11)
@@ -259,9 +276,9 @@ def test_pc_trajectory_gmm_three_way_float64(kind, np_rng):
     N = 25
     jsd, tsd = make_pair(kind, N)
     prior, pnoise, cnoise = _noise(np_rng, N, (6, 2))
-    j_x, _ = jax.jit(lambda *a: js.pc_sample_from_noise(jsd, jgmm.score_fn_for_sde(jsd, mix), *a))(
+    j_x, _ = jax.jit(lambda *a: j_pc(jsd, jgmm.score_fn_for_sde(jsd, mix), *a))(
         prior, pnoise, cnoise)
-    t_x, _ = ts.pc_sample_from_noise(tsd, tgmm.score_fn_for_sde(tsd, mix), *map(torch.as_tensor, (prior, pnoise, cnoise)))
+    t_x, _ = t_pc(tsd, tgmm.score_fn_for_sde(tsd, mix), *map(torch.as_tensor, (prior, pnoise, cnoise)))
     eps = grids.default_pc_eps(jsd)
     o_x = np_pc_sample(jsd, np_gmm_score(jsd, mix), prior, pnoise, cnoise, "reverse_diffusion",
                        "langevin", False, 0.16, eps, True)
@@ -281,8 +298,8 @@ def test_pc_trajectory_float32(kind, predictor, corrector, np_rng):
     jsd, tsd = make_pair(kind, N)
     prior, pnoise, cnoise = (a.astype(np.float32) for a in _noise(np_rng, N, IMG))
     kw = dict(predictor=predictor, corrector=corrector)
-    j_x, _ = jax.jit(lambda *a: js.pc_sample_from_noise(jsd, j_iso_score(jsd), *a, **kw))(prior, pnoise, cnoise)
-    t_x, _ = ts.pc_sample_from_noise(tsd, t_iso_score(tsd), *map(torch.as_tensor, (prior, pnoise, cnoise)), **kw)
+    j_x, _ = jax.jit(lambda *a: j_pc(jsd, j_iso_score(jsd), *a, **kw))(prior, pnoise, cnoise)
+    t_x, _ = t_pc(tsd, t_iso_score(tsd), *map(torch.as_tensor, (prior, pnoise, cnoise)), **kw)
     assert to_np(j_x).dtype == np.float32 and to_np(t_x).dtype == np.float32
     np.testing.assert_allclose(to_np(j_x), to_np(t_x), rtol=1e-4, atol=1e-5)
     o_x = np_pc_sample(jsd, np_iso_score(jsd), *(a.astype(np.float64) for a in (prior, pnoise, cnoise)),
@@ -453,7 +470,7 @@ def test_key_and_generator_drivers_are_reproducible():
 
 def test_steps_compose_by_hand(np_rng):
     """Users can combine step functions: a hand-written loop of corrector + predictor steps
-    reproduces pc_sample_from_noise."""
+    reproduces pc_sample on the same pre-drawn noise."""
     jsd, _ = make_pair("ve", 5)
     sf = j_iso_score(jsd)
     prior, pnoise, cnoise = _noise(np_rng, 5, (3, 2))
@@ -465,7 +482,7 @@ def test_steps_compose_by_hand(np_rng):
         vec_t = jnp.full((3,), t)
         x, _ = cstep(x, vec_t, cnoise[i])
         x, x_mean = pstep(x, vec_t, pnoise[i])
-    out, _ = js.pc_sample_from_noise(jsd, sf, prior, pnoise, cnoise)
+    out, _ = j_pc(jsd, sf, prior, pnoise, cnoise)
     np.testing.assert_allclose(out, x_mean, rtol=1e-13)
 
 
@@ -519,15 +536,22 @@ def test_from_noise_shape_errors(side, np_rng):
     conv = jnp.asarray if side == "jax" else torch.as_tensor
     prior, pnoise, cnoise = (conv(a) for a in _noise(np_rng, 25, (3, 2)))
     sf = lambda x, t: -x  # noqa: E731
-    with pytest.raises(ValueError, match="predictor_noise must have shape"):
-        mod.pc_sample_from_noise(sd, sf, prior, pnoise[:3], cnoise)
-    with pytest.raises(ValueError, match="corrector_noise must have shape"):
-        mod.pc_sample_from_noise(sd, sf, prior, pnoise, cnoise, n_steps=2)
-    with pytest.raises(ValueError, match="corrector_noise is required"):
-        mod.pc_sample_from_noise(sd, sf, prior, pnoise, None)
+    run = j_pc if side == "jax" else t_pc
+    with pytest.raises(ValueError, match=r"noise\['predictor'\] must have shape"):
+        run(sd, sf, prior, pnoise[:3], cnoise)
+    with pytest.raises(ValueError, match=r"noise\['corrector'\] must have shape"):
+        run(sd, sf, prior, pnoise, cnoise, n_steps=2)
+    with pytest.raises(ValueError, match=r"noise\['corrector'\] is required"):
+        run(sd, sf, prior, pnoise, None)
     # Unused noise may be omitted: deterministic predictor, no corrector.
-    out, nfe = mod.pc_sample_from_noise(sd, sf, prior, None, None, corrector="none", probability_flow=True)
+    out, nfe = run(sd, sf, prior, None, None, corrector="none", probability_flow=True)
     assert tuple(out.shape) == (3, 2) and nfe == 25
+    # The same without any noise dict and without a key: nothing is random after x_T.
+    x_T = sd.prior_from_noise(prior)
+    out2, _ = (mod.pc_sample(None, sd, sf, (3, 2), x_T=x_T, corrector="none", probability_flow=True)
+               if side == "jax" else
+               mod.pc_sample(sd, sf, (3, 2), x_T=x_T, corrector="none", probability_flow=True))
+    np.testing.assert_array_equal(to_np(out2), to_np(out))
 
 
 def test_grid_is_official_linspace():
@@ -574,7 +598,8 @@ def score(x, t):
     return -(x - 0.3 * a) / (0.49 * a**2 + s[:, None] ** 2)
 rng = np.random.default_rng(0)
 prior, pn, cn = rng.standard_normal((8, 2)), rng.standard_normal((25, 8, 2)), rng.standard_normal((25, 1, 8, 2))
-f = jax.jit(lambda a, b, c: samplers.pc_sample_from_noise(vp, score, a, b, c)[0])
+f = jax.jit(lambda a, b, c: samplers.pc_sample(None, vp, score, a.shape, x_T=a,
+                                                noise={"predictor": b, "corrector": c})[0])
 mesh = jax.make_mesh((2,), ("data",))
 put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))
 one = np.asarray(f(prior, pn, cn))

@@ -7,7 +7,7 @@ run in JAX (one jitted program per sampler, float32) and in the PyTorch referenc
 each sampler the demo prints:
 
   * ``jax-torch``: max |x_jax - x_torch| of the two frameworks on shared noise (the same
-    numpy-drawn noise fed to both ``*_from_noise`` / ``z=`` / ``noise=`` paths, float32);
+    numpy-drawn start ``x_T=`` and step ``noise=`` fed to both samplers, float32);
   * the distance of the JAX samples to the true mixture -- sliced Wasserstein-1 against a
     large exact reference sample (SW1), the largest error of the mean, of the covariance
     entries and of the component weights (mean responsibilities) -- and SW1 of the torch
@@ -156,8 +156,12 @@ def build_samplers(mixture, sizes: DemoSizes) -> list[DemoSampler]:
             jax_run=lambda key, jsd=jsd, jsf=jsf: jsamplers.pc_sample(key, jsd, jsf, (sizes.n, 2), dtype=f32),
             torch_run=lambda g, tsd=tsd, tsf=tsf: tsamplers.pc_sample(tsd, tsf, (sizes.n, 2), generator=g, dtype=t32),
             make_noise=lambda rng, n, N=N: (nrm(rng, n, 2), nrm(rng, N, n, 2), nrm(rng, N, 1, n, 2)),
-            jax_from_noise=lambda *z, jsd=jsd, jsf=jsf: jsamplers.pc_sample_from_noise(jsd, jsf, *z)[0],
-            torch_from_noise=lambda *z, tsd=tsd, tsf=tsf: tsamplers.pc_sample_from_noise(tsd, tsf, *map(T, z))[0],
+            jax_from_noise=lambda z, pn, cn, jsd=jsd, jsf=jsf: jsamplers.pc_sample(
+                None, jsd, jsf, z.shape, x_T=jsd.prior_from_noise(z),
+                noise={"predictor": pn, "corrector": cn})[0],
+            torch_from_noise=lambda z, pn, cn, tsd=tsd, tsf=tsf: tsamplers.pc_sample(
+                tsd, tsf, tuple(z.shape), x_T=tsd.prior_from_noise(T(z)),
+                noise={"predictor": T(pn), "corrector": T(cn)})[0],
         ))
 
     # -- annealed Langevin dynamics (NCSN) ----------------------------------------------
@@ -170,8 +174,10 @@ def build_samplers(mixture, sizes: DemoSizes) -> list[DemoSampler]:
         jax_run=lambda key: jsamplers.ald_sample(key, sigmas, j_lvl, (sizes.n, 2), dtype=f32, **ald_kw),
         torch_run=lambda g: tsamplers.ald_sample(sigmas, t_lvl, (sizes.n, 2), generator=g, dtype=t32, **ald_kw),
         make_noise=lambda rng, n: (nrm(rng, n, 2) * np.float32(sigmas[0]), nrm(rng, S, n, 2)),
-        jax_from_noise=lambda x0, z: jsamplers.ald_sample_from_noise(sigmas, j_lvl, x0, z, **ald_kw)[0],
-        torch_from_noise=lambda x0, z: tsamplers.ald_sample_from_noise(sigmas, t_lvl, T(x0), T(z), **ald_kw)[0],
+        jax_from_noise=lambda x0, z: jsamplers.ald_sample(None, sigmas, j_lvl, x0.shape, x_T=x0, noise=z,
+                                                          **ald_kw)[0],
+        torch_from_noise=lambda x0, z: tsamplers.ald_sample(sigmas, t_lvl, tuple(x0.shape), x_T=T(x0),
+                                                            noise=T(z), **ald_kw)[0],
     ))
 
     vp_j, vp_t = jsde.VPSDE(), tsde.VPSDE()
@@ -184,8 +190,10 @@ def build_samplers(mixture, sizes: DemoSizes) -> list[DemoSampler]:
         jax_run=lambda key: jode.ode_sample(key, vp_j, vp_jsf, (sizes.n, 2), dtype=f32, **kw),
         torch_run=lambda g: tode.ode_sample(vp_t, vp_tsf, (sizes.n, 2), generator=g, dtype=t32, **kw),
         make_noise=lambda rng, n: (nrm(rng, n, 2),),
-        jax_from_noise=lambda z: jode.ode_sample(None, vp_j, vp_jsf, z.shape, z=z, **kw)[0],
-        torch_from_noise=lambda z: tode.ode_sample(vp_t, vp_tsf, tuple(z.shape), z=T(z), **kw)[0],
+        jax_from_noise=lambda z: jode.ode_sample(None, vp_j, vp_jsf, z.shape, x_T=vp_j.prior_from_noise(z),
+                                                 **kw)[0],
+        torch_from_noise=lambda z: tode.ode_sample(vp_t, vp_tsf, tuple(z.shape),
+                                                   x_T=vp_t.prior_from_noise(T(z)), **kw)[0],
     ))
 
     # -- DDPM / DDIM on the discrete VP process ---------------------------------------
@@ -213,6 +221,9 @@ def build_samplers(mixture, sizes: DemoSizes) -> list[DemoSampler]:
         ))
 
     # -- EDM Heun and DPM-Solver++(2M) ----------------------------------------------------
+    # Both start at x_hat_0 = sigma_max z with sigma_max = sigma(T), computed in float32 as
+    # the drivers do; the shared start is that array.
+    s_T = float(jfast.sigma_from_t(vp_j, jnp.asarray([0.0, vp_j.T, jfast.DEFAULT_T_MIN], f32))[1])
     for label, fn in ((f"EDM Heun ({sizes.fast_steps} levels)", "edm_heun_sample"),
                       (f"DPM-Solver++(2M) ({sizes.fast_steps} steps)", "dpm_solver_pp_sample")):
         jf, tf = getattr(jfast, fn), getattr(tfast, fn)
@@ -220,9 +231,11 @@ def build_samplers(mixture, sizes: DemoSizes) -> list[DemoSampler]:
             label,
             jax_run=lambda key, jf=jf: jf(key, vp_j, vp_jsf, (sizes.n, 2), num_steps=sizes.fast_steps, dtype=f32),
             torch_run=lambda g, tf=tf: tf(vp_t, vp_tsf, (sizes.n, 2), num_steps=sizes.fast_steps, generator=g, dtype=t32),
-            make_noise=lambda rng, n: (nrm(rng, n, 2),),
-            jax_from_noise=lambda z, jf=jf: jf(None, vp_j, vp_jsf, z.shape, num_steps=sizes.fast_steps, z=z)[0],
-            torch_from_noise=lambda z, tf=tf: tf(vp_t, vp_tsf, tuple(z.shape), num_steps=sizes.fast_steps, z=T(z))[0],
+            make_noise=lambda rng, n: (nrm(rng, n, 2) * np.float32(s_T),),
+            jax_from_noise=lambda x_T, jf=jf: jf(None, vp_j, vp_jsf, x_T.shape, num_steps=sizes.fast_steps,
+                                                 x_T=x_T)[0],
+            torch_from_noise=lambda x_T, tf=tf: tf(vp_t, vp_tsf, tuple(x_T.shape), num_steps=sizes.fast_steps,
+                                                   x_T=T(x_T))[0],
         ))
     return out
 

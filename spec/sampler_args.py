@@ -11,7 +11,7 @@ array (tracers included) or a torch tensor without converting it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -24,6 +24,8 @@ __all__ = [
     "ADAPTIVE_METHODS",
     "ODE_METHODS",
     "HUTCHINSON_TYPES",
+    "BPD_NOISE_KEYS",
+    "split_bpd_noise",
     "EVALS_PER_STEP",
     "DPM_GRIDS",
     "DEFAULT_T_MIN",
@@ -31,9 +33,12 @@ __all__ = [
     "check_sample_shape",
     "check_callable",
     "check_noise",
+    "checked_fn",
+    "PC_NOISE_KEYS",
+    "check_component",
     "pc_nfe",
     "pc_noise_shapes",
-    "stack_step_noise",
+    "check_step_noise",
     "ald_nfe",
     "check_ddim_eta",
     "check_ode_method",
@@ -54,6 +59,9 @@ ADAPTIVE_METHODS = ("dopri5", "tsit5")
 ODE_METHODS = FIXED_STEP_METHODS + ADAPTIVE_METHODS
 HUTCHINSON_TYPES = (None, "gaussian", "rademacher")
 """``None``: exact divergence; otherwise the Hutchinson-Skilling probe distribution."""
+BPD_NOISE_KEYS = ("dequantization", "hutchinson")
+"""The keys of ``bits_per_dim``'s pre-drawn ``noise`` dict: the dequantization noise ``u``
+``[B, ...]`` in [0, 1) and the Hutchinson probe ``[B, ...]``."""
 EVALS_PER_STEP = {"euler": 1, "heun": 2, "rk4": 4}
 """Score evaluations per step of each fixed-step ODE method."""
 
@@ -107,45 +115,102 @@ def check_noise(name: str, z, shape) -> None:
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(np.shape(z))}")
 
 
+def checked_fn(fn_name: str, fn, check_output, shape_of=None):
+    """``fn`` wrapped so that every call checks what it returns:
+    ``check_output(fn_name, out, x, shape=...)`` with ``x`` the first argument (the
+    framework's ``validate.check_fn_output``: shape and floating dtype). ``shape_of(x)``
+    gives the expected output shape when it is not ``x.shape`` (e.g. the doubled channels
+    of a learned-variance model). Under ``jax.jit`` the check runs once, at trace time."""
+    def wrapped(x, *args, **kwargs):
+        out = fn(x, *args, **kwargs)
+        check_output(fn_name, out, x, shape=None if shape_of is None else shape_of(x))
+        return out
+
+    return wrapped
+
+
 # ------------------------------------------------------------ predictor-corrector
+
+PC_NOISE_KEYS = ("predictor", "corrector", "data")
+"""The keys of a PC sampler's pre-drawn ``noise`` dict: ``predictor [N, *p_shape]``,
+``corrector [N, *c_shape]`` (the shapes the predictor's / corrector's ``noise_shape``
+report) and, for the conditional samplers, ``data [N, 2, *shape]``."""
+
+
+def check_component(kind: str, obj) -> None:
+    """Raise ``TypeError`` naming ``kind`` (``"predictor"`` / ``"corrector"``) unless ``obj``
+    follows the predictor / corrector protocol: an int ``nfe >= 0`` and callables
+    ``noise_shape(shape)``, ``check(sde)`` and ``step(sde, score_fn, x, t, z)``."""
+    missing = [m for m in ("noise_shape", "check", "step") if not callable(getattr(obj, m, None))]
+    nfe = getattr(obj, "nfe", None)
+    if missing or isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 0:
+        problems = [f"no method {m}()" for m in missing]
+        if nfe is None:
+            problems.append("no attribute nfe")
+        elif isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 0:
+            problems.append(f"nfe={nfe!r} is not an int >= 0")
+        raise TypeError(
+            f"{kind} must be a name in {PREDICTORS if kind == 'predictor' else CORRECTORS} or an "
+            f"object following the {kind.capitalize()} protocol (nfe, noise_shape(shape), "
+            f"check(sde), step(sde, score_fn, x, t, z)); got {obj!r}: {'; '.join(problems)}"
+        )
 
 
 def pc_nfe(predictor, corrector, num_steps: int) -> int:
     """True score evaluations of a PC run: ``num_steps (predictor.nfe + corrector.nfe)``."""
-    return int(num_steps) * (predictor.nfe + corrector.nfe)
+    return int(num_steps) * (int(predictor.nfe) + int(corrector.nfe))
 
 
 def pc_noise_shapes(predictor, corrector, shape, n_data: int = 0) -> dict[str, tuple[int, ...]]:
     """Shapes of the noise one PC step consumes, by name (absent when unused):
-    ``corrector [n_steps, *shape]``, ``predictor [*shape]``, ``data [n_data, *shape]``
-    (the re-noising of known data in conditional samplers)."""
+    ``corrector`` and ``predictor`` as their ``noise_shape(shape)`` report (None: no
+    noise), ``data [n_data, *shape]`` (the re-noising of known data in conditional
+    samplers). The per-run arrays (``noise=`` of the drivers) have a leading ``[N]``."""
     shapes = {}
-    if corrector.nfe:
-        shapes["corrector"] = (*corrector.noise_shape_prefix, *shape)
-    if predictor.stochastic:
-        shapes["predictor"] = tuple(shape)
+    for kind, component in (("corrector", corrector), ("predictor", predictor)):
+        s = component.noise_shape(tuple(shape))
+        if s is not None:
+            shapes[kind] = tuple(int(d) for d in s)
     if n_data:
         shapes["data"] = (n_data, *shape)
     return shapes
 
 
-def stack_step_noise(shapes, num_steps: int, **arrays) -> dict:
-    """Check pre-drawn noise arrays ``[num_steps, *shapes[name]]`` and return the needed ones.
+def check_step_noise(noise, shapes, num_steps: int, keys=PC_NOISE_KEYS) -> dict:
+    """Check a PC driver's pre-drawn ``noise`` dict and return the arrays this
+    configuration needs (``{name: [num_steps, *shapes[name]]}``).
 
-    Unneeded arrays are ignored (so callers may pass every array); a needed one that is
-    missing or of the wrong shape raises ``ValueError`` naming it.
+    ``noise`` must be a mapping with keys among ``keys``; every key of ``shapes`` must be
+    present with the shape ``[num_steps, *shapes[name]]``. Keys the configuration does
+    not use (e.g. ``predictor`` with ``probability_flow=True``) are ignored, so one dict
+    can serve several configurations. Raises ``TypeError`` / ``ValueError`` naming
+    ``noise['name']``.
     """
+    if not isinstance(noise, Mapping):
+        raise TypeError(
+            f"noise must be a dict of pre-drawn arrays with keys among {tuple(keys)} "
+            f"(needed here: {_describe(shapes, num_steps)}), got {type(noise).__name__}"
+        )
+    unknown = [k for k in noise if k not in keys]
+    if unknown:
+        raise ValueError(f"noise has unknown keys {unknown}; valid keys: {tuple(keys)}")
     out = {}
     for name, s in shapes.items():
-        arg = f"{name}_noise"
-        z = arrays.get(arg)
+        z = noise.get(name)
         if z is None:
-            raise ValueError(f"{arg} is required by this sampler configuration (shape "
-                             f"{(num_steps, *s)}), got None")
+            raise ValueError(f"noise[{name!r}] is required by this sampler configuration "
+                             f"(shape {(num_steps, *s)}); needed: {_describe(shapes, num_steps)}")
         if tuple(np.shape(z)) != (num_steps, *s):
-            raise ValueError(f"{arg} must have shape {(num_steps, *s)}, got {tuple(np.shape(z))}")
+            raise ValueError(f"noise[{name!r}] must have shape {(num_steps, *s)}, "
+                             f"got {tuple(np.shape(z))}")
         out[name] = z
     return out
+
+
+def _describe(shapes, num_steps) -> str:
+    if not shapes:
+        return "none"
+    return ", ".join(f"{k!r}: {(num_steps, *s)}" for k, s in shapes.items())
 
 
 def ald_nfe(num_levels: int, n_steps_each: int, denoise: bool) -> int:
@@ -171,6 +236,25 @@ def check_ddim_eta(eta, alphas_cumprod: np.ndarray, alphas_cumprod_prev: np.ndar
                 f"at step t={int(bad[0])}: the update is undefined there; use 0 <= eta <= 1"
             )
     return eta
+
+
+def split_bpd_noise(noise, dequantize: bool, hutchinson) -> tuple:
+    """``(u, probe)`` from ``bits_per_dim``'s ``noise`` dict (None where not given); raise
+    naming ``noise`` for a non-dict, unknown keys, or a kind the options do not use."""
+    if noise is None:
+        return None, None
+    if not isinstance(noise, Mapping):
+        raise TypeError(f"noise must be a dict with keys among {BPD_NOISE_KEYS}, got "
+                        f"{type(noise).__name__}")
+    unknown = [k for k in noise if k not in BPD_NOISE_KEYS]
+    if unknown:
+        raise ValueError(f"noise has unknown keys {unknown}; valid keys: {BPD_NOISE_KEYS}")
+    u, probe = noise.get("dequantization"), noise.get("hutchinson")
+    if u is not None and not dequantize:
+        raise ValueError("noise['dequantization'] (u) was given but dequantize is False")
+    if probe is not None and hutchinson is None:
+        raise ValueError("noise['hutchinson'] (a Hutchinson probe) was given but hutchinson is None")
+    return u, probe
 
 
 def check_ode_method(method, num_steps, rtol, atol, max_steps):

@@ -4,7 +4,11 @@ with an unconditional score (Song et al. 2021, sec. 5 and app. I), in PyTorch.
 Twin: ``jax_impl/controllable.py`` (same functions, JAX); its docstring gives the update
 rules, the one deliberate difference from score_sde (``x_mean`` of the unknown part is the
 predictor's mean, so ``denoise`` does what it says) and the noise layout. Images are NCHW
-here: the channel axis is 1 (for ``[B, C]`` data that is also the last axis).
+here: the channel axis is 1 (for ``[B, C]`` data that is also the last axis). The drivers
+follow the twin's signatures with ``generator=`` in place of ``rng`` (the sampler
+contract of ``torch_ref.samplers``): ``x_T`` is the unconditional prior state, ``noise``
+the dict ``{"predictor", "corrector", "data"}``; what is not given is drawn from
+``generator`` (the prior first, then per step).
 """
 
 from __future__ import annotations
@@ -12,25 +16,17 @@ from __future__ import annotations
 import torch
 
 from spec import grids
-from torch_ref.samplers import (
-    ScoreFn,
-    check_shape,
-    pc_components,
-    pc_loop,
-    pc_nfe,
-    pc_noise_shapes,
-    stack_step_noise,
-)
+from spec.validate import check_shape
+from torch_ref.samplers import ScoreFn, _pc_prepare, pc_loop, pc_nfe
 from torch_ref.utils import append_dims
+from torch_ref.validate import check_array
 
 __all__ = [
     "CHANNEL_AXIS",
     "decouple",
     "couple",
     "pc_inpaint",
-    "pc_inpaint_from_noise",
     "pc_colorize",
-    "pc_colorize_from_noise",
 ]
 
 CHANNEL_AXIS = 1
@@ -62,11 +58,11 @@ def couple(y, channel_axis: int = CHANNEL_AXIS):
 
 
 def _check_data(name, data):
+    """``data`` as a floating tensor ``[B, ...]`` (NaN / Inf rejected)."""
     if not torch.is_tensor(data):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(data).__name__}")
-    check_shape(data.shape)
-    if not data.dtype.is_floating_point:
-        raise TypeError(f"{name} must have a floating dtype, got {data.dtype}")
+    data = check_array(name, data)
+    check_shape(f"{name}.shape", tuple(data.shape))
     return data
 
 
@@ -80,7 +76,7 @@ def _check_mask(mask, data):
         raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to data's shape "
                          f"{tuple(data.shape)}") from None
     if not bool(torch.all((mask == 0) | (mask == 1))):
-        raise ValueError("mask must contain only 0 (unknown) and 1 (known)")
+        raise ValueError("mask must contain only 0 (unknown) and 1 (known) (no NaN)")
     return mask.to(data.dtype)
 
 
@@ -125,102 +121,54 @@ def _colorize_projection(sde, gray):
     return project
 
 
-def _inpaint_start(sde, data, mask, prior_noise):
-    return data * mask + sde.prior_from_noise(prior_noise) * (1.0 - mask)
+def _inpaint_start(data, mask, x_T):
+    return data * mask + x_T * (1.0 - mask)
 
 
-def _colorize_start(sde, gray, prior_noise):
+def _colorize_start(gray, x_T):
     mask = _gray_mask(gray)
-    return couple(decouple(gray) * mask + decouple(sde.prior_from_noise(prior_noise)) * (1.0 - mask))
+    return couple(decouple(gray) * mask + decouple(x_T) * (1.0 - mask))
 
 
-def _run(sde, score_fn, like, start, project, options, *, generator=None, noise_arrays=None,
-         prior_noise=None):
-    denoise = options.pop("denoise")
-    pred, corr, ts = pc_components(sde, **options)
-    shape = tuple(like.shape)
-    if noise_arrays is None:
-        z0 = torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
-        out = pc_loop(sde, score_fn, start(z0), pred, corr, ts, generator=generator,
-                      project=project, n_data=2, denoise=denoise)
-    else:
-        shapes = pc_noise_shapes(pred, corr, shape, n_data=2)
-        noise = stack_step_noise(shapes, len(ts), **noise_arrays)
-        noise = {k: torch.as_tensor(v).to(dtype=like.dtype, device=like.device) for k, v in noise.items()}
-        x = start(torch.as_tensor(prior_noise).to(dtype=like.dtype, device=like.device))
-        out = pc_loop(sde, score_fn, x, pred, corr, ts, noise=noise, project=project, n_data=2,
-                      denoise=denoise)
+def _run(sde, score_fn, like, start, project, options, x_T, noise, generator):
+    pred, corr, ts, score_fn, dtype, device, x_T, noise = _pc_prepare(
+        sde, score_fn, tuple(like.shape), x_T, noise, like.dtype, generator, n_data=2, **options)
+    if x_T is None:
+        x_T = sde.prior_sampling(generator, tuple(like.shape), dtype, like.device)
+    out = pc_loop(sde, score_fn, start(x_T.to(like.device)), pred, corr, ts,
+                  noise=None if noise is None else {k: v.to(like.device) for k, v in noise.items()},
+                  project=project, n_data=2, denoise=options["denoise"], generator=generator)
     return out, pc_nfe(pred, corr, len(ts))
-
-
-def _check_prior_noise(prior_noise, shape):
-    if tuple(torch.as_tensor(prior_noise).shape) != tuple(shape):
-        raise ValueError(f"prior_noise must have shape {tuple(shape)}, got "
-                         f"{tuple(torch.as_tensor(prior_noise).shape)}")
 
 
 # ----------------------------------------------------------------------------- public
 
 
 @torch.no_grad()
-def pc_inpaint(sde, score_fn: ScoreFn, data, mask, *, generator: torch.Generator | None = None,
-               predictor="reverse_diffusion", corrector="langevin", snr: float = 0.16,
-               n_steps: int = 1, probability_flow: bool = False, denoise: bool = True,
-               eps: float | None = None):
+def pc_inpaint(sde, score_fn: ScoreFn, data, mask, *, predictor="reverse_diffusion",
+               corrector="langevin", snr: float = 0.16, n_steps: int = 1,
+               probability_flow: bool = False, denoise: bool = True, eps: float | None = None,
+               x_T=None, noise=None, generator: torch.Generator | None = None):
     """Inpaint ``data [B, ...]`` where ``mask`` (1 = known, 0 = to fill) is 0; the twin's
-    arguments without the key, noise from ``generator``. Returns ``(samples, nfe)``."""
+    arguments without the key (``x_T``: the prior state, ``noise``: the step-noise dict),
+    the rest drawn from ``generator``. Returns ``(samples, nfe)``."""
     data = _check_data("data", data)
     mask = _check_mask(mask, data)
     options = dict(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
                    probability_flow=probability_flow, eps=eps, denoise=denoise)
-    return _run(sde, score_fn, data, lambda z: _inpaint_start(sde, data, mask, z),
-                _inpaint_projection(sde, data, mask), options, generator=generator)
+    return _run(sde, score_fn, data, lambda x: _inpaint_start(data, mask, x),
+                _inpaint_projection(sde, data, mask), options, x_T, noise, generator)
 
 
 @torch.no_grad()
-def pc_inpaint_from_noise(sde, score_fn: ScoreFn, data, mask, prior_noise, predictor_noise=None,
-                          corrector_noise=None, data_noise=None, *, predictor="reverse_diffusion",
-                          corrector="langevin", snr: float = 0.16, n_steps: int = 1,
-                          probability_flow: bool = False, denoise: bool = True,
-                          eps: float | None = None):
-    """``pc_inpaint`` with pre-drawn noise (shapes as the twin's). Returns ``(samples, nfe)``."""
-    data = _check_data("data", data)
-    mask = _check_mask(mask, data)
-    _check_prior_noise(prior_noise, data.shape)
-    options = dict(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
-                   probability_flow=probability_flow, eps=eps, denoise=denoise)
-    arrays = dict(predictor_noise=predictor_noise, corrector_noise=corrector_noise, data_noise=data_noise)
-    return _run(sde, score_fn, data, lambda z: _inpaint_start(sde, data, mask, z),
-                _inpaint_projection(sde, data, mask), options, noise_arrays=arrays,
-                prior_noise=prior_noise)
-
-
-@torch.no_grad()
-def pc_colorize(sde, score_fn: ScoreFn, gray, *, generator: torch.Generator | None = None,
-                predictor="reverse_diffusion", corrector="langevin", snr: float = 0.16,
-                n_steps: int = 1, probability_flow: bool = False, denoise: bool = True,
-                eps: float | None = None):
+def pc_colorize(sde, score_fn: ScoreFn, gray, *, predictor="reverse_diffusion",
+                corrector="langevin", snr: float = 0.16, n_steps: int = 1,
+                probability_flow: bool = False, denoise: bool = True, eps: float | None = None,
+                x_T=None, noise=None, generator: torch.Generator | None = None):
     """Colorize gray-scale images ``gray [B, C, ...]`` (NCHW, C = 3 equal channels or 1);
     the twin's arguments without the key. Returns ``(samples [B, 3, ...], nfe)``."""
     gray = _check_gray(gray)
     options = dict(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
                    probability_flow=probability_flow, eps=eps, denoise=denoise)
-    return _run(sde, score_fn, gray, lambda z: _colorize_start(sde, gray, z),
-                _colorize_projection(sde, gray), options, generator=generator)
-
-
-@torch.no_grad()
-def pc_colorize_from_noise(sde, score_fn: ScoreFn, gray, prior_noise, predictor_noise=None,
-                           corrector_noise=None, data_noise=None, *, predictor="reverse_diffusion",
-                           corrector="langevin", snr: float = 0.16, n_steps: int = 1,
-                           probability_flow: bool = False, denoise: bool = True,
-                           eps: float | None = None):
-    """``pc_colorize`` with pre-drawn noise (shapes as the twin's, NCHW). Returns
-    ``(samples, nfe)``."""
-    gray = _check_gray(gray)
-    _check_prior_noise(prior_noise, gray.shape)
-    options = dict(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
-                   probability_flow=probability_flow, eps=eps, denoise=denoise)
-    arrays = dict(predictor_noise=predictor_noise, corrector_noise=corrector_noise, data_noise=data_noise)
-    return _run(sde, score_fn, gray, lambda z: _colorize_start(sde, gray, z),
-                _colorize_projection(sde, gray), options, noise_arrays=arrays, prior_noise=prior_noise)
+    return _run(sde, score_fn, gray, lambda x: _colorize_start(gray, x),
+                _colorize_projection(sde, gray), options, x_T, noise, generator)

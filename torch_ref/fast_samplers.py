@@ -3,9 +3,12 @@ and DPM-Solver++(2M) (Lu et al. 2022), for VE, VP and sub-VP SDEs.
 
 Twin: ``jax_impl/fast_samplers.py`` (same public names and semantics; the equations are in
 its docstring). The drivers loop over the same float64 noise-level grids from
-``spec.schedules`` (cast at use) with the same step functions. Randomness: the prior
-noise ``z`` is drawn first from ``generator``, then (with churn) one ``[*shape]`` draw per
-step, unless ``z`` / ``noise`` are given.
+``spec.schedules`` (cast at use) with the same step functions. Randomness (the sampler
+contract of ``torch_ref.samplers``: the twin's parameters, ``generator=`` in place of
+``rng``): the prior noise ``z`` is drawn first from ``generator`` (the start ``x_T =
+x_hat_0 = sigma_max z``), then (with churn) one ``[*shape]`` draw per step, unless
+``x_T`` / ``noise`` are given. Samples live on the device of ``x_T`` / ``noise``, else
+``generator.device``, else the CPU.
 """
 
 from __future__ import annotations
@@ -22,10 +25,18 @@ from spec.sampler_args import (  # DPM_GRIDS, DEFAULT_T_MIN re-exported
     check_callable,
     check_sample_shape,
     check_sigma_range,
+    checked_fn,
 )
 from spec.validate import check_choice, check_float, check_int
-from torch_ref.sde import VESDE, VPSDE, subVPSDE
-from torch_ref.utils import append_dims, check_array, resolve_dtype
+from torch_ref.sde import VESDE, subVPSDE
+from torch_ref.utils import append_dims
+from torch_ref.validate import (
+    check_array,
+    check_fn_output,
+    check_generator,
+    check_sde,
+    resolve_dtype,
+)
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -41,14 +52,6 @@ __all__ = [
     "edm_heun_sample",
     "dpm_solver_pp_sample",
 ]
-
-
-def _check_sde(sde) -> None:
-    if not isinstance(sde, (VESDE, VPSDE, subVPSDE)):
-        raise TypeError(
-            "sde must be a torch_ref.sde.VESDE, VPSDE or subVPSDE instance, got "
-            f"{type(sde).__name__}"
-        )
 
 
 def sigma_from_t(sde, t) -> torch.Tensor:
@@ -123,21 +126,28 @@ def _sigma_range(sde, sigma_min, sigma_max, dtype):
     return smin, smax, s_T
 
 
-def _prepare(sde, score_fn, shape, num_steps, z, noise, dtype, device, generator, needs_noise):
-    _check_sde(sde)
+def _prepare(sde, score_fn, shape, num_steps, x_T, noise, dtype, generator, needs_noise):
+    """Validate a driver's inputs; return ``(shape, num_steps, dtype, score_fn (checked),
+    (start, given), noise)``: ``start`` is ``x_T`` when given, else the prior noise ``z``
+    drawn from ``generator`` (the drivers then start at ``sigma_max z``)."""
+    check_sde(sde)
     check_callable("score_fn", score_fn, "score_fn(x, t)")
     shape = check_sample_shape(shape, min_ndim=2)
     num_steps = check_int("num_steps", num_steps, minimum=1)
-    dtype = resolve_dtype(dtype, z, noise)
-    if z is not None:
-        z = check_array("z", z, shape, dtype, device)
+    check_generator("generator", generator)
+    dtype = resolve_dtype(dtype, x_T, noise)
+    device = next((a.device for a in (x_T, noise) if torch.is_tensor(a)),
+                  generator.device if generator is not None else None)
+    if x_T is not None:
+        x_T = check_array("x_T", x_T, shape, dtype, device)
     if noise is not None:
         if not needs_noise:
             raise ValueError("noise is only used with S_churn > 0 (the stochastic EDM sampler)")
         noise = check_array("noise", noise, (num_steps,) + shape, dtype, device)
-    if z is None:
-        z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
-    return shape, num_steps, dtype, z, noise
+    start = x_T if x_T is not None else torch.randn(shape, generator=generator, dtype=dtype,
+                                                    device=device)
+    return shape, num_steps, dtype, checked_fn("score_fn", score_fn, check_fn_output), \
+        (start, x_T is not None), noise
 
 
 @torch.no_grad()
@@ -154,10 +164,9 @@ def edm_heun_sample(
     S_tmin: float = 0.0,
     S_tmax: float = float("inf"),
     S_noise: float = 1.0,
-    z: Optional[torch.Tensor] = None,
+    x_T: Optional[torch.Tensor] = None,
     noise: Optional[torch.Tensor] = None,
     dtype: Optional[torch.dtype] = None,
-    device=None,
     generator: Optional[torch.Generator] = None,
 ):
     """EDM's Heun sampler on the Karras ladder; as the JAX twin. Returns ``(samples, nfe)``."""
@@ -166,8 +175,8 @@ def edm_heun_sample(
     S_tmin, S_tmax = float(S_tmin), float(S_tmax)
     rho = check_float("rho", rho, positive=True)
     stochastic = S_churn > 0
-    shape, n, dtype, z, noise = _prepare(sde, score_fn, shape, num_steps, z, noise, dtype,
-                                         device, generator, needs_noise=stochastic)
+    shape, n, dtype, score_fn, (z, given), noise = _prepare(
+        sde, score_fn, shape, num_steps, x_T, noise, dtype, generator, needs_noise=stochastic)
     smin, smax, s_T = _sigma_range(sde, sigma_min, sigma_max, dtype)
     sigmas = torch.as_tensor(schedules.karras_sigmas(n, smin, smax, rho), dtype=dtype,
                              device=z.device)
@@ -177,7 +186,7 @@ def edm_heun_sample(
     def denoise_fn(x_hat, sigma):
         return edm_denoiser(sde, score_fn, x_hat, sigma)
 
-    x_hat = smax * z
+    x_hat = z if given else smax * z
     for i in range(n):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         if stochastic:
@@ -202,16 +211,15 @@ def dpm_solver_pp_sample(
     sigma_max: Optional[float] = None,
     grid: str = "logsnr",
     rho: float = 7.0,
-    z: Optional[torch.Tensor] = None,
+    x_T: Optional[torch.Tensor] = None,
     dtype: Optional[torch.dtype] = None,
-    device=None,
     generator: Optional[torch.Generator] = None,
 ):
     """DPM-Solver++(2M); as the JAX twin. Returns ``(samples, nfe = num_steps)``."""
     check_choice("grid", grid, DPM_GRIDS)
     rho = check_float("rho", rho, positive=True)
-    shape, n, dtype, z, _ = _prepare(sde, score_fn, shape, num_steps, z, None, dtype, device,
-                                     generator, needs_noise=False)
+    shape, n, dtype, score_fn, (z, given), _ = _prepare(
+        sde, score_fn, shape, num_steps, x_T, None, dtype, generator, needs_noise=False)
     smin, smax, _ = _sigma_range(sde, sigma_min, sigma_max, dtype)
     table = grids.dpm_solver_sigmas(grid, n, smin, smax, rho)
     sigmas = torch.as_tensor(table, dtype=dtype, device=z.device)
@@ -219,7 +227,7 @@ def dpm_solver_pp_sample(
     def denoise_fn(x_hat, sigma):
         return edm_denoiser(sde, score_fn, x_hat, sigma)
 
-    x_hat = smax * z
+    x_hat = z if given else smax * z
     d_prev = None
     for i in range(n - 1):
         sigma_prev = sigmas[i - 1] if i > 0 else None

@@ -31,9 +31,13 @@ Differences that the frameworks impose:
   * the exact divergence uses one backward pass per data dimension (autograd);
     Hutchinson's uses one vector-Jacobian product. Results are detached (the torch side
     is a reference for values; gradients are the JAX side's business).
-  * randomness comes from a ``torch.Generator`` (``generator=None``: the global one): the
-    prior noise ``z`` is drawn first; ``bits_per_dim`` draws the dequantization noise
-    ``u`` first, then ``likelihood`` draws its Hutchinson probe.
+  * randomness comes from a ``torch.Generator`` (``generator=None``: the global one), the
+    keyword that replaces the twin's positional ``rng`` (the sampler contract): the
+    start ``x_T = sde.prior_from_noise(z)`` is drawn unless given; ``bits_per_dim``
+    draws the dequantization noise ``u`` first, then ``likelihood`` draws its Hutchinson
+    probe, unless ``noise=`` gives them (``likelihood``: the probe ``[B, ...]``;
+    ``bits_per_dim``: ``{"dequantization": u, "hutchinson": probe}``). Samples live on
+    the device of ``x_T``, else ``generator.device``, else the CPU.
 
 Framework-specific helpers, not part of the mirrored API: ``TORCH_ODE_METHODS``.
 """
@@ -53,13 +57,21 @@ from spec.sampler_args import (  # the method and probe names are re-exported
     FIXED_STEP_METHODS,
     HUTCHINSON_TYPES,
     ODE_METHODS,
+    BPD_NOISE_KEYS,
     check_callable,
     check_ode_method,
     check_sample_shape,
+    checked_fn,
+    split_bpd_noise,
 )
-from spec.validate import check_choice, check_int
-from torch_ref.sde import VESDE, VPSDE, subVPSDE
-from torch_ref.utils import check_array, check_floating, resolve_dtype
+from spec.validate import check_bool, check_choice, check_int
+from torch_ref.validate import (
+    check_array,
+    check_fn_output,
+    check_generator,
+    check_sde,
+    resolve_dtype,
+)
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -72,6 +84,7 @@ __all__ = [
     "ADAPTIVE_METHODS",
     "ODE_METHODS",
     "HUTCHINSON_TYPES",
+    "BPD_NOISE_KEYS",
     "ode_time_grid",
     "euler_step",
     "heun_step",
@@ -88,12 +101,15 @@ __all__ = [
 # --------------------------------------------------------------------------- checks
 
 
-def _check_sde(sde) -> None:
-    if not isinstance(sde, (VESDE, VPSDE, subVPSDE)):
-        raise TypeError(
-            "sde must be a torch_ref.sde.VESDE, VPSDE or subVPSDE instance, got "
-            f"{type(sde).__name__}"
-        )
+def _check_data(x) -> torch.Tensor:
+    """``x [B, ...]`` (B >= 1, at least one data axis), floating and finite."""
+    if not torch.is_tensor(x):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    x = check_array("x", x)
+    if x.ndim < 2 or 0 in x.shape:
+        raise ValueError(f"x must have shape [B, ...] with B >= 1 and at least one data axis "
+                         f"of size >= 1, got {tuple(x.shape)}")
+    return x
 
 
 def _check_method(method, num_steps, rtol, atol, max_steps):
@@ -375,27 +391,30 @@ def ode_sample(
     num_steps: Optional[int] = None,
     denoise: bool = False,
     eps: float = 1e-3,
-    z: Optional[torch.Tensor] = None,
+    x_T: Optional[torch.Tensor] = None,
     dtype: Optional[torch.dtype] = None,
-    device=None,
     max_steps: int = 4096,
     generator: Optional[torch.Generator] = None,
 ):
-    """Sample by integrating the probability-flow ODE from T to ``eps``; as the JAX twin.
+    """Sample by integrating the probability-flow ODE from T to ``eps``; as the JAX twin
+    (``x_T`` the start, default ``sde.prior_from_noise(z)`` with z from ``generator``).
 
     Returns ``(x_eps [*shape], nfe)`` (nfe an int).
     """
-    _check_sde(sde)
+    check_sde(sde)
     check_callable("score_fn", score_fn, "score_fn(x, t)")
     shape = check_sample_shape(shape, min_ndim=2)
+    denoise = check_bool("denoise", denoise)
     eps = _check_eps(eps, sde.T)
     num_steps, rtol, atol, max_steps = _check_method(method, num_steps, rtol, atol, max_steps)
-    dtype = resolve_dtype(dtype, z)
-    if z is None:
-        z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    check_generator("generator", generator)
+    dtype = resolve_dtype(dtype, x_T)
+    if x_T is None:
+        device = generator.device if generator is not None else None
+        x_T = sde.prior_from_noise(torch.randn(shape, generator=generator, dtype=dtype, device=device))
     else:
-        z = check_array("z", z, shape, dtype, device)
-    x_T = sde.prior_from_noise(z)
+        x_T = check_array("x_T", x_T, shape, dtype)
+    score_fn = checked_fn("score_fn", score_fn, check_fn_output)
 
     def drift(x, t):
         return probability_flow_drift(sde, score_fn, x, t)
@@ -418,34 +437,35 @@ def likelihood(
     eps: float = 1e-5,
     method: str = "dopri5",
     num_steps: Optional[int] = None,
-    epsilon: Optional[torch.Tensor] = None,
+    noise: Optional[torch.Tensor] = None,
     max_steps: int = 4096,
     generator: Optional[torch.Generator] = None,
 ):
-    """Log-likelihood (nats) of ``x`` under the probability-flow ODE; as the JAX twin.
+    """Log-likelihood (nats) of ``x`` under the probability-flow ODE; as the JAX twin
+    (``noise``: the pre-drawn Hutchinson probe ``[B, ...]``, else drawn from ``generator``).
 
     Returns ``(logp [B], z = x_T [B, ...], nfe)`` (detached).
     """
-    _check_sde(sde)
+    check_sde(sde)
     check_callable("score_fn", score_fn, "score_fn(x, t)")
-    check_floating("x", x)
-    x = torch.as_tensor(x)
-    if x.ndim < 2:
-        raise ValueError(f"x must have shape [B, ...] with at least one data axis, got {tuple(x.shape)}")
+    x = _check_data(x)
     check_choice("hutchinson", hutchinson, HUTCHINSON_TYPES)
     eps = _check_eps(eps, sde.T)
     num_steps, rtol, atol, max_steps = _check_method(method, num_steps, rtol, atol, max_steps)
+    check_generator("generator", generator)
+    epsilon = None
     if hutchinson is not None:
-        if epsilon is None:
+        if noise is None:
             if hutchinson == "gaussian":
                 epsilon = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             else:
                 bits = torch.randint(0, 2, x.shape, generator=generator, device=x.device)
                 epsilon = (2 * bits - 1).to(x.dtype)
         else:
-            epsilon = check_array("epsilon", epsilon, x.shape, x.dtype, x.device)
-    elif epsilon is not None:
-        raise ValueError("epsilon (a Hutchinson probe) was given but hutchinson is None")
+            epsilon = check_array("noise", noise, x.shape, x.dtype, x.device)
+    elif noise is not None:
+        raise ValueError("noise (a Hutchinson probe) was given but hutchinson is None")
+    score_fn = checked_fn("score_fn", score_fn, check_fn_output)
 
     def field(state, t):
         y, _ = state
@@ -471,25 +491,29 @@ def bits_per_dim(
     centered: bool = False,
     dequantize: bool = True,
     num_levels: int = 256,
-    u: Optional[torch.Tensor] = None,
     hutchinson: Optional[str] = None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
     eps: float = 1e-5,
     method: str = "dopri5",
     num_steps: Optional[int] = None,
-    epsilon: Optional[torch.Tensor] = None,
+    noise: Optional[dict] = None,
     max_steps: int = 4096,
     generator: Optional[torch.Generator] = None,
 ):
     """Bits per dimension of quantized data; as the JAX twin (derivation there):
     ``bpd = -log p_y(y) / (D ln 2) + log2(num_levels) - log2(a)``, a = 2 if centered else 1.
+    ``noise``: ``{"dequantization": u, "hutchinson": probe}`` (either may be left out and
+    is then drawn from ``generator``, u first).
 
     Returns ``(bpd [B], z [B, ...], nfe)``.
     """
-    check_floating("x", x)
-    x = torch.as_tensor(x)
+    x = _check_data(x)
+    centered = check_bool("centered", centered)
+    dequantize = check_bool("dequantize", dequantize)
     num_levels = check_int("num_levels", num_levels, minimum=2)
+    check_generator("generator", generator)
+    u, probe = split_bpd_noise(noise, dequantize, hutchinson)
     lo = -1.0 if centered else 0.0
     if x.numel() and (x.min().item() < lo or x.max().item() > 1.0):
         raise ValueError(
@@ -500,17 +524,15 @@ def bits_per_dim(
         if u is None:
             u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         else:
-            u = check_array("u", u, x.shape, x.dtype, x.device)
+            u = check_array("noise['dequantization']", u, x.shape, x.dtype, x.device)
         x01 = (x + 1.0) * 0.5 if centered else x
         v = (x01 * (num_levels - 1) + u) / num_levels
         y = 2.0 * v - 1.0 if centered else v
     else:
-        if u is not None:
-            raise ValueError("u (dequantization noise) was given but dequantize is False")
         y = x
     logp, z, nfe = likelihood(
         sde, score_fn, y, hutchinson=hutchinson, rtol=rtol, atol=atol, eps=eps, method=method,
-        num_steps=num_steps, epsilon=epsilon, max_steps=max_steps, generator=generator,
+        num_steps=num_steps, noise=probe, max_steps=max_steps, generator=generator,
     )
     D = math.prod(x.shape[1:])
     offset = math.log2(num_levels) - (1.0 if centered else 0.0)

@@ -4,18 +4,24 @@ Ermon 2019, 2020), in PyTorch; the public entry module of every torch sampler.
 Twin: ``jax_impl/samplers.py`` (same classes, functions and semantics, JAX). Its
 docstring lists the equations and the score_sde conventions reproduced here.
 
-The drivers loop in Python over the same float64 grid (``spec.grids``, cast at use) and
-draw each step's noise from an optional ``torch.Generator`` (per step, in this order: the
-corrector's ``[n_steps, B, ...]``, the predictor's ``[B, ...]``, then any data noise).
-The ``*_from_noise`` cores take pre-drawn noise instead, so a parity test feeds both
-frameworks identical arrays. Drivers run under ``torch.no_grad()``, like score_sde's.
+The sampler contract is the twin's (see its docstring), with one documented difference:
+no positional ``rng``; instead a keyword ``generator: torch.Generator | None = None``
+(None: torch's global generator), last. Parameter names, order, kinds and defaults are
+otherwise identical. Pre-drawn inputs are the same keywords (``x_T=`` the start,
+``noise=`` the per-step noise dict ``{"predictor": [N, B, ...], "corrector": [N,
+n_steps, B, ...]}``), so a parity test feeds both frameworks identical arrays; what is
+not given is drawn from the generator (the start first, then per step in this order:
+the corrector's ``[n_steps, B, ...]``, the predictor's ``[B, ...]``, then any data
+noise). Samples live on the device of the given tensors, else on ``generator.device``,
+else on the CPU. Predictors and correctors follow the same ``Predictor`` /
+``Corrector`` protocols. Drivers run under ``torch.no_grad()``, like score_sde's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -23,37 +29,70 @@ import spec
 from spec import grids
 from spec.sampler_args import (  # re-exported: the public names of this module
     CORRECTORS,
+    PC_NOISE_KEYS,
     PREDICTORS,
     ald_nfe,
     check_shape,
+    check_step_noise,
     pc_nfe,
     pc_noise_shapes,
-    stack_step_noise,
 )
+from spec.sampler_args import check_callable, check_component, checked_fn
 from spec.sampler_args import check_noise as _check_noise
-from spec.validate import check_choice, check_float, check_int
+from spec.validate import check_bool, check_choice, check_float, check_int
 from torch_ref.utils import append_dims
+from torch_ref.validate import (
+    check_array,
+    check_fn_output,
+    check_generator,
+    check_sde,
+    resolve_dtype,
+)
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 __all__ = [
-    "PREDICTORS", "CORRECTORS",
+    "PREDICTORS", "CORRECTORS", "PC_NOISE_KEYS", "Predictor", "Corrector",
     "EulerMaruyamaPredictor", "ReverseDiffusionPredictor", "AncestralSamplingPredictor",
     "NonePredictor", "LangevinCorrector", "AnnealedLangevinCorrector", "NoneCorrector",
     "get_predictor", "get_corrector", "pc_components", "pc_nfe", "pc_noise_shapes",
-    "stack_step_noise", "pc_loop", "pc_sample", "pc_sample_from_noise",
-    "ald_step", "ald_nfe", "ald_sample", "ald_sample_from_noise", "check_shape",
+    "check_step_noise", "pc_loop", "pc_sample",
+    "ald_step", "ald_nfe", "ald_sample", "check_shape",
 ]
 
+# ------------------------------------------------------------------------ protocols
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What ``pc_sample`` needs of a predictor; the twin's protocol (``nfe``,
+    ``noise_shape(shape)``, ``check(sde)``, ``step(sde, score_fn, x, t, z) -> (x,
+    x_mean)``), on tensors. Any class with these members works, no subclassing."""
+
+    nfe: int
+
+    def noise_shape(self, shape): ...
+
+    def check(self, sde) -> None: ...
+
+    def step(self, sde, score_fn, x, t, z): ...
+
+
+@runtime_checkable
+class Corrector(Protocol):
+    """What ``pc_sample`` needs of a corrector: the members of ``Predictor``, with the
+    same meaning; it runs before the predictor in each PC step."""
+
+    nfe: int
+
+    def noise_shape(self, shape): ...
+
+    def check(self, sde) -> None: ...
+
+    def step(self, sde, score_fn, x, t, z): ...
+
+
 # ------------------------------------------------------------------------------ helpers
-
-
-def _check_sde(sde) -> None:
-    if not isinstance(sde, spec.SDEConfig) or not hasattr(sde, "reverse"):
-        raise TypeError(
-            "sde must be a torch_ref.sde SDE (VESDE, VPSDE or subVPSDE), "
-            f"got {type(sde).__name__}"
-        )
 
 
 def _discrete_alpha(sde, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -67,20 +106,6 @@ def _discrete_alpha(sde, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def _batch_mean_norm(v: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of the per-example L2 norms of ``v [B, ...]`` (a scalar)."""
     return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=-1).mean()
-
-
-def _check_dtype(dtype) -> torch.dtype:
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch dtype, got {dtype}")
-    return dtype
-
-
-def _as_tensor(name: str, x, like: torch.Tensor | None = None) -> torch.Tensor:
-    if not torch.is_tensor(x):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if like is not None:
-        return x.to(dtype=like.dtype, device=like.device)
-    return x
 
 
 # --------------------------------------------------------------------------- predictors
@@ -99,6 +124,10 @@ class EulerMaruyamaPredictor:
     def stochastic(self) -> bool:
         """Whether ``step`` uses its noise ``z`` (shape of x)."""
         return not self.probability_flow
+
+    def noise_shape(self, shape):
+        """``shape`` (one normal per entry of x), or None with the probability flow."""
+        return tuple(shape) if self.stochastic else None
 
     def check(self, sde) -> None:
         """Raise if this predictor cannot run on ``sde``."""
@@ -127,6 +156,10 @@ class ReverseDiffusionPredictor:
     @property
     def stochastic(self) -> bool:
         return not self.probability_flow
+
+    def noise_shape(self, shape):
+        """``shape``, or None with the probability flow."""
+        return tuple(shape) if self.stochastic else None
 
     def check(self, sde) -> None:
         """Raise if this predictor cannot run on ``sde``."""
@@ -160,6 +193,10 @@ class AncestralSamplingPredictor:
     @property
     def stochastic(self) -> bool:
         return True
+
+    def noise_shape(self, shape):
+        """``shape``: one normal per entry of x."""
+        return tuple(shape)
 
     def check(self, sde) -> None:
         """Raise ``ValueError`` for a sub-VP SDE (only VE and VP have a discrete chain)."""
@@ -203,6 +240,10 @@ class NonePredictor:
     def stochastic(self) -> bool:
         return False
 
+    def noise_shape(self, shape):
+        """None: no noise."""
+        return None
+
     def check(self, sde) -> None:
         """Runs on every SDE."""
 
@@ -227,10 +268,9 @@ class _Corrector:
         """Score evaluations per PC step."""
         return self.n_steps
 
-    @property
-    def noise_shape_prefix(self) -> tuple[int, ...]:
-        """Leading axes of the noise ``step`` takes: ``(n_steps,)``."""
-        return (self.n_steps,)
+    def noise_shape(self, shape):
+        """``(n_steps, *shape)``: one normal per Langevin step and entry of x."""
+        return (self.n_steps, *shape)
 
     def check(self, sde) -> None:
         """Runs on every SDE (VE, VP and sub-VP)."""
@@ -282,6 +322,10 @@ class NoneCorrector:
     name: ClassVar[str] = "none"
     nfe: ClassVar[int] = 0
 
+    def noise_shape(self, shape):
+        """None: no noise."""
+        return None
+
     def check(self, sde) -> None:
         """Runs on every SDE."""
 
@@ -301,14 +345,10 @@ _CORRECTOR_CLASSES = {
     "none": NoneCorrector,
 }
 
-Predictor = EulerMaruyamaPredictor | ReverseDiffusionPredictor | AncestralSamplingPredictor | NonePredictor
-Corrector = LangevinCorrector | AnnealedLangevinCorrector | NoneCorrector
-
-
 def get_predictor(name: str, *, probability_flow: bool = False) -> Predictor:
     """The predictor called ``name`` (one of ``PREDICTORS``, score_sde's names)."""
     check_choice("predictor", name, PREDICTORS)
-    return _PREDICTOR_CLASSES[name](probability_flow=bool(probability_flow))
+    return _PREDICTOR_CLASSES[name](probability_flow=check_bool("probability_flow", probability_flow))
 
 
 def get_corrector(name: str, *, snr: float = 0.16, n_steps: int = 1) -> Corrector:
@@ -325,20 +365,19 @@ def get_corrector(name: str, *, snr: float = 0.16, n_steps: int = 1) -> Correcto
 def pc_components(sde, *, predictor="reverse_diffusion", corrector="langevin", snr=0.16,
                   n_steps=1, probability_flow=False, eps=None):
     """Validate the PC options; return ``(predictor, corrector, timesteps [N] float64)``.
-    Same rules as the twin's ``pc_components``."""
-    _check_sde(sde)
+    Same rules as the twin's ``pc_components`` (names or protocol objects)."""
+    check_sde(sde)
+    check_bool("probability_flow", probability_flow)
     if isinstance(predictor, str):
         predictor = get_predictor(predictor, probability_flow=probability_flow)
-    elif not isinstance(predictor, tuple(_PREDICTOR_CLASSES.values())):
-        raise TypeError(f"predictor must be a name in {PREDICTORS} or a predictor instance, "
-                        f"got {predictor!r}")
+    else:
+        check_component("predictor", predictor)
     if isinstance(corrector, str):
         check_float("snr", snr, positive=True)
         check_int("n_steps", n_steps, minimum=1)
         corrector = get_corrector(corrector, snr=snr, n_steps=n_steps)
-    elif not isinstance(corrector, tuple(_CORRECTOR_CLASSES.values())):
-        raise TypeError(f"corrector must be a name in {CORRECTORS} or a corrector instance, "
-                        f"got {corrector!r}")
+    else:
+        check_component("corrector", corrector)
     predictor.check(sde)
     corrector.check(sde)
     eps = grids.default_pc_eps(sde) if eps is None else eps
@@ -346,11 +385,12 @@ def pc_components(sde, *, predictor="reverse_diffusion", corrector="langevin", s
     return predictor, corrector, timesteps
 
 
-def pc_loop(sde, score_fn: ScoreFn, x_init, predictor, corrector, timesteps, *,
-            generator=None, noise=None, project=None, n_data: int = 0, denoise: bool = True):
+def pc_loop(sde, score_fn: ScoreFn, x_init, predictor, corrector, timesteps, *, noise=None,
+            project=None, n_data: int = 0, denoise: bool = True,
+            generator: torch.Generator | None = None):
     """Run corrector-then-predictor steps over ``timesteps`` (float64 numpy ``[N]``).
 
-    Noise: pre-drawn ``noise`` (a dict of ``[N, ...]`` tensors, ``stack_step_noise``) or,
+    Noise: pre-drawn ``noise`` (a dict of ``[N, ...]`` tensors, ``check_step_noise``) or,
     when it is None, drawn per step from ``generator`` in the order of
     ``pc_noise_shapes``. ``project(x, x_mean, t [B], z_data)`` (conditional sampling) runs
     after the corrector and after the predictor. Returns the samples ``[B, ...]``.
@@ -375,48 +415,61 @@ def pc_loop(sde, score_fn: ScoreFn, x_init, predictor, corrector, timesteps, *,
     return x_mean if denoise else x
 
 
+def _device(generator, *arrays) -> torch.device:
+    """Where a driver's samples live: that of the first given tensor, else the
+    generator's device, else the CPU."""
+    for a in arrays:
+        if torch.is_tensor(a):
+            return a.device
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def _pc_prepare(sde, score_fn, shape, x_T, noise, dtype, generator, *, denoise,
+                n_data: int = 0, **options):
+    """The twin's ``_pc_prepare``: checks shared by the PC drivers; returns
+    ``(predictor, corrector, timesteps, checked score_fn, dtype, device, x_T or None,
+    noise or None)`` (``x_T`` None: draw it)."""
+    check_callable("score_fn", score_fn, "score_fn(x, t)")
+    shape = check_shape(shape)
+    check_bool("denoise", denoise)
+    check_generator("generator", generator)
+    pred, corr, ts = pc_components(sde, **options)
+    shapes = pc_noise_shapes(pred, corr, shape, n_data)
+    if noise is not None:
+        noise = check_step_noise(noise, shapes, len(ts))
+    dtype = resolve_dtype(dtype, x_T, *(noise or {}).values())
+    device = _device(generator, x_T, *(noise or {}).values())
+    if x_T is not None:
+        x_T = check_array("x_T", x_T, shape, dtype, device)
+    if noise is not None:
+        noise = {k: check_array(f"noise[{k!r}]", v, None, dtype, device) for k, v in noise.items()}
+    score_fn = checked_fn("score_fn", score_fn, check_fn_output)
+    return pred, corr, ts, score_fn, dtype, device, x_T, noise
+
+
 # --------------------------------------------------------------------------- PC public
 
 
 @torch.no_grad()
-def pc_sample(sde, score_fn: ScoreFn, shape, *, generator: torch.Generator | None = None,
-              predictor="reverse_diffusion", corrector="langevin", snr: float = 0.16,
-              n_steps: int = 1, probability_flow: bool = False, denoise: bool = True,
-              eps: float | None = None, dtype=torch.float32, device=None):
+def pc_sample(sde, score_fn: ScoreFn, shape, *, predictor="reverse_diffusion",
+              corrector="langevin", snr: float = 0.16, n_steps: int = 1,
+              probability_flow: bool = False, denoise: bool = True, eps: float | None = None,
+              x_T=None, noise=None, dtype=None, generator: torch.Generator | None = None):
     """Predictor-corrector sampling (Song et al. 2021, Alg. 1-3); the twin's arguments
-    without the key, noise from ``generator`` (prior first, then per step).
+    without the key: what is not given (``x_T``, the ``noise`` dict) is drawn from
+    ``generator`` (the prior first, then per step). The samples live on the device of
+    ``x_T`` / ``noise``, else ``generator.device``, else the CPU.
 
     Returns ``(samples [B, ...], nfe)`` with ``nfe = N (predictor.nfe + corrector.nfe)``.
     """
-    shape = check_shape(shape)
-    dtype = _check_dtype(dtype)
-    pred, corr, ts = pc_components(sde, predictor=predictor, corrector=corrector, snr=snr,
-                                   n_steps=n_steps, probability_flow=probability_flow, eps=eps)
-    x = sde.prior_sampling(generator, shape, dtype, device)
-    samples = pc_loop(sde, score_fn, x, pred, corr, ts, generator=generator, denoise=denoise)
-    return samples, pc_nfe(pred, corr, len(ts))
-
-
-@torch.no_grad()
-def pc_sample_from_noise(sde, score_fn: ScoreFn, prior_noise, predictor_noise=None,
-                         corrector_noise=None, *, predictor="reverse_diffusion",
-                         corrector="langevin", snr: float = 0.16, n_steps: int = 1,
-                         probability_flow: bool = False, denoise: bool = True,
-                         eps: float | None = None):
-    """``pc_sample`` with pre-drawn noise: ``prior_noise [B, ...]``, ``predictor_noise
-    [N, B, ...]`` and ``corrector_noise [N, n_steps, B, ...]`` (None where unused).
-    Returns ``(samples, nfe)``."""
-    prior_noise = _as_tensor("prior_noise", prior_noise)
-    check_shape(prior_noise.shape)
-    _check_dtype(prior_noise.dtype)
-    pred, corr, ts = pc_components(sde, predictor=predictor, corrector=corrector, snr=snr,
-                                   n_steps=n_steps, probability_flow=probability_flow, eps=eps)
-    shapes = pc_noise_shapes(pred, corr, prior_noise.shape)
-    noise = stack_step_noise(shapes, len(ts), predictor_noise=predictor_noise,
-                             corrector_noise=corrector_noise)
-    noise = {k: _as_tensor(f"{k}_noise", v, prior_noise) for k, v in noise.items()}
-    x = sde.prior_from_noise(prior_noise)
-    samples = pc_loop(sde, score_fn, x, pred, corr, ts, noise=noise, denoise=denoise)
+    pred, corr, ts, score_fn, dtype, device, x_T, noise = _pc_prepare(
+        sde, score_fn, shape, x_T, noise, dtype, generator, predictor=predictor,
+        corrector=corrector, snr=snr, n_steps=n_steps, probability_flow=probability_flow,
+        eps=eps, denoise=denoise)
+    if x_T is None:
+        x_T = sde.prior_sampling(generator, check_shape(shape), dtype, device)
+    samples = pc_loop(sde, score_fn, x_T, pred, corr, ts, noise=noise, denoise=denoise,
+                      generator=generator)
     return samples, pc_nfe(pred, corr, len(ts))
 
 
@@ -450,50 +503,36 @@ def _ald_loop(sigmas, score_fn, x, levels, step_sizes, *, generator, noise, deno
     return x if final_only else torch.stack(trajectory)
 
 
-def _check_ald_options(sigmas, n_steps_each, step_lr, x_init, shape):
-    sig = grids.check_sigmas(sigmas)
-    levels, step_sizes = grids.ald_schedule(sig, n_steps_each, step_lr)
-    if x_init is not None:
-        x_init = _as_tensor("x_init", x_init)
-        if tuple(x_init.shape) != tuple(shape):
-            raise ValueError(f"x_init must have shape {tuple(shape)}, got {tuple(x_init.shape)}")
-        _check_dtype(x_init.dtype)
-    return sig, levels, step_sizes, x_init
-
-
-def ald_sample(sigmas, score_fn, shape, *, generator: torch.Generator | None = None,
-               n_steps_each: int = 100, step_lr: float = 2e-5, denoise: bool = True,
-               final_only: bool = True, x_init=None, dtype=torch.float32, device=None):
+@torch.no_grad()
+def ald_sample(sigmas, score_fn, shape, *, n_steps_each: int = 100, step_lr: float = 2e-5,
+               denoise: bool = True, final_only: bool = True, x_T=None, noise=None, dtype=None,
+               generator: torch.Generator | None = None):
     """Annealed Langevin dynamics (Song & Ermon 2019 Alg. 1; NCSNv2's sampler); see the
     twin. ``score_fn(x, level [B] int64)``. NCSNv2 draws each step's noise after calling
     the score, NCSN v1 before; with one generator only the stream differs, and this
-    driver draws it after the initial sample, step by step.
+    driver draws it after the initial sample, step by step. ``x_T`` (the start) and
+    ``noise`` (``[L n_steps_each, *shape]``) are drawn from ``generator`` when not given.
 
     Returns ``(samples [B, ...] or trajectory [S (+1), B, ...], nfe)``.
     """
+    check_callable("score_fn", score_fn, "score_fn(x, level)")
     shape = check_shape(shape)
-    dtype = _check_dtype(dtype if x_init is None else x_init.dtype)
-    sig, levels, step_sizes, x_init = _check_ald_options(sigmas, n_steps_each, step_lr, x_init, shape)
-    if x_init is None:
-        x_init = float(sig[0]) * torch.randn(shape, generator=generator, dtype=dtype, device=device)
-    out = _ald_loop(sig, score_fn, x_init, levels, step_sizes, generator=generator, noise=None,
-                    denoise=denoise, final_only=final_only)
-    return out, ald_nfe(len(sig), n_steps_each, denoise)
-
-
-@torch.no_grad()
-def ald_sample_from_noise(sigmas, score_fn, x_init, noise, *, n_steps_each: int = 100,
-                          step_lr: float = 2e-5, denoise: bool = True, final_only: bool = True):
-    """``ald_sample`` with pre-drawn noise ``[L n_steps_each, B, ...]`` from ``x_init``."""
-    x_init = _as_tensor("x_init", x_init)
-    shape = check_shape(x_init.shape)
-    sig, levels, step_sizes, x_init = _check_ald_options(sigmas, n_steps_each, step_lr, x_init, shape)
-    noise = _as_tensor("noise", noise)
-    if tuple(noise.shape) != (len(levels), *shape):
-        raise ValueError(f"noise must have shape {(len(levels), *shape)} "
-                         f"(L * n_steps_each, *x_init.shape), got {tuple(noise.shape)}")
-    noise = noise.to(dtype=x_init.dtype, device=x_init.device)
-    out = _ald_loop(sig, score_fn, x_init, levels, step_sizes, generator=None, noise=noise,
+    denoise = check_bool("denoise", denoise)
+    final_only = check_bool("final_only", final_only)
+    check_generator("generator", generator)
+    sig = grids.check_sigmas(sigmas)
+    levels, step_sizes = grids.ald_schedule(sig, n_steps_each, step_lr)
+    dtype = resolve_dtype(dtype, x_T, noise)
+    device = _device(generator, x_T, noise)
+    if x_T is not None:
+        x_T = check_array("x_T", x_T, shape, dtype, device)
+    if noise is not None:
+        noise = check_array("noise", noise, (len(levels), *shape), dtype, device,
+                            what="[L * n_steps_each, *shape]")
+    if x_T is None:
+        x_T = float(sig[0]) * torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    score_fn = checked_fn("score_fn", score_fn, check_fn_output)
+    out = _ald_loop(sig, score_fn, x_T, levels, step_sizes, generator=generator, noise=noise,
                     denoise=denoise, final_only=final_only)
     return out, ald_nfe(len(sig), n_steps_each, denoise)
 

@@ -21,18 +21,34 @@ step functions are differentiable. Each driver returns ``(samples, nfe)``.
 
 The learned-variance split is along the diffusion's ``channel_axis`` (axis 1 by default
 here, the last axis in JAX; the same axis for ``[B, D]`` data).
+
+The drivers follow the twin's signatures with ``generator=`` (last) in place of ``rng``
+(the sampler contract of ``torch_ref.samplers``); samples live on the device of ``x_T`` /
+``noise``, else ``generator.device``, else the CPU. Checks as the twin's: options,
+bools, the generator, pre-drawn tensors (shape, floating dtype, NaN / Inf), what
+``model_fn`` and ``denoised_fn`` return on every call; ``clip_denoised=True`` (the
+default, clamping x0_hat to [-1, 1] for images in [-1, 1]) warns for data of rank < 4.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from spec.sampler_args import check_callable, check_ddim_eta, check_sample_shape
-from spec.validate import check_int
+from spec.sampler_args import check_callable, check_ddim_eta, check_sample_shape, checked_fn
+from spec.validate import check_bool, check_int
 from torch_ref.diffusion import GaussianDiffusion
-from torch_ref.utils import append_dims, check_array, check_floating, resolve_dtype
+from torch_ref.utils import append_dims
+from torch_ref.validate import (
+    check_array,
+    check_diffusion,
+    check_floating,
+    check_fn_output,
+    check_generator,
+    resolve_dtype,
+)
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DenoisedFn = Optional[Callable[[torch.Tensor], torch.Tensor]]
@@ -50,11 +66,36 @@ __all__ = [
 # ----------------------------------------------------------------------- helpers
 
 
-def _check_diffusion(diffusion) -> None:
-    if not isinstance(diffusion, GaussianDiffusion):
-        raise TypeError(
-            f"diffusion must be a torch_ref.diffusion.GaussianDiffusion, got {type(diffusion).__name__}"
+_check_diffusion = check_diffusion
+
+
+def _model_output_shape(diffusion):
+    """``shape_of(x)`` for ``model_fn``'s output (channel axis doubled for a learned variance)."""
+    def shape_of(x):
+        shape = list(x.shape)
+        if diffusion.learned_variance and len(shape) >= 2:
+            shape[diffusion.channel_axis % len(shape)] *= 2
+        return tuple(shape)
+
+    return shape_of
+
+
+def _checked_fns(diffusion, model_fn, denoised_fn, clip_denoised, ndim):
+    """The twin's ``_checked_fns``: validate, warn for clipping non-images, wrap."""
+    check_callable("model_fn", model_fn, "model_fn(x, t)")
+    check_bool("clip_denoised", clip_denoised)
+    if clip_denoised and ndim < 4:
+        warnings.warn(
+            f"clip_denoised=True clamps the predicted x_0 to [-1, 1] (images scaled to "
+            f"[-1, 1]), but these data have rank {ndim} (not [B, C, H, W] images); pass "
+            "clip_denoised=False unless the data really lie in [-1, 1]",
+            UserWarning, stacklevel=3,
         )
+    model_fn = checked_fn("model_fn", model_fn, check_fn_output, _model_output_shape(diffusion))
+    if denoised_fn is not None:
+        check_callable("denoised_fn", denoised_fn, "denoised_fn(x0)")
+        denoised_fn = checked_fn("denoised_fn", denoised_fn, check_fn_output)
+    return model_fn, denoised_fn
 
 
 def _check_tensor(name: str, a) -> torch.Tensor:
@@ -87,19 +128,21 @@ def _check_eta(diffusion: GaussianDiffusion, eta) -> float:
                           diffusion.table("alphas_cumprod_prev"))
 
 
-def _prepare(diffusion, model_fn, shape, x_T, noise, dtype, device, generator):
-    """Validate a driver's inputs; return ``(shape, dtype, device, x_T, noise)``."""
+def _prepare(diffusion, model_fn, shape, x_T, noise, dtype, generator, *, clip_denoised,
+             denoised_fn):
+    """Validate a driver's inputs; return ``(shape, dtype, device, x_T, noise, model_fn,
+    denoised_fn)`` (the functions wrapped with their output checks)."""
     _check_diffusion(diffusion)
-    check_callable("model_fn", model_fn)
     shape = check_sample_shape(shape)
+    model_fn, denoised_fn = _checked_fns(diffusion, model_fn, denoised_fn, clip_denoised,
+                                         len(shape))
     for name, a in (("x_T", x_T), ("noise", noise)):
         if a is not None:
             _check_tensor(name, a)
     dtype = resolve_dtype(dtype, x_T, noise)
-    if device is None:
-        device = next((a.device for a in (x_T, noise) if a is not None), torch.device("cpu"))
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    check_generator("generator", generator)
+    device = next((a.device for a in (x_T, noise) if a is not None),
+                  generator.device if generator is not None else torch.device("cpu"))
     K = diffusion.num_timesteps
     if x_T is not None:
         x_T = check_array("x_T", x_T, shape, dtype, device, what="shape")
@@ -108,7 +151,7 @@ def _prepare(diffusion, model_fn, shape, x_T, noise, dtype, device, generator):
                             what="[num_timesteps, *shape]")
     if x_T is None:
         x_T = torch.randn(shape, generator=generator, dtype=dtype, device=device)
-    return shape, dtype, device, x_T, noise
+    return shape, dtype, device, x_T, noise, model_fn, denoised_fn
 
 
 def _run_reverse_loop(step, x_T, K, noise, generator, needs_noise: bool):
@@ -267,7 +310,6 @@ def ddpm_sample(
     x_T: Optional[torch.Tensor] = None,
     noise: Optional[torch.Tensor] = None,
     dtype: Optional[torch.dtype] = None,
-    device=None,
     generator: Optional[torch.Generator] = None,
 ) -> tuple[torch.Tensor, int]:
     """DDPM ancestral sampling (improved-diffusion ``p_sample_loop``): x_T ~ N(0, I), then
@@ -275,13 +317,14 @@ def ddpm_sample(
 
     ``x_T`` ``[*shape]`` and ``noise`` ``[K, *shape]`` (``noise[i]`` at t = K-1-i) are
     optional pre-drawn inputs; otherwise they are drawn from ``generator`` (x_T first, then
-    one draw per step). ``dtype``: default that of x_T / noise, else float32; ``device``:
-    default that of x_T / noise, else CPU.
+    one draw per step). ``dtype``: default that of x_T / noise, else float32; the device
+    is that of x_T / noise, else ``generator.device``, else the CPU.
 
     Returns ``(x_0 [*shape], nfe = K)``.
     """
-    shape, dtype, device, x_T, noise = _prepare(
-        diffusion, model_fn, shape, x_T, noise, dtype, device, generator
+    shape, dtype, device, x_T, noise, model_fn, denoised_fn = _prepare(
+        diffusion, model_fn, shape, x_T, noise, dtype, generator,
+        clip_denoised=clip_denoised, denoised_fn=denoised_fn,
     )
 
     def step(x, t, z):
@@ -305,7 +348,6 @@ def ddim_sample(
     x_T: Optional[torch.Tensor] = None,
     noise: Optional[torch.Tensor] = None,
     dtype: Optional[torch.dtype] = None,
-    device=None,
     generator: Optional[torch.Generator] = None,
 ) -> tuple[torch.Tensor, int]:
     """DDIM sampling (improved-diffusion ``ddim_sample_loop``) on the diffusion's respaced
@@ -317,8 +359,9 @@ def ddim_sample(
     _check_diffusion(diffusion)
     eta = _check_eta(diffusion, eta)
     stochastic = eta > 0.0
-    shape, dtype, device, x_T, noise = _prepare(
-        diffusion, model_fn, shape, x_T, noise, dtype, device, generator
+    shape, dtype, device, x_T, noise, model_fn, denoised_fn = _prepare(
+        diffusion, model_fn, shape, x_T, noise, dtype, generator,
+        clip_denoised=clip_denoised, denoised_fn=denoised_fn,
     )
     if not stochastic:
         noise = None
@@ -352,11 +395,12 @@ def ddim_invert(
     Returns ``(x_T [B, ...], nfe = K (1 + fixed_point_iters))``.
     """
     _check_diffusion(diffusion)
-    check_callable("model_fn", model_fn)
     n_iter = check_int("fixed_point_iters", fixed_point_iters, minimum=0)
-    x0 = _check_tensor("x0", x0)
-    if x0.ndim < 1:
-        raise ValueError(f"x0 must have a batch axis, shape [B, ...], got shape {tuple(x0.shape)}")
+    x0 = check_array("x0", _check_tensor("x0", x0))
+    if x0.ndim < 1 or x0.shape[0] < 1:
+        raise ValueError(f"x0 must have a batch axis, shape [B, ...] with B >= 1, got shape "
+                         f"{tuple(x0.shape)}")
+    model_fn, denoised_fn = _checked_fns(diffusion, model_fn, denoised_fn, clip_denoised, x0.ndim)
     K = diffusion.num_timesteps
     B = x0.shape[0]
 
