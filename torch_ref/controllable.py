@@ -37,6 +37,7 @@ CHANNEL_AXIS = 1
 
 
 def _channels_last_matmul(x, matrix, channel_axis):
+    channel_axis = CHANNEL_AXIS if channel_axis is None else channel_axis
     x = torch.movedim(x, channel_axis, -1)
     if x.shape[-1] != 3:
         raise ValueError(f"expected 3 channels on axis {channel_axis}, got shape {tuple(x.shape)}")
@@ -44,12 +45,13 @@ def _channels_last_matmul(x, matrix, channel_axis):
     return torch.movedim(out, -1, channel_axis)
 
 
-def decouple(x, channel_axis: int = CHANNEL_AXIS):
-    """``y_j = sum_i x_i M_ij`` over the channel axis (RGB -> gray-first decoupled space)."""
+def decouple(x, channel_axis: int | None = None):
+    """``y_j = sum_i x_i M_ij`` over the channel axis (RGB -> gray-first decoupled space);
+    ``channel_axis`` None: this side's image layout, ``CHANNEL_AXIS`` (1, NCHW)."""
     return _channels_last_matmul(x, grids.colorization_matrix(), channel_axis)
 
 
-def couple(y, channel_axis: int = CHANNEL_AXIS):
+def couple(y, channel_axis: int | None = None):
     """The inverse of ``decouple``: ``x_i = sum_j y_j M_ij`` (M orthogonal)."""
     return _channels_last_matmul(y, grids.colorization_matrix().T, channel_axis)
 
