@@ -34,6 +34,37 @@ def perturb_(module: torch.nn.Module, rng: np.random.Generator, scale: float = 0
     return module
 
 
+def official_score_sde_checkpoint(model: torch.nn.Module, rng: np.random.Generator, step: int = 7,
+                                  scale: float = 0.01) -> dict:
+    """A score_sde_pytorch checkpoint dict as its ``.pth`` holds it: DataParallel ``module.``
+    keys (with the float64 ``sigmas`` buffer), EMA shadow copies of the trainable
+    parameters (``model.parameters()`` order, each perturbed by N(0, scale^2)), an
+    optimizer state and the step."""
+    import collections
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    shadow = [p.detach().clone() + torch.as_tensor(rng.normal(0, scale, size=tuple(p.shape)), dtype=p.dtype)
+              for p in trainable]
+    return {
+        "model": collections.OrderedDict(("module." + k, v.clone()) for k, v in model.state_dict().items()),
+        "ema": {"decay": 0.999, "num_updates": step, "shadow_params": shadow},
+        "optimizer": {"state": {}, "param_groups": [{"lr": 2e-4, "params": list(range(len(trainable)))}]},
+        "step": step,
+    }
+
+
+def score_sde_ema_model(config, ckpt: dict) -> torch.nn.Module:
+    """What score_sde's evaluation runs: the ``model`` state loaded, then ``ema.copy_to``."""
+    from torch_ref.models.registry import create_model
+
+    ref = create_model(config)
+    ref.load_state_dict(tconv.strip_prefix(ckpt["model"]))
+    with torch.no_grad():
+        for s, p in zip(ckpt["ema"]["shadow_params"], [p for p in ref.parameters() if p.requires_grad]):
+            p.copy_(s)
+    return ref.eval()
+
+
 def flax_variables_from_torch(module: torch.nn.Module, config, flax_model, example_inputs) -> dict:
     """Convert ``module``'s state_dict with the key table; shapes checked against flax init."""
     shapes = jax.eval_shape(

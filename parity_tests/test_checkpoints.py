@@ -14,7 +14,6 @@ points of the twins ``jax_impl/convert.py`` <-> ``torch_ref/convert.py``:
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import shutil
@@ -60,27 +59,11 @@ def _perturbed(config, seed):
     return netutils.perturb_(treg.create_model(config), np.random.default_rng(seed)).eval()
 
 
-def _score_sde_checkpoint(model, rng, step=11):
-    """score_sde_pytorch's ``.pth`` dict: ``module.`` keys, EMA shadow list, optimizer, step."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    shadow = [p.detach().clone() + torch.as_tensor(rng.normal(0, 0.02, size=tuple(p.shape)), dtype=p.dtype)
-              for p in trainable]
-    return {
-        "model": collections.OrderedDict(("module." + k, v.clone()) for k, v in model.state_dict().items()),
-        "ema": {"decay": 0.999, "num_updates": step, "shadow_params": shadow},
-        "optimizer": {"state": {}, "param_groups": [{"lr": 2e-4, "params": list(range(len(trainable)))}]},
-        "step": step,
-    }
+def _score_sde_checkpoint(model, rng):
+    return netutils.official_score_sde_checkpoint(model, rng, step=11, scale=0.02)
 
 
-def _ema_model(config, ckpt):
-    """What score_sde's evaluation runs: ``model`` loaded, then ``ema.copy_to``."""
-    ref = treg.create_model(config)
-    ref.load_state_dict(tconv.strip_prefix(ckpt["model"]))
-    with torch.no_grad():
-        for s, p in zip(ckpt["ema"]["shadow_params"], [p for p in ref.parameters() if p.requires_grad]):
-            p.copy_(s)
-    return ref.eval()
+_ema_model = netutils.score_sde_ema_model
 
 
 def _ncsnv2_checkpoint(config):

@@ -5,7 +5,6 @@ Twins: ``jax_impl/convert.py`` <-> ``torch_ref/convert.py``.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
 
@@ -32,28 +31,8 @@ def _torch_model(config, rng):
     return netutils.perturb_(treg.create_model(config), rng).eval()
 
 
-def _official_checkpoint(model, rng, step=7):
-    """A score_sde_pytorch checkpoint dict: DataParallel ``module.`` keys (with the float64
-    ``sigmas`` buffer), EMA shadow copies of the trainable parameters, an optimizer state."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    shadow = [p.detach().clone() + torch.as_tensor(rng.normal(0, 0.01, size=tuple(p.shape)), dtype=p.dtype)
-              for p in trainable]
-    return {
-        "model": collections.OrderedDict(("module." + k, v.clone()) for k, v in model.state_dict().items()),
-        "ema": {"decay": 0.999, "num_updates": step, "shadow_params": shadow},
-        "optimizer": {"state": {}, "param_groups": [{"lr": 2e-4, "params": list(range(len(trainable)))}]},
-        "step": step,
-    }
-
-
-def _reference_ema_model(config, ckpt):
-    """What score_sde does: load ``model``, then ``ema.copy_to(model.parameters())``."""
-    ref = treg.create_model(config)
-    ref.load_state_dict(tconv.strip_prefix(ckpt["model"]))
-    with torch.no_grad():
-        for s, p in zip(ckpt["ema"]["shadow_params"], [p for p in ref.parameters() if p.requires_grad]):
-            p.copy_(s)
-    return ref.eval()
+_official_checkpoint = netutils.official_score_sde_checkpoint
+_reference_ema_model = netutils.score_sde_ema_model
 
 
 def _tree_equal(a, b) -> bool:

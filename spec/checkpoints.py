@@ -46,6 +46,7 @@ import collections
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -269,7 +270,9 @@ def _read_torch(p: Path):
         if not any(n.endswith("data.pkl") for n in names):
             raise _Unreadable("a zip archive without data.pkl, not a PyTorch checkpoint")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol note is noise next to our error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (every torch / pickle / zip failure gets the one message)
         raise _Unreadable(f"damaged, truncated or not a weights-only PyTorch checkpoint ({_short(e)})") from None
     return tree_to_numpy(obj, p.name)

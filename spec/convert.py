@@ -162,6 +162,21 @@ def check_state_dict(
     return out
 
 
+# (kernel kind, rank, torch layout, flax layout, permutation torch -> flax)
+_RELAYOUT = {"conv": ("conv", 4, "OIHW", "HWIO", (2, 3, 1, 0)), "dense": ("dense", 2, "(out, in)", "(in, out)", (1, 0))}
+
+
+def _relayout(array: np.ndarray, km: KeyMap, *, to_flax: bool) -> np.ndarray:
+    """Transpose a kernel between the torch and flax layouts of ``km.layout``."""
+    if km.layout not in _RELAYOUT:
+        return array
+    kind, ndim, torch_name, flax_name, perm = _RELAYOUT[km.layout]
+    if array.ndim != ndim:
+        side, layout = ("", torch_name) if to_flax else ("flax ", flax_name)
+        raise ValueError(f"{km.torch_key}: a {side}{kind} kernel must be {ndim}-D {layout}, got shape {array.shape}")
+    return np.transpose(array, perm if to_flax else tuple(np.argsort(perm)))
+
+
 def torch_to_flax(
     state_dict: Mapping[str, Any],
     table: Iterable[KeyMap],
@@ -193,15 +208,7 @@ def torch_to_flax(
     expected = flatten_paths(flax_shapes) if flax_shapes is not None else None
     out: dict = {}
     for km in table:
-        array = arrays[km.torch_key]
-        if km.layout == "conv":
-            if array.ndim != 4:
-                raise ValueError(f"{km.torch_key}: a conv kernel must be 4-D (OIHW), got shape {array.shape}")
-            array = np.transpose(array, (2, 3, 1, 0))
-        elif km.layout == "dense":
-            if array.ndim != 2:
-                raise ValueError(f"{km.torch_key}: a dense kernel must be 2-D (out, in), got shape {array.shape}")
-            array = array.T
+        array = _relayout(arrays[km.torch_key], km, to_flax=True)
         if dtype is not None:
             array = array.astype(dtype)
         if expected is not None:
@@ -249,15 +256,7 @@ def flax_to_torch(
     for km in table:
         name = "/".join(km.flax_path)
         array = _check_values(f"flax leaf {name!r}", to_numpy(_get_path(variables, km.flax_path), name))
-        if km.layout == "conv":
-            if array.ndim != 4:
-                raise ValueError(f"{km.torch_key}: a flax conv kernel must be 4-D (HWIO), got shape {array.shape}")
-            array = np.transpose(array, (3, 2, 0, 1))
-        elif km.layout == "dense":
-            if array.ndim != 2:
-                raise ValueError(f"{km.torch_key}: a flax dense kernel must be 2-D (in, out), got shape {array.shape}")
-            array = array.T
-        array = np.array(array, order="C", copy=True)  # writable, owns its memory
+        array = np.array(_relayout(array, km, to_flax=False), order="C", copy=True)  # writable, owns its memory
         if km.shape is not None and tuple(array.shape) != km.shape:
             raise ValueError(f"{km.torch_key}: converted shape {tuple(array.shape)} != expected {km.shape}")
         if torch_shapes is not None:

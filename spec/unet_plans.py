@@ -80,6 +80,37 @@ class _Plan:
     def add(self, kind: str, in_ch: int, out_ch: int, stage: str, **fields) -> None:
         self.blocks.append(Block(kind, len(self.blocks), in_ch, out_ch, stage, **fields))
 
+    def down_level(self, config, level: int, in_ch: int, hs_c: list, **resnet_fields) -> int:
+        """``num_res_blocks`` x (resnet [+ attn]) at ``level``, pushing each output width
+        on the skip stack ``hs_c``; returns the width."""
+        attn = config.all_resolutions[level] in config.attn_resolutions
+        for _ in range(config.num_res_blocks):
+            out_ch = config.nf * config.ch_mult[level]
+            self.add("resnet", in_ch, out_ch, "down", level=level, **resnet_fields)
+            in_ch = out_ch
+            if attn:
+                self.add("attn", in_ch, in_ch, "down", level=level)
+            hs_c.append(in_ch)
+        return in_ch
+
+    def middle(self, ch: int, **resnet_fields) -> int:
+        """resnet, attn, resnet at the lowest resolution."""
+        self.add("resnet", ch, ch, "middle", **resnet_fields)
+        self.add("attn", ch, ch, "middle")
+        self.add("resnet", ch, ch, "middle", **resnet_fields)
+        return ch
+
+    def up_level(self, config, level: int, in_ch: int, hs_c: list, **resnet_fields) -> int:
+        """``num_res_blocks + 1`` x resnet on ``concat(h, skip)`` (popping ``hs_c``), then
+        ONE attn at attention levels; returns the width."""
+        for _ in range(config.num_res_blocks + 1):
+            out_ch = config.nf * config.ch_mult[level]
+            self.add("resnet", in_ch + hs_c.pop(), out_ch, "up", level=level, **resnet_fields)
+            in_ch = out_ch
+        if config.all_resolutions[level] in config.attn_resolutions:
+            self.add("attn", in_ch, in_ch, "up", level=level)
+        return in_ch
+
 
 def _pp_groups(channels: int) -> int:
     """NCSN++'s GroupNorm groups: ``min(C // 4, 32)``."""
@@ -104,29 +135,14 @@ def ddpm_plan(config) -> tuple[Block, ...]:
     p.add("conv3x3", C, nf, "input")
     hs_c = [nf]
     in_ch = nf
-    for level, mult in enumerate(config.ch_mult):
-        attn = config.all_resolutions[level] in config.attn_resolutions
-        for _ in range(config.num_res_blocks):
-            out_ch = nf * mult
-            p.add("resnet", in_ch, out_ch, "down", level=level)
-            in_ch = out_ch
-            if attn:
-                p.add("attn", in_ch, in_ch, "down", level=level)
-            hs_c.append(in_ch)
+    for level in range(config.num_resolutions):
+        in_ch = p.down_level(config, level, in_ch, hs_c)
         if level != config.num_resolutions - 1:
             p.add("downsample", in_ch, in_ch, "down", level=level, with_conv=config.resamp_with_conv)
             hs_c.append(in_ch)
-    in_ch = hs_c[-1]
-    p.add("resnet", in_ch, in_ch, "middle")
-    p.add("attn", in_ch, in_ch, "middle")
-    p.add("resnet", in_ch, in_ch, "middle")
+    in_ch = p.middle(hs_c[-1])
     for level in reversed(range(config.num_resolutions)):
-        for _ in range(config.num_res_blocks + 1):
-            out_ch = nf * config.ch_mult[level]
-            p.add("resnet", in_ch + hs_c.pop(), out_ch, "up", level=level)
-            in_ch = out_ch
-        if config.all_resolutions[level] in config.attn_resolutions:
-            p.add("attn", in_ch, in_ch, "up", level=level)
+        in_ch = p.up_level(config, level, in_ch, hs_c)
         if level != 0:
             p.add("upsample", in_ch, in_ch, "up", level=level, with_conv=config.resamp_with_conv)
     assert not hs_c
@@ -170,15 +186,8 @@ def ncsnpp_plan(config) -> tuple[Block, ...]:
     input_pyramid_ch = C
     hs_c = [nf]
     in_ch = nf
-    for level, mult in enumerate(config.ch_mult):
-        attn = config.all_resolutions[level] in config.attn_resolutions
-        for _ in range(config.num_res_blocks):
-            out_ch = nf * mult
-            p.add("resnet", in_ch, out_ch, "down", level=level, resblock=rb)
-            in_ch = out_ch
-            if attn:
-                p.add("attn", in_ch, in_ch, "down", level=level)
-            hs_c.append(in_ch)
+    for level in range(config.num_resolutions):
+        in_ch = p.down_level(config, level, in_ch, hs_c, resblock=rb)
         if level != config.num_resolutions - 1:
             resample("downsample", level, in_ch)
             if config.progressive_input == "input_skip":
@@ -191,18 +200,10 @@ def ncsnpp_plan(config) -> tuple[Block, ...]:
                       with_conv=True, fir=fir)
                 input_pyramid_ch = in_ch
             hs_c.append(in_ch)
-    in_ch = hs_c[-1]
-    p.add("resnet", in_ch, in_ch, "middle", resblock=rb)
-    p.add("attn", in_ch, in_ch, "middle")
-    p.add("resnet", in_ch, in_ch, "middle", resblock=rb)
+    in_ch = p.middle(hs_c[-1], resblock=rb)
     pyramid_ch = 0
     for level in reversed(range(config.num_resolutions)):
-        for _ in range(config.num_res_blocks + 1):
-            out_ch = nf * config.ch_mult[level]
-            p.add("resnet", in_ch + hs_c.pop(), out_ch, "up", level=level, resblock=rb)
-            in_ch = out_ch
-        if config.all_resolutions[level] in config.attn_resolutions:
-            p.add("attn", in_ch, in_ch, "up", level=level)
+        in_ch = p.up_level(config, level, in_ch, hs_c, resblock=rb)
         if config.progressive != "none":
             if level == config.num_resolutions - 1:
                 p.add("group_norm", in_ch, in_ch, "up", level=level, role="pyramid", groups=_pp_groups(in_ch))
