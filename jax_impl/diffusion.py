@@ -139,13 +139,13 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales) -> jax.Array:
     )
 
 
-def sample_timesteps_uniform(key: jax.Array, batch_size: int, num_timesteps: int) -> jax.Array:
+def sample_timesteps_uniform(rng: jax.Array, batch_size: int, num_timesteps: int) -> jax.Array:
     """Draw ``t ~ U{0, ..., num_timesteps - 1}``, int32 ``[batch_size]`` (the uniform
-    schedule sampler; its importance weights are all 1)."""
-    key = check_key("key", key)
+    schedule sampler; its importance weights are all 1), from the PRNG key ``rng``."""
+    rng = check_key("rng", rng)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     num_timesteps = check_int("num_timesteps", num_timesteps, minimum=1)
-    return jax.random.randint(key, (batch_size,), 0, num_timesteps, dtype=jnp.int32)
+    return jax.random.randint(rng, (batch_size,), 0, num_timesteps, dtype=jnp.int32)
 
 
 # ---------------------------------------------------------------- the diffusion
@@ -161,16 +161,17 @@ class GaussianDiffusion(DiffusionProcess):
       config: a ``spec.DiffusionConfig`` (schedule, respacing, mean/variance/loss types).
       dtype: computing dtype the float64 tables are cast to; ``None`` (default) uses the
         data dtype. ``jnp.float32`` reproduces improved-diffusion's float32 cast.
-      channel_axis: axis of the learned-variance split (default -1, the last axis).
+      channel_axis: axis of the learned-variance split; ``None`` (default) means -1, the
+        last axis (this side's layout: NHWC, ``[B, L, C]``, ``[B, D]``).
     """
 
     config: spec.DiffusionConfig
     dtype: Any = None
-    channel_axis: int = -1
+    channel_axis: Optional[int] = None
     _tables: dict = dataclasses.field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self):
-        self._init_process()
+        self._init_process(default_channel_axis=-1)
         if self.dtype is not None:
             object.__setattr__(self, "dtype", resolve_dtype(self.dtype))
 
@@ -555,10 +556,11 @@ class GaussianDiffusion(DiffusionProcess):
             "mse": mse,
         }
 
-    def calc_bpd_loop_random(self, model_fn: ModelFn, x_start, key: jax.Array, *, clip_denoised=True) -> dict:
-        """``calc_bpd_loop`` with noise drawn from ``key``: ``noise[j] =
-        normal(fold_in(key, j), x_start.shape)``."""
-        key = check_key("key", key)
+    def calc_bpd_loop_random(self, rng: jax.Array, model_fn: ModelFn, x_start, *,
+                             clip_denoised=True) -> dict:
+        """``calc_bpd_loop`` with noise drawn from the PRNG key ``rng``: ``noise[j] =
+        normal(fold_in(rng, j), x_start.shape)``."""
+        key = check_key("rng", rng)
         x_start = self._check_x("x_start", x_start)
         dtype = jnp.result_type(x_start)
         noise = jax.vmap(

@@ -665,19 +665,19 @@ def test_random_drivers():
     x0 = np.random.default_rng(3).uniform(-1, 1, size=(2, 3))
     W = np.zeros_like(x0)
     key = jax.random.PRNGKey(0)
-    res = dj.calc_bpd_loop_random(lambda x, t: jnp.asarray(W), jnp.asarray(x0), key)
+    res = dj.calc_bpd_loop_random(key, lambda x, t: jnp.asarray(W), jnp.asarray(x0))
     noise = np.stack([to_np(jax.random.normal(jax.random.fold_in(key, j), x0.shape, jnp.float64))
                       for j in range(dj.num_timesteps)])
     ref = do.calc_bpd_loop(lambda x, t: W, x0, noise)
     np.testing.assert_allclose(to_np(res["vb"]), ref["vb"], rtol=1e-10)
     g = torch.Generator().manual_seed(0)
-    res_t = dt_.calc_bpd_loop_random(lambda x, t: torch.tensor(W), torch.tensor(x0), g)
+    res_t = dt_.calc_bpd_loop_random(lambda x, t: torch.tensor(W), torch.tensor(x0), generator=g)
     noise_t = torch.randn((dj.num_timesteps,) + x0.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ref_t = do.calc_bpd_loop(lambda x, t: W, x0, to_np(noise_t))
     np.testing.assert_allclose(to_np(res_t["total_bpd"]), ref_t["total_bpd"], rtol=1e-10)
 
     t_j = to_np(jax.jit(jd.sample_timesteps_uniform, static_argnums=(1, 2))(key, 4000, 7))
-    t_t = to_np(td.sample_timesteps_uniform(torch.Generator().manual_seed(1), 4000, 7))
+    t_t = to_np(td.sample_timesteps_uniform(4000, 7, generator=torch.Generator().manual_seed(1)))
     for tt in (t_j, t_t):
         assert tt.shape == (4000,) and tt.min() == 0 and tt.max() == 6
         assert np.all(np.abs(np.bincount(tt, minlength=7) / 4000 - 1 / 7) < 0.03)

@@ -635,22 +635,22 @@ def _cases(S: Side):
     ]
     if is_jax:
         c += [
-            ("calc_bpd_loop_random key=0", lambda: d.calc_bpd_loop_random(good, x, bad_key), TypeError,
-             ["key"]),
+            ("calc_bpd_loop_random rng=0", lambda: d.calc_bpd_loop_random(bad_key, good, x), TypeError,
+             ["rng"]),
             ("calc_bpd_loop_random torch Generator",
-             lambda: d.calc_bpd_loop_random(good, x, torch.Generator()), TypeError, ["key"]),
-            ("sample_timesteps_uniform key=0", lambda: D.sample_timesteps_uniform(0, 4, 10), TypeError,
-             ["key"]),
+             lambda: d.calc_bpd_loop_random(torch.Generator(), good, x), TypeError, ["rng"]),
+            ("sample_timesteps_uniform rng=0", lambda: D.sample_timesteps_uniform(0, 4, 10), TypeError,
+             ["rng"]),
             ("sample_timesteps_uniform batch of keys",
              lambda: D.sample_timesteps_uniform(jax.random.split(jax.random.key(0), 2), 4, 10),
-             TypeError, ["key"]),
+             TypeError, ["rng"]),
         ]
     else:
         c += [
-            ("calc_bpd_loop_random generator=0", lambda: d.calc_bpd_loop_random(good, x, 0), TypeError,
-             ["generator"]),
-            ("sample_timesteps_uniform generator=0", lambda: D.sample_timesteps_uniform(0, 4, 10),
-             TypeError, ["generator"]),
+            ("calc_bpd_loop_random generator=0",
+             lambda: d.calc_bpd_loop_random(good, x, generator=0), TypeError, ["generator"]),
+            ("sample_timesteps_uniform generator=0",
+             lambda: D.sample_timesteps_uniform(4, 10, generator=0), TypeError, ["generator"]),
             ("q_sample numpy x_start", lambda: d.q_sample(np.zeros((4, 2)), ti, z), TypeError,
              ["x_start", "torch.Tensor"]),
             ("training_losses numpy noise", lambda: d.training_losses(good, x, ti, np.zeros((4, 2))),

@@ -15,16 +15,18 @@ from spec.validate import check_int
 
 class DiffusionProcess:
     """Mixin for a frozen dataclass with fields ``config`` and ``channel_axis`` and a
-    non-init ``_tables`` field; ``_init_process()`` validates them and builds the tables."""
+    non-init ``_tables`` field; ``_init_process(default_channel_axis)`` validates them
+    (``channel_axis=None`` becomes the side's layout default) and builds the tables."""
 
     config: DiffusionConfig
     channel_axis: int
     _tables: dict
 
-    def _init_process(self) -> None:
+    def _init_process(self, default_channel_axis: int) -> None:
         if not isinstance(self.config, DiffusionConfig):
             raise TypeError(f"config must be a spec.DiffusionConfig, got {type(self.config).__name__}")
-        axis = check_int("channel_axis", self.channel_axis)
+        axis = self.channel_axis
+        axis = default_channel_axis if axis is None else check_int("channel_axis", axis)
         if axis == 0:
             raise ValueError("channel_axis must not be 0 (the batch axis)")
         object.__setattr__(self, "channel_axis", axis)

@@ -132,12 +132,14 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales) -> torch.Tensor
 
 
 def sample_timesteps_uniform(
-    generator: Optional[torch.Generator], batch_size: int, num_timesteps: int, *, device=None
+    batch_size: int, num_timesteps: int, *, generator: Optional[torch.Generator] = None
 ) -> torch.Tensor:
-    """Draw ``t ~ U{0, ..., num_timesteps - 1}``, int64 ``[batch_size]``, from ``generator``."""
+    """Draw ``t ~ U{0, ..., num_timesteps - 1}``, int64 ``[batch_size]``, from ``generator``
+    (on the generator's device; the CPU without one)."""
     generator = check_generator("generator", generator)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     num_timesteps = check_int("num_timesteps", num_timesteps, minimum=1)
+    device = generator.device if generator is not None else torch.device("cpu")
     return torch.randint(0, num_timesteps, (batch_size,), generator=generator, device=device)
 
 
@@ -156,16 +158,17 @@ class GaussianDiffusion(DiffusionProcess):
       dtype: computing dtype (a floating ``torch.dtype``) the float64 tables are cast to;
         ``None`` (default) uses the data dtype. ``torch.float32`` reproduces
         improved-diffusion's cast.
-      channel_axis: axis of the learned-variance split (default 1, NCHW).
+      channel_axis: axis of the learned-variance split; ``None`` (default) means 1 (this
+        side's layout: NCHW, ``[B, C, L]``, ``[B, D]``).
     """
 
     config: spec.DiffusionConfig
     dtype: Optional[torch.dtype] = None
-    channel_axis: int = 1
+    channel_axis: Optional[int] = None
     _tables: dict = dataclasses.field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self):
-        self._init_process()
+        self._init_process(default_channel_axis=1)
         if self.dtype is not None:
             resolve_dtype(self.dtype)
 
@@ -516,7 +519,8 @@ class GaussianDiffusion(DiffusionProcess):
         }
 
     def calc_bpd_loop_random(
-        self, model_fn: ModelFn, x_start, generator: Optional[torch.Generator], *, clip_denoised=True
+        self, model_fn: ModelFn, x_start, *, clip_denoised=True,
+        generator: Optional[torch.Generator] = None,
     ) -> dict:
         """``calc_bpd_loop`` with noise ``[T, B, ...]`` drawn from ``generator``."""
         generator = check_generator("generator", generator)
