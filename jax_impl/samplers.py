@@ -89,7 +89,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, ClassVar, Protocol, runtime_checkable
+from typing import Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -100,6 +100,8 @@ from spec.sampler_args import (  # re-exported: the public names of this module
     CORRECTORS,
     PC_NOISE_KEYS,
     PREDICTORS,
+    Corrector,
+    Predictor,
     ald_nfe,
     check_shape,
     check_step_noise,
@@ -122,48 +124,6 @@ __all__ = [
     "check_step_noise", "pc_loop", "pc_sample",
     "ald_step", "ald_nfe", "ald_sample", "check_shape",
 ]
-
-# ------------------------------------------------------------------------ protocols
-
-
-@runtime_checkable
-class Predictor(Protocol):
-    """What ``pc_sample`` needs of a predictor (score_sde's ``Predictor``, as a protocol:
-    any class with these members works, no subclassing).
-
-    ``nfe``: score evaluations per step (an int). ``noise_shape(shape)``: the shape of the
-    Gaussian noise ``z`` one step takes for samples of ``shape`` ``(B, ...)``, or None when
-    the step is deterministic. ``check(sde)``: raise (``ValueError`` / ``TypeError``) if
-    the predictor cannot run on ``sde``; called once, before tracing. ``step(sde,
-    score_fn, x, t, z)``: one step at time ``t [B]`` from ``x [B, ...]`` with ``z`` of
-    ``noise_shape(x.shape)`` (None when deterministic); returns ``(x, x_mean)``, the new
-    state and its noise-free part (what ``denoise=True`` returns after the last step).
-    """
-
-    nfe: int
-
-    def noise_shape(self, shape): ...
-
-    def check(self, sde) -> None: ...
-
-    def step(self, sde, score_fn, x, t, z): ...
-
-
-@runtime_checkable
-class Corrector(Protocol):
-    """What ``pc_sample`` needs of a corrector: the members of ``Predictor`` with the same
-    meaning (``nfe`` per PC step, e.g. ``n_steps`` for Langevin; ``noise_shape(shape)``,
-    e.g. ``(n_steps, *shape)``; ``check(sde)``; ``step(sde, score_fn, x, t, z) -> (x,
-    x_mean)``). The corrector runs before the predictor in each PC step."""
-
-    nfe: int
-
-    def noise_shape(self, shape): ...
-
-    def check(self, sde) -> None: ...
-
-    def step(self, sde, score_fn, x, t, z): ...
-
 
 # ------------------------------------------------------------------------------ helpers
 

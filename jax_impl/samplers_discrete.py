@@ -45,7 +45,6 @@ e.g. ``[B, D]`` points): pass ``clip_denoised=False`` there.
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -61,8 +60,14 @@ from jax_impl.validate import (
     check_key,
     resolve_dtype,
 )
-from spec.sampler_args import check_callable, check_ddim_eta, check_sample_shape, checked_fn
-from spec.validate import check_bool, check_int
+from spec.sampler_args import (
+    check_callable,
+    check_clip_denoised,
+    check_ddim_eta,
+    check_sample_shape,
+    checked_fn,
+)
+from spec.validate import check_int
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 DenoisedFn = Optional[Callable[[jax.Array], jax.Array]]
@@ -99,14 +104,7 @@ def _checked_fns(diffusion, model_fn, denoised_fn, clip_denoised, ndim):
     """Validate the model-side arguments of a driver; return ``(model_fn, denoised_fn)``
     wrapped so that each call checks its output at trace time."""
     check_callable("model_fn", model_fn, "model_fn(x, t)")
-    check_bool("clip_denoised", clip_denoised)
-    if clip_denoised and ndim < 4:
-        warnings.warn(
-            f"clip_denoised=True clamps the predicted x_0 to [-1, 1] (images scaled to "
-            f"[-1, 1]), but these data have rank {ndim} (not [B, H, W, C] images); pass "
-            "clip_denoised=False unless the data really lie in [-1, 1]",
-            UserWarning, stacklevel=3,
-        )
+    check_clip_denoised(clip_denoised, ndim, "[B, H, W, C]")
     model_fn = checked_fn("model_fn", model_fn, check_fn_output, _model_output_shape(diffusion))
     if denoised_fn is not None:
         check_callable("denoised_fn", denoised_fn, "denoised_fn(x0)")

@@ -35,6 +35,8 @@ from jax_impl import samplers_discrete as jdisc
 from jax_impl import sde as jsde
 from jax_impl.diffusion import GaussianDiffusion as JDiffusion
 from parity_tests.helpers import to_np
+from parity_tests.test_samplers_pc import j_iso_score as j_score
+from parity_tests.test_samplers_pc import t_iso_score as t_score
 from torch_ref import controllable as tc
 from torch_ref import fast_samplers as tfs
 from torch_ref import ode as tode
@@ -45,22 +47,6 @@ from torch_ref.diffusion import GaussianDiffusion as TDiffusion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 25
-MU, C = 0.3, 0.7
-
-
-def j_score(sde):
-    """Exact score of N(MU, C^2 I) perturbed by ``sde`` (any rank), JAX."""
-    def score_fn(x, t):
-        a, s = sde.marginal_prob(jnp.ones_like(x), t)
-        return -(x - a * MU) / (a**2 * C**2 + jsde.append_dims(s**2, x.ndim))
-    return score_fn
-
-
-def t_score(sde):
-    def score_fn(x, t):
-        a, s = sde.marginal_prob(torch.ones_like(x), t)
-        return -(x - a * MU) / (a**2 * C**2 + tsde.append_dims(s**2, x.ndim))
-    return score_fn
 
 
 # --------------------------------------------------------- user-written components

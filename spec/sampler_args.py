@@ -11,11 +11,13 @@ array (tracers included) or a torch tensor without converting it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from spec.validate import check_choice, check_float, check_int
+from spec.validate import check_bool, check_choice, check_float, check_int
 
 __all__ = [
     "PREDICTORS",
@@ -35,7 +37,10 @@ __all__ = [
     "check_noise",
     "checked_fn",
     "PC_NOISE_KEYS",
+    "Predictor",
+    "Corrector",
     "check_component",
+    "check_clip_denoised",
     "pc_nfe",
     "pc_noise_shapes",
     "check_step_noise",
@@ -131,6 +136,48 @@ def checked_fn(fn_name: str, fn, check_output, shape_of=None):
 
 # ------------------------------------------------------------ predictor-corrector
 
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What ``pc_sample`` (both frameworks) needs of a predictor: score_sde's
+    ``Predictor`` as a protocol, so any class with these members works, no subclassing.
+
+    ``nfe``: score evaluations per step (an int >= 0). ``noise_shape(shape)``: the shape of
+    the Gaussian noise ``z`` one step takes for samples of ``shape`` ``(B, ...)``, or None
+    when the step is deterministic. ``check(sde)``: raise (``ValueError`` / ``TypeError``)
+    if the predictor cannot run on ``sde``; called once, before tracing. ``step(sde,
+    score_fn, x, t, z)``: one step at time ``t [B]`` from ``x [B, ...]`` with ``z`` of
+    ``noise_shape(x.shape)`` (None when deterministic), in the framework's arrays; returns
+    ``(x, x_mean)``, the new state and its noise-free part (what ``denoise=True`` returns
+    after the last step). Defined once here (framework-neutral) and re-exported by
+    ``jax_impl.samplers`` and ``torch_ref.samplers``.
+    """
+
+    nfe: int
+
+    def noise_shape(self, shape): ...
+
+    def check(self, sde) -> None: ...
+
+    def step(self, sde, score_fn, x, t, z): ...
+
+
+@runtime_checkable
+class Corrector(Protocol):
+    """What ``pc_sample`` needs of a corrector: the members of ``Predictor`` with the same
+    meaning (``nfe`` per PC step, e.g. ``n_steps`` for Langevin; ``noise_shape(shape)``,
+    e.g. ``(n_steps, *shape)``; ``check(sde)``; ``step(sde, score_fn, x, t, z) -> (x,
+    x_mean)``). The corrector runs before the predictor in each PC step."""
+
+    nfe: int
+
+    def noise_shape(self, shape): ...
+
+    def check(self, sde) -> None: ...
+
+    def step(self, sde, score_fn, x, t, z): ...
+
+
 PC_NOISE_KEYS = ("predictor", "corrector", "data")
 """The keys of a PC sampler's pre-drawn ``noise`` dict: ``predictor [N, *p_shape]``,
 ``corrector [N, *c_shape]`` (the shapes the predictor's / corrector's ``noise_shape``
@@ -219,6 +266,21 @@ def ald_nfe(num_levels: int, n_steps_each: int, denoise: bool) -> int:
 
 
 # ---------------------------------------------------------------------- DDIM, ODE
+
+
+def check_clip_denoised(clip_denoised, ndim: int, layout: str) -> bool:
+    """``clip_denoised`` as a bool (``check_bool``); a ``UserWarning`` when it is on for data
+    of rank ``ndim < 4``: clipping x_0 to [-1, 1] is meant for images scaled to [-1, 1]
+    (``layout`` names the framework's image layout in the message, e.g. ``"[B, H, W, C]"``)."""
+    clip_denoised = check_bool("clip_denoised", clip_denoised)
+    if clip_denoised and ndim < 4:
+        warnings.warn(
+            f"clip_denoised=True clamps the predicted x_0 to [-1, 1] (images scaled to "
+            f"[-1, 1]), but these data have rank {ndim} (not {layout} images); pass "
+            "clip_denoised=False unless the data really lie in [-1, 1]",
+            UserWarning, stacklevel=4,
+        )
+    return clip_denoised
 
 
 def check_ddim_eta(eta, alphas_cumprod: np.ndarray, alphas_cumprod_prev: np.ndarray) -> float:

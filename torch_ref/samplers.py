@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, ClassVar, Protocol, runtime_checkable
+from typing import Callable, ClassVar
 
 import torch
 
@@ -31,6 +31,8 @@ from spec.sampler_args import (  # re-exported: the public names of this module
     CORRECTORS,
     PC_NOISE_KEYS,
     PREDICTORS,
+    Corrector,
+    Predictor,
     ald_nfe,
     check_shape,
     check_step_noise,
@@ -59,38 +61,6 @@ __all__ = [
     "check_step_noise", "pc_loop", "pc_sample",
     "ald_step", "ald_nfe", "ald_sample", "check_shape",
 ]
-
-# ------------------------------------------------------------------------ protocols
-
-
-@runtime_checkable
-class Predictor(Protocol):
-    """What ``pc_sample`` needs of a predictor; the twin's protocol (``nfe``,
-    ``noise_shape(shape)``, ``check(sde)``, ``step(sde, score_fn, x, t, z) -> (x,
-    x_mean)``), on tensors. Any class with these members works, no subclassing."""
-
-    nfe: int
-
-    def noise_shape(self, shape): ...
-
-    def check(self, sde) -> None: ...
-
-    def step(self, sde, score_fn, x, t, z): ...
-
-
-@runtime_checkable
-class Corrector(Protocol):
-    """What ``pc_sample`` needs of a corrector: the members of ``Predictor``, with the
-    same meaning; it runs before the predictor in each PC step."""
-
-    nfe: int
-
-    def noise_shape(self, shape): ...
-
-    def check(self, sde) -> None: ...
-
-    def step(self, sde, score_fn, x, t, z): ...
-
 
 # ------------------------------------------------------------------------------ helpers
 

@@ -32,13 +32,18 @@ default, clamping x0_hat to [-1, 1] for images in [-1, 1]) warns for data of ran
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from spec.sampler_args import check_callable, check_ddim_eta, check_sample_shape, checked_fn
-from spec.validate import check_bool, check_int
+from spec.sampler_args import (
+    check_callable,
+    check_clip_denoised,
+    check_ddim_eta,
+    check_sample_shape,
+    checked_fn,
+)
+from spec.validate import check_int
 from torch_ref.diffusion import GaussianDiffusion
 from torch_ref.utils import append_dims
 from torch_ref.validate import (
@@ -83,14 +88,7 @@ def _model_output_shape(diffusion):
 def _checked_fns(diffusion, model_fn, denoised_fn, clip_denoised, ndim):
     """The twin's ``_checked_fns``: validate, warn for clipping non-images, wrap."""
     check_callable("model_fn", model_fn, "model_fn(x, t)")
-    check_bool("clip_denoised", clip_denoised)
-    if clip_denoised and ndim < 4:
-        warnings.warn(
-            f"clip_denoised=True clamps the predicted x_0 to [-1, 1] (images scaled to "
-            f"[-1, 1]), but these data have rank {ndim} (not [B, C, H, W] images); pass "
-            "clip_denoised=False unless the data really lie in [-1, 1]",
-            UserWarning, stacklevel=3,
-        )
+    check_clip_denoised(clip_denoised, ndim, "[B, C, H, W]")
     model_fn = checked_fn("model_fn", model_fn, check_fn_output, _model_output_shape(diffusion))
     if denoised_fn is not None:
         check_callable("denoised_fn", denoised_fn, "denoised_fn(x0)")
