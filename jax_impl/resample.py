@@ -14,7 +14,7 @@ objective keeps its mean while its variance drops (Nichol & Dhariwal 2021, sec. 
 
 Functional here: the sampler is a frozen, hashable dataclass (a ``jax.jit`` static
 argument or a closure constant); its state is a pytree returned by ``init()`` and
-threaded through the pure ``update(state, t, losses)`` and ``sample(key, state,
+threaded through the pure ``update(state, t, losses)`` and ``sample(rng, state,
 batch_size)``, both usable under ``jit``. Under data-parallel sharding, pass the global
 ``t`` and ``losses`` arrays to ``update`` (what improved-diffusion's
 ``update_with_local_losses`` all-gathers), so every device holds the same state.
@@ -62,10 +62,10 @@ def _default_float(dtype):
     return jnp.result_type(float) if dtype is None else resolve_dtype(dtype)
 
 
-def sample_from_weights(key: jax.Array, weights, batch_size: int):
+def sample_from_weights(rng: jax.Array, weights, batch_size: int):
     """Draw ``t ~ p = weights / sum(weights)`` and return ``(t, w)``: int32 ``[B]``
-    indices and importance weights ``w = 1 / (T p_t)`` ``[B]``. ``key`` is one PRNG key."""
-    key = check_key("key", key)
+    indices and importance weights ``w = 1 / (T p_t)`` ``[B]``. ``rng`` is one PRNG key."""
+    key = check_key("rng", rng)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     weights = _check_weights(weights)
     T = weights.shape[0]
@@ -95,9 +95,9 @@ class UniformSampler:
         """Nothing to learn: returns ``state``."""
         return state
 
-    def sample(self, key: jax.Array, state, batch_size: int):
-        """``(t [B] int32, weights [B])`` with p_t = 1/T (``key``: one PRNG key)."""
-        return sample_from_weights(key, self.weights(state), batch_size)
+    def sample(self, rng: jax.Array, state, batch_size: int):
+        """``(t [B] int32, weights [B])`` with p_t = 1/T (``rng``: one PRNG key)."""
+        return sample_from_weights(rng, self.weights(state), batch_size)
 
 
 class LossSecondMomentState(NamedTuple):
@@ -199,9 +199,9 @@ class LossSecondMomentResampler:
         )
         return LossSecondMomentState(loss_history=history, loss_counts=counts)
 
-    def sample(self, key: jax.Array, state: LossSecondMomentState, batch_size: int):
+    def sample(self, rng: jax.Array, state: LossSecondMomentState, batch_size: int):
         """``(t [B] int32, weights [B])``: t ~ p and importance weights ``1 / (T p_t)``."""
-        return sample_from_weights(key, self.weights(state), batch_size)
+        return sample_from_weights(rng, self.weights(state), batch_size)
 
 
 def create_named_schedule_sampler(name: str, num_timesteps, **kwargs):

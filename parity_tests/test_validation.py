@@ -663,10 +663,10 @@ def _cases(S: Side):
         lsm = R.LossSecondMomentResampler(4)
         state = lsm.init()
         c += [
-            ("sample_from_weights key=0", lambda: R.sample_from_weights(0, jnp.ones(4), 2), TypeError,
-             ["key"]),
+            ("sample_from_weights rng=0", lambda: R.sample_from_weights(0, jnp.ones(4), 2), TypeError,
+             ["rng"]),
             ("sample_from_weights numpy Generator",
-             lambda: R.sample_from_weights(np.random.default_rng(0), jnp.ones(4), 2), TypeError, ["key"]),
+             lambda: R.sample_from_weights(np.random.default_rng(0), jnp.ones(4), 2), TypeError, ["rng"]),
             ("sample_from_weights NaN weights",
              lambda: R.sample_from_weights(key, jnp.array([1.0, NAN]), 2), ValueError, ["weights"]),
             ("sample_from_weights negative weights",
@@ -677,8 +677,8 @@ def _cases(S: Side):
              lambda: R.sample_from_weights(key, jnp.ones(3, int), 2), TypeError, ["weights"]),
             ("sample_from_weights batch_size=0", lambda: R.sample_from_weights(key, jnp.ones(3), 0),
              ValueError, ["batch_size"]),
-            ("UniformSampler.sample key=0", lambda: R.UniformSampler(4).sample(0, None, 2), TypeError,
-             ["key"]),
+            ("UniformSampler.sample rng=0", lambda: R.UniformSampler(4).sample(0, None, 2), TypeError,
+             ["rng"]),
             ("update NaN losses", lambda: lsm.update(state, jnp.array([0, 1]), jnp.array([1.0, NAN])),
              ValueError, ["losses"]),
             ("update float t", lambda: lsm.update(state, jnp.array([0.0, 1.0]), jnp.ones(2)),
