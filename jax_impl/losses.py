@@ -24,7 +24,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from spec.validate import check_bool, check_callable, check_finite_array, check_float
 from jax_impl.sde import VESDE, VPSDE, _SDEMethods
@@ -68,18 +67,6 @@ def _check_inputs(fn_name: str, fn, x, z) -> tuple[Array, Array]:
     return x, z
 
 
-def _check_sigmas(sigmas):
-    """A noise ladder ``[L]``: 1-D, non-empty, finite and > 0 (any order). Checked when
-    concrete; returned unchanged."""
-    if not is_concrete(sigmas):
-        return sigmas
-    arr = check_finite_array("sigmas", sigmas)
-    if arr.ndim != 1 or arr.size == 0 or np.any(arr <= 0):
-        raise ValueError(f"sigmas must be a non-empty 1-D array of noise levels > 0, got "
-                         f"shape {arr.shape} with min {arr.min() if arr.size else None}")
-    return sigmas
-
-
 def _check_labels(labels, num: int, x) -> Array:
     return check_indices("labels", labels, num, what="integer noise-level indices [B]",
                          x_name="x", x=x)
@@ -120,7 +107,9 @@ def anneal_dsm_loss(
       sigmas: the noise ladder ``[L]``.
     """
     x, z = _check_inputs("score_fn", score_fn, x, z)
-    sigmas = jnp.asarray(_check_sigmas(sigmas), dtype=x.dtype)
+    if is_concrete(sigmas):  # the noise ladder [L] (any order)
+        check_finite_array("sigmas", sigmas, ndim=1, positive=True)
+    sigmas = jnp.asarray(sigmas, dtype=x.dtype)
     anneal_power = check_float("anneal_power", anneal_power)
     labels = _check_labels(labels, sigmas.shape[0], x)
     used = append_dims(sigmas[labels], x.ndim)
@@ -133,7 +122,7 @@ def anneal_dsm_loss(
 
 def get_anneal_dsm_loss_fn(sigmas, anneal_power: float = 2.0):
     """``loss(rng, score_fn, x) -> [B]`` drawing uniform labels and Gaussian noise."""
-    sigmas = _check_sigmas(sigmas)
+    check_finite_array("sigmas", sigmas, ndim=1, positive=True)
     anneal_power = check_float("anneal_power", anneal_power)
 
     def loss_fn(rng, score_fn, x):

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spec.validate import check_choice, check_float, check_int
+from spec.validate import check_choice, check_finite_array, check_float, check_int
 from jax_impl.validate import check_array, check_indices, check_key, is_concrete, resolve_dtype
 
 
@@ -52,9 +52,7 @@ def _check_weights(weights) -> jax.Array:
     if weights.ndim != 1:
         raise ValueError(f"weights must have shape [T], got {weights.shape}")
     if is_concrete(weights):
-        values = np.asarray(weights)
-        if np.any(values < 0) or not values.sum() > 0:
-            raise ValueError("weights must be >= 0 with a positive sum")
+        check_finite_array("weights", weights, ndim=1, nonnegative=True)
     return weights
 
 

@@ -79,6 +79,13 @@ def test_spec_check_finite_array():
     _raises(ValueError, lambda: sv.check_finite_array("z", np.array([1j, complex(NAN, 0)])), "z")
     _raises(TypeError, lambda: sv.check_finite_array("a", np.array(["x"])), "a", "numeric")
     _raises(TypeError, lambda: sv.check_finite_array("a", [[1.0], [1.0, 2.0]]), "a")
+    assert sv.check_finite_array("sigmas", [1.0, 0.1], ndim=1, positive=True).shape == (2,)
+    assert sv.check_finite_array("weights", [0, 1], ndim=1, nonnegative=True).shape == (2,)
+    _raises(ValueError, lambda: sv.check_finite_array("sigmas", [[1.0]], ndim=1), "sigmas", "1 axis")
+    _raises(ValueError, lambda: sv.check_finite_array("sigmas", [], ndim=1), "sigmas", "non-empty")
+    _raises(ValueError, lambda: sv.check_finite_array("sigmas", [1.0, 0.0], positive=True), "sigmas", "> 0")
+    _raises(ValueError, lambda: sv.check_finite_array("w", [1, -1], nonnegative=True), "w", ">= 0")
+    _raises(ValueError, lambda: sv.check_finite_array("w", [0.0, 0.0], nonnegative=True), "w", "sum")
 
 
 def test_spec_paths(tmp_path):

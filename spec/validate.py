@@ -108,21 +108,37 @@ def check_shape(name: str, shape, min_ndim: int = 1) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def check_finite_array(name: str, a) -> np.ndarray:
+def check_finite_array(name: str, a, *, ndim: int | None = None, positive: bool = False,
+                       nonnegative: bool = False) -> np.ndarray:
     """Return ``a`` as a numpy array; raise ``ValueError`` naming ``name`` if it holds NaN or
-    Inf (integer and boolean arrays are always finite; other dtypes raise ``TypeError``)."""
+    Inf (integer and boolean arrays are always finite; other dtypes raise ``TypeError``).
+
+    Optionally also: exactly ``ndim`` axes and at least one element (``ndim=1`` for a
+    ladder ``[L]``), every value ``> 0`` (``positive``) or ``>= 0`` with a positive sum
+    (``nonnegative``, e.g. sampling weights); ``ValueError`` otherwise.
+    """
     try:
         arr = np.asarray(a)
     except Exception as e:  # noqa: BLE001 (any conversion failure is a wrong argument)
         raise TypeError(f"{name} must be a numeric array, got {type(a).__name__}: {e}") from None
     if arr.dtype.kind in "biu":
-        return arr
+        return _check_values(name, arr, ndim, positive, nonnegative)
     if arr.dtype.kind not in "fc":
         raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     finite = np.isfinite(arr)
     if not finite.all():
         bad = int(arr.size - np.count_nonzero(finite))
         raise ValueError(f"{name} contains NaN or Inf ({bad} of {arr.size} values are not finite)")
+    return _check_values(name, arr, ndim, positive, nonnegative)
+
+
+def _check_values(name: str, arr: np.ndarray, ndim, positive: bool, nonnegative: bool) -> np.ndarray:
+    if ndim is not None and (arr.ndim != ndim or arr.size == 0):
+        raise ValueError(f"{name} must be a non-empty array with {ndim} axis/axes, got shape {arr.shape}")
+    if positive and not np.all(arr > 0):
+        raise ValueError(f"{name} must be > 0 everywhere, got min {arr.min()}")
+    if nonnegative and (np.any(arr < 0) or not arr.sum() > 0):
+        raise ValueError(f"{name} must be >= 0 with a positive sum")
     return arr
 
 

@@ -18,8 +18,6 @@ from typing import Callable
 
 import torch
 
-import numpy as np
-
 from spec.validate import check_bool, check_callable, check_finite_array, check_float
 from torch_ref.sde import VESDE, VPSDE, _SDEMethods
 from torch_ref.utils import append_dims
@@ -62,12 +60,9 @@ def _check_inputs(fn_name: str, fn, x, z) -> tuple[Tensor, Tensor]:
 
 
 def _check_sigmas(sigmas):
-    """A noise ladder ``[L]``: 1-D, non-empty, finite and > 0 (any order); returned unchanged."""
+    """The noise ladder ``[L]`` (any order); returned unchanged."""
     values = sigmas.detach().cpu().numpy() if torch.is_tensor(sigmas) else sigmas
-    arr = check_finite_array("sigmas", values)
-    if arr.ndim != 1 or arr.size == 0 or np.any(arr <= 0):
-        raise ValueError(f"sigmas must be a non-empty 1-D array of noise levels > 0, got "
-                         f"shape {arr.shape} with min {arr.min() if arr.size else None}")
+    check_finite_array("sigmas", values, ndim=1, positive=True)
     return sigmas
 
 

@@ -36,12 +36,7 @@ def _check_weights(weights) -> np.ndarray:
     """Sampling weights ``[T]`` as float64 numpy: finite, >= 0 with a positive sum."""
     if torch.is_tensor(weights):
         weights = weights.detach().cpu().numpy()
-    w = check_finite_array("weights", weights).astype(np.float64)
-    if w.ndim != 1 or w.size == 0:
-        raise ValueError(f"weights must have shape [T], got {w.shape}")
-    if np.any(w < 0) or not w.sum() > 0:
-        raise ValueError("weights must be >= 0 with a positive sum")
-    return w
+    return check_finite_array("weights", weights, ndim=1, nonnegative=True).astype(np.float64)
 
 
 def sample_from_weights(
