@@ -143,7 +143,8 @@ def test_from_score_sde_state_dict_forms(np_rng):
 
 def test_ema_order_is_parameters_order_without_frozen():
     table = tconv.key_table(NCSNPP)
-    model = treg.create_model(NCSNPP, device="meta")
+    with torch.device("meta"):
+        model = treg.create_model(NCSNPP)
     frozen = [km.torch_key for km in table if not km.trainable]
     assert frozen == ["all_modules.0.W"]  # the Fourier projection
     assert [km.torch_key for km in table if km.trainable] == [

@@ -125,7 +125,7 @@ class Upsample(nn.Module):
         if self.with_conv:
             if self.fir:
                 self.Conv2d_0 = ud.Conv2d(self.in_ch, out_ch, kernel=3, up=True, resample_kernel=self.fir_kernel,
-                                          use_bias=True, kernel_init=default_init())
+                                          use_bias=True)
             else:
                 self.Conv_0 = ddpm_conv3x3(out_ch)
 
@@ -156,7 +156,7 @@ class Downsample(nn.Module):
         if self.with_conv:
             if self.fir:
                 self.Conv2d_0 = ud.Conv2d(self.in_ch, out_ch, kernel=3, down=True, resample_kernel=self.fir_kernel,
-                                          use_bias=True, kernel_init=default_init())
+                                          use_bias=True)
             else:
                 self.Conv_0 = ddpm_conv3x3(out_ch, stride=2, padding=((0, 1), (0, 1)))
 

@@ -146,7 +146,6 @@ class Conv2d(nn.Module):
     down: bool = False
     resample_kernel: tuple[int, ...] = (1, 3, 3, 1)
     use_bias: bool = True
-    kernel_init: object = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -156,8 +155,7 @@ class Conv2d(nn.Module):
             raise ValueError(f"Conv2d: kernel must be odd and >= 1, got {self.kernel}")
         if x.shape[-1] != self.in_ch:
             raise ValueError(f"Conv2d: expected {self.in_ch} input channels, got shape {x.shape}")
-        init = self.kernel_init if self.kernel_init is not None else default_init()
-        w = self.param("kernel", init, (self.kernel, self.kernel, self.in_ch, self.out_ch), jnp.float32)
+        w = self.param("kernel", default_init(), (self.kernel, self.kernel, self.in_ch, self.out_ch), jnp.float32)
         w = w.astype(jnp.promote_types(w.dtype, x.dtype))
         x = x.astype(w.dtype)
         if self.up:

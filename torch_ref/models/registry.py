@@ -63,24 +63,23 @@ def config_from_name(name: str, **overrides):
     return config_cls(**overrides)
 
 
-def create_model(config, device=None) -> torch.nn.Module:
+def create_model(config) -> torch.nn.Module:
     """The torch module for a config (chosen by the config's type).
 
-    ``device="meta"`` builds it without allocating (shapes only, e.g. for counting).
+    Under ``with torch.device("meta"):`` it is built without allocating (shapes only,
+    e.g. for counting).
     """
     for config_cls, model_cls in MODELS.values():
         if type(config) is config_cls:
-            if device is None:
-                return model_cls(config)
-            with torch.device(device):
-                return model_cls(config)
+            return model_cls(config)
     raise TypeError(f"no model registered for config type {type(config).__name__}")
 
 
 def count_parameters(config) -> dict[str, int]:
     """``{'total': ..., 'trainable': ...}`` parameter counts (buffers excluded; the frozen
     Fourier ``W`` counts in total only), from a module built on the meta device."""
-    model = create_model(config, device="meta")
+    with torch.device("meta"):
+        model = create_model(config)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"total": total, "trainable": trainable}
