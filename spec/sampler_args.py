@@ -3,7 +3,11 @@
 Used by ``jax_impl/samplers*.py``, ``jax_impl/fast_samplers.py``, ``jax_impl/ode.py`` and
 their ``torch_ref`` twins, so the two sides accept and reject exactly the same arguments
 with the same messages. Only Python values, shapes, names and float64 tables are
-inspected here; every formula stays on its own side (DESIGN rule 1).
+inspected here; every formula stays on its own side (DESIGN rule 1). Also here, because
+they need no framework: the ``Predictor`` / ``Corrector`` protocols of the PC samplers,
+the pre-drawn ``noise`` dict checks (``check_step_noise``, ``split_bpd_noise``),
+``checked_fn`` (wraps a user function so each call checks its output with the side's
+``validate.check_fn_output``) and ``check_clip_denoised``.
 
 Array arguments are looked at through ``np.shape`` only, which reads ``.shape`` of a JAX
 array (tracers included) or a torch tensor without converting it.
