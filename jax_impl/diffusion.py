@@ -78,6 +78,7 @@ ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 _LOG2 = math.log(2.0)
 _T_WHAT = "an integer index array [B] into the respaced process"
+_MODEL_FN = "model_fn(x_t, t) -> output"
 
 
 # ------------------------------------------------------------------ module functions
@@ -243,10 +244,6 @@ class GaussianDiffusion(DiffusionProcess):
         if denoised_fn is not None:
             check_callable("denoised_fn", denoised_fn, "denoised_fn(x_0) -> x_0")
         return check_bool("clip_denoised", clip_denoised)
-
-    @staticmethod
-    def _check_model_fn(model_fn) -> None:
-        check_callable("model_fn", model_fn, "model_fn(x_t, t) -> output")
 
     def _call_model(self, model_fn: ModelFn, x, t):
         """``model_fn(x, scale_timesteps(t))``; its output checked at trace time."""
@@ -448,7 +445,7 @@ class GaussianDiffusion(DiffusionProcess):
     ) -> dict:
         """Apply ``model_fn(x, scale_timesteps(t))`` and return p(x_{t-1} | x_t) as
         ``p_mean_variance_from_output`` does."""
-        self._check_model_fn(model_fn)
+        check_callable("model_fn", model_fn, _MODEL_FN)
         x = self._check_x("x", x, finite=False)
         t = self._check_t(t, x, "x")
         clip_denoised = self._check_options(clip_denoised, denoised_fn)
@@ -486,7 +483,7 @@ class GaussianDiffusion(DiffusionProcess):
 
     def vb_terms_bpd(self, model_fn: ModelFn, x_start, x_t, t, *, clip_denoised=True) -> dict:
         """``vb_terms_bpd_from_output`` with ``model_fn(x_t, scale_timesteps(t))``."""
-        self._check_model_fn(model_fn)
+        check_callable("model_fn", model_fn, _MODEL_FN)
         x_start = self._check_x("x_start", x_start)
         x_t = self._check_like("x_t", x_t, "x_start", x_start)
         t = self._check_t(t, x_start, "x_start")
@@ -528,7 +525,7 @@ class GaussianDiffusion(DiffusionProcess):
         x_start = self._check_x("x_start", x_start)
         T = self.num_timesteps
         noise = check_array("noise", noise, shape=(T,) + x_start.shape, what="[T, B, ...]")
-        self._check_model_fn(model_fn)
+        check_callable("model_fn", model_fn, _MODEL_FN)
         clip_denoised = self._check_options(clip_denoised)
         B = x_start.shape[0]
 
@@ -582,7 +579,7 @@ class GaussianDiffusion(DiffusionProcess):
 
         Returns a dict of ``[B]`` arrays: ``loss``, and ``mse`` / ``vb`` where applicable.
         """
-        self._check_model_fn(model_fn)
+        check_callable("model_fn", model_fn, _MODEL_FN)
         x_start = self._check_x("x_start", x_start)
         t = self._check_t(t, x_start, "x_start")
         noise = self._check_like("noise", noise, "x_start", x_start)

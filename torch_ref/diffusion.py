@@ -61,6 +61,7 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _LOG2 = math.log(2.0)
 _T_WHAT = "an integer index array [B] into the respaced process"
+_MODEL_FN = "model_fn(x_t, t) -> output"
 
 
 # ------------------------------------------------------------------ module functions
@@ -246,10 +247,6 @@ class GaussianDiffusion(DiffusionProcess):
             check_callable("denoised_fn", denoised_fn, "denoised_fn(x_0) -> x_0")
         return check_bool("clip_denoised", clip_denoised)
 
-    @staticmethod
-    def _check_model_fn(model_fn) -> None:
-        check_callable("model_fn", model_fn, "model_fn(x_t, t) -> output")
-
     def _call_model(self, model_fn: ModelFn, x: torch.Tensor, t: torch.Tensor):
         """``model_fn(x, scale_timesteps(t))``; its output checked."""
         out = model_fn(x, self._scale_timesteps(t, self._compute_dtype(x)))
@@ -423,7 +420,7 @@ class GaussianDiffusion(DiffusionProcess):
         denoised_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     ) -> dict:
         """Apply ``model_fn(x, scale_timesteps(t))``; then ``p_mean_variance_from_output``."""
-        self._check_model_fn(model_fn)
+        check_callable("model_fn", model_fn, _MODEL_FN)
         x = self._check_x("x", x, finite=False)
         t = self._check_t(t, x, "x")
         clip_denoised = self._check_options(clip_denoised, denoised_fn)
@@ -456,7 +453,7 @@ class GaussianDiffusion(DiffusionProcess):
 
     def vb_terms_bpd(self, model_fn: ModelFn, x_start, x_t, t, *, clip_denoised=True) -> dict:
         """``vb_terms_bpd_from_output`` with ``model_fn(x_t, scale_timesteps(t))``."""
-        self._check_model_fn(model_fn)
+        check_callable("model_fn", model_fn, _MODEL_FN)
         x_start = self._check_x("x_start", x_start)
         x_t = self._check_like("x_t", x_t, "x_start", x_start)
         t = self._check_t(t, x_start, "x_start")
@@ -486,7 +483,7 @@ class GaussianDiffusion(DiffusionProcess):
         ``[B, T]`` outputs ``vb``, ``xstart_mse``, ``mse`` belongs to that timestep
         (improved-diffusion's order). Also returns ``total_bpd`` and ``prior_bpd`` ``[B]``.
         """
-        self._check_model_fn(model_fn)
+        check_callable("model_fn", model_fn, _MODEL_FN)
         x_start = self._check_x("x_start", x_start)
         T = self.num_timesteps
         noise = check_array("noise", noise, shape=(T,) + tuple(x_start.shape), what="[T, B, ...]",
@@ -539,7 +536,7 @@ class GaussianDiffusion(DiffusionProcess):
         ``loss = L_t`` (times T); MSE / RESCALED_MSE give ``mse`` against eps, x_0 or the
         posterior mean, plus with learned variances ``vb = L_t`` on the detached mean
         (times T / 1000 for RESCALED_MSE) and ``loss = mse + vb``. All ``[B]``."""
-        self._check_model_fn(model_fn)
+        check_callable("model_fn", model_fn, _MODEL_FN)
         x_start = self._check_x("x_start", x_start)
         t = self._check_t(t, x_start, "x_start")
         noise = self._check_like("noise", noise, "x_start", x_start)
