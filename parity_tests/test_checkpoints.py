@@ -98,8 +98,13 @@ for name, path, weights in cases:
     want = ref[f"out_{name}_{weights}"]
     report[f"{name}{path[path.rindex('.'):]}:{weights}"] = [
         float(np.max(np.abs(out - want)) / np.max(np.abs(want))), str(out.dtype)]
+try:  # a .pth needs torch: one ImportError that says what to do instead
+    from_score_sde(sys.argv[4], eval(configs["ddpm"], ns))
+    pth_error = None
+except ImportError as e:
+    pth_error = str(e)
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torch_ref"))
-print(json.dumps({"report": report, "leaked": leaked}))
+print(json.dumps({"report": report, "leaked": leaked, "pth_error": pth_error}))
 """
 
 
@@ -127,13 +132,18 @@ def test_official_weights_load_without_torch(tmp_path):
         for suffix in FORMATS:
             path = ck.save_checkpoint(tmp_path / f"{name}{suffix}", ckpt)
             cases += [(name, str(path), "ema"), (name, str(path), "raw")]
+        if name == "ddpm":
+            torch.save(ckpt, tmp_path / "ddpm.pth")
     np.savez(tmp_path / "ref.npz", **refs)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(cases), json.dumps(CONFIGS),
-                          str(tmp_path / "ref.npz")], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+                          str(tmp_path / "ref.npz"), str(tmp_path / "ddpm.pth")],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["leaked"] == []
+    assert "ddpm.pth' needs PyTorch, which is not installed" in result["pth_error"]
+    assert "convert_checkpoint_file" in result["pth_error"]
     assert len(result["report"]) == 12
     for case, (err, dtype) in result["report"].items():
         assert dtype == "float32", case
