@@ -72,12 +72,6 @@ def _check_labels(labels, num: int, x) -> Array:
                          x_name="x", x=x)
 
 
-def _check_sde_kind(sde, cls, what: str) -> None:
-    """``sde`` must be a ``cls`` (sub-VP is not a VPSDE: it has no DDPM table)."""
-    if not isinstance(sde, cls):
-        raise TypeError(f"sde: {what} needs a {cls.__name__}, got {type(sde).__name__}")
-
-
 def _call(fn_name: str, fn, x, labels) -> Array:
     """``fn(x, labels)``, its output checked at trace time (x's shape, floating dtype)."""
     out = fn(x, labels)
@@ -202,7 +196,7 @@ def smld_loss(sde: VESDE, model_fn, x, labels, z, *, reduce_mean: bool = False) 
     sigma = flip(discrete_sigmas)[label] (label 0 is sigma_max), x~ = x + sigma z,
     loss = reduce(|model(x~, label) + z / sigma|^2) * sigma^2.
     """
-    _check_sde_kind(sde, VESDE, "smld_loss")
+    check_sde(sde, kind="VESDE", purpose="smld_loss")
     x, z = _check_inputs("model_fn", model_fn, x, z)
     labels = _check_labels(labels, sde.N, x)
     reduce_mean = check_bool("reduce_mean", reduce_mean)
@@ -217,7 +211,7 @@ def smld_loss(sde: VESDE, model_fn, x, labels, z, *, reduce_mean: bool = False) 
 def ddpm_loss(sde: VPSDE, model_fn, x, labels, z, *, reduce_mean: bool = True) -> Array:
     """score_sde's discrete DDPM loss (Ho et al. L_simple), ``[B]``:
     x_t = sqrt(alpha_bar_i) x + sqrt(1 - alpha_bar_i) z, loss = reduce(|eps(x_t, i) - z|^2)."""
-    _check_sde_kind(sde, VPSDE, "ddpm_loss")
+    check_sde(sde, kind="VPSDE", purpose="ddpm_loss")
     x, z = _check_inputs("model_fn", model_fn, x, z)
     labels = _check_labels(labels, sde.N, x)
     reduce_mean = check_bool("reduce_mean", reduce_mean)
@@ -242,11 +236,11 @@ def _discrete_loss_fn(core, sde, reduce_mean):
 
 def get_smld_loss_fn(sde: VESDE, *, reduce_mean: bool = False):
     """``loss(rng, model_fn, x) -> [B]`` with uniform labels in [0, N)."""
-    _check_sde_kind(sde, VESDE, "SMLD training")
+    check_sde(sde, kind="VESDE", purpose="SMLD training")
     return _discrete_loss_fn(smld_loss, sde, reduce_mean)
 
 
 def get_ddpm_loss_fn(sde: VPSDE, *, reduce_mean: bool = True):
     """``loss(rng, model_fn, x) -> [B]`` with uniform labels in [0, N)."""
-    _check_sde_kind(sde, VPSDE, "DDPM training")
+    check_sde(sde, kind="VPSDE", purpose="DDPM training")
     return _discrete_loss_fn(ddpm_loss, sde, reduce_mean)

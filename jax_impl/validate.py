@@ -288,15 +288,20 @@ def check_key(name: str, key):
     )
 
 
-def check_sde(sde) -> None:
-    """Raise ``TypeError`` unless ``sde`` is a ``jax_impl.sde`` SDE (VESDE, VPSDE, subVPSDE)."""
+def check_sde(sde, *, kind: str | None = None, purpose: str = "this") -> None:
+    """Raise ``TypeError`` unless ``sde`` is a ``jax_impl.sde`` SDE (VESDE, VPSDE, subVPSDE),
+    and, with ``kind`` (a class name, e.g. ``"VESDE"``), that one: the message then says
+    that ``purpose`` (e.g. ``"smld_loss"``) needs it."""
     from jax_impl.sde import VESDE, VPSDE, subVPSDE  # lazy: jax_impl.sde uses this module
 
-    if not isinstance(sde, (VESDE, VPSDE, subVPSDE)):
+    classes = {"VESDE": VESDE, "VPSDE": VPSDE, "subVPSDE": subVPSDE}
+    if not isinstance(sde, tuple(classes.values())):
         raise TypeError(
             "sde must be a jax_impl.sde SDE (VESDE, VPSDE or subVPSDE), "
             f"got {type(sde).__module__}.{type(sde).__name__}"
         )
+    if kind is not None and not isinstance(sde, classes[kind]):
+        raise TypeError(f"sde: {purpose} needs a {kind}, got {type(sde).__name__}")
 
 
 def check_diffusion(diffusion) -> None:

@@ -71,12 +71,6 @@ def _check_labels(labels, num: int, x) -> Tensor:
                          x_name="x", x=x)
 
 
-def _check_sde_kind(sde, cls, what: str) -> None:
-    """``sde`` must be a ``cls`` (sub-VP is not a VPSDE: it has no DDPM table)."""
-    if not isinstance(sde, cls):
-        raise TypeError(f"sde: {what} needs a {cls.__name__}, got {type(sde).__name__}")
-
-
 def _call(fn_name: str, fn, x, labels) -> Tensor:
     """``fn(x, labels)``, its output checked (x's shape, floating dtype)."""
     out = fn(x, labels)
@@ -158,7 +152,7 @@ def get_sde_loss_fn(sde, *, reduce_mean: bool = True, likelihood_weighting: bool
 
 def smld_loss(sde: VESDE, model_fn, x, labels, z, *, reduce_mean: bool = False) -> Tensor:
     """score_sde's discrete SMLD loss on the flipped VE sigma table, ``[B]``."""
-    _check_sde_kind(sde, VESDE, "smld_loss")
+    check_sde(sde, kind="VESDE", purpose="smld_loss")
     x, z = _check_inputs("model_fn", model_fn, x, z)
     labels = _check_labels(labels, sde.N, x)
     reduce_mean = check_bool("reduce_mean", reduce_mean)
@@ -172,7 +166,7 @@ def smld_loss(sde: VESDE, model_fn, x, labels, z, *, reduce_mean: bool = False) 
 
 def ddpm_loss(sde: VPSDE, model_fn, x, labels, z, *, reduce_mean: bool = True) -> Tensor:
     """score_sde's discrete DDPM loss (L_simple), ``[B]``."""
-    _check_sde_kind(sde, VPSDE, "ddpm_loss")
+    check_sde(sde, kind="VPSDE", purpose="ddpm_loss")
     x, z = _check_inputs("model_fn", model_fn, x, z)
     labels = _check_labels(labels, sde.N, x)
     reduce_mean = check_bool("reduce_mean", reduce_mean)
@@ -197,11 +191,11 @@ def _discrete_loss_fn(core, sde, reduce_mean):
 
 def get_smld_loss_fn(sde: VESDE, *, reduce_mean: bool = False):
     """``loss(model_fn, x, generator=None) -> [B]`` with uniform labels in [0, N)."""
-    _check_sde_kind(sde, VESDE, "SMLD training")
+    check_sde(sde, kind="VESDE", purpose="SMLD training")
     return _discrete_loss_fn(smld_loss, sde, reduce_mean)
 
 
 def get_ddpm_loss_fn(sde: VPSDE, *, reduce_mean: bool = True):
     """``loss(model_fn, x, generator=None) -> [B]`` with uniform labels in [0, N)."""
-    _check_sde_kind(sde, VPSDE, "DDPM training")
+    check_sde(sde, kind="VPSDE", purpose="DDPM training")
     return _discrete_loss_fn(ddpm_loss, sde, reduce_mean)
