@@ -263,6 +263,9 @@ def test_jax_check_sde_and_diffusion():
     jv.check_sde(jsde.VPSDE())
     jv.check_sde(jsde.VESDE())
     jv.check_sde(jsde.subVPSDE())
+    jv.check_sde(jsde.VESDE(), kind="VESDE", purpose="smld_loss")
+    _raises(TypeError, lambda: jv.check_sde(jsde.subVPSDE(), kind="VPSDE", purpose="ddpm_loss"),
+            "sde: ddpm_loss needs a VPSDE, got subVPSDE")
     for bad in (tsde.VPSDE(), spec.VPSDEConfig(), "vpsde", None):
         _raises(TypeError, lambda b=bad: jv.check_sde(b), "sde must be a jax_impl.sde SDE")
     cfg = spec.DiffusionConfig(steps=4, noise_schedule="cosine")
@@ -371,6 +374,9 @@ def test_torch_check_generator():
 def test_torch_check_sde_and_diffusion():
     tv.check_sde(tsde.VESDE())
     tv.check_sde(tsde.subVPSDE())
+    tv.check_sde(tsde.VPSDE(), kind="VPSDE", purpose="ddpm_loss")
+    _raises(TypeError, lambda: tv.check_sde(tsde.VPSDE(), kind="VESDE", purpose="smld_loss"),
+            "sde: smld_loss needs a VESDE, got VPSDE")
     for bad in (jsde.VPSDE(), spec.VESDEConfig(), "vesde"):
         _raises(TypeError, lambda b=bad: tv.check_sde(b), "sde must be a torch_ref.sde SDE")
     cfg = spec.DiffusionConfig(steps=4, noise_schedule="cosine")
