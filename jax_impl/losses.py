@@ -30,12 +30,11 @@ from jax_impl.sde import VESDE, VPSDE, _SDEMethods
 from jax_impl.utils import append_dims
 from jax_impl.validate import (
     check_array,
-    check_batch,
     check_fn_output,
     check_indices,
     check_key,
+    check_score_inputs,
     check_sde,
-    check_time_range,
     is_concrete,
 )
 
@@ -151,8 +150,7 @@ def sde_loss(
     """
     check_sde(sde)
     x, z = _check_inputs("score_fn", score_fn, x, z)
-    check_batch("x", x, "t", t)
-    check_time_range("t", t, 0.0, sde.T)
+    check_score_inputs(x, t, sde.T)
     reduce_mean = check_bool("reduce_mean", reduce_mean)
     likelihood_weighting = check_bool("likelihood_weighting", likelihood_weighting)
     mean, std = sde.marginal_prob(x, t)

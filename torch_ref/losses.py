@@ -23,12 +23,11 @@ from torch_ref.sde import VESDE, VPSDE, _SDEMethods
 from torch_ref.utils import append_dims
 from torch_ref.validate import (
     check_array,
-    check_batch,
     check_fn_output,
     check_generator,
     check_indices,
+    check_score_inputs,
     check_sde,
-    check_time_range,
 )
 
 __all__ = [
@@ -113,8 +112,7 @@ def sde_loss(sde: _SDEMethods, score_fn: Callable, x: Tensor, t, z: Tensor, *,
     """Denoising score matching for a continuous SDE (Song et al. 2021 eq. 7), ``[B]``."""
     check_sde(sde)
     x, z = _check_inputs("score_fn", score_fn, x, z)
-    check_batch("x", x, "t", t)
-    check_time_range("t", t, 0.0, sde.T)
+    check_score_inputs(x, t, sde.T)
     reduce_mean = check_bool("reduce_mean", reduce_mean)
     likelihood_weighting = check_bool("likelihood_weighting", likelihood_weighting)
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
