@@ -35,11 +35,9 @@ from jax_impl.models.layers import (
     ResnetBlockDDPM,
     Upsample,
     check_image_inputs,
-    ddpm_conv3x3,
-    default_init,
     get_act,
     get_timestep_embedding,
-    group_norm,
+    plan_modules,
     res_attn_stage,
 )
 from spec.model_configs import DDPMConfig
@@ -65,22 +63,13 @@ class DDPM(nn.Module):
             raise TypeError(f"config must be a DDPMConfig, got {type(cfg).__name__}")
         temb_dim = 4 * cfg.nf
 
-        def build(b):
-            if b.kind == "dense":
-                return nn.Dense(b.out_ch, kernel_init=default_init(), bias_init=nn.initializers.zeros)
-            if b.kind == "conv3x3":
-                return ddpm_conv3x3(b.out_ch, init_scale=b.init_scale)
-            if b.kind == "resnet":
-                return ResnetBlockDDPM(cfg.nonlinearity, b.in_ch, b.out_ch, temb_dim=temb_dim, dropout=cfg.dropout)
-            if b.kind == "attn":
-                return AttnBlock(b.in_ch)
-            if b.kind == "downsample":
-                return Downsample(b.in_ch, with_conv=b.with_conv)
-            if b.kind == "upsample":
-                return Upsample(b.in_ch, with_conv=b.with_conv)
-            return group_norm(b.in_ch, b.groups)
-
-        modules = [build(b) for b in ddpm_plan(cfg)]
+        modules = plan_modules(ddpm_plan(cfg), {
+            "resnet": lambda b: ResnetBlockDDPM(cfg.nonlinearity, b.in_ch, b.out_ch, temb_dim=temb_dim,
+                                                dropout=cfg.dropout),
+            "attn": lambda b: AttnBlock(b.in_ch),
+            "downsample": lambda b: Downsample(b.in_ch, with_conv=b.with_conv),
+            "upsample": lambda b: Upsample(b.in_ch, with_conv=b.with_conv),
+        })
         self.all_modules = modules
 
     def __call__(self, x: jax.Array, labels: jax.Array, train: bool = False) -> jax.Array:

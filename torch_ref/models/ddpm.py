@@ -35,11 +35,9 @@ from torch_ref.models.layers import (
     ResnetBlockDDPM,
     Upsample,
     check_image_inputs,
-    ddpm_conv3x3,
-    ddpm_linear,
     get_act,
     get_timestep_embedding,
-    group_norm,
+    plan_modules,
     res_attn_stage,
 )
 
@@ -61,22 +59,13 @@ class DDPM(nn.Module):
         self.register_buffer("sigmas", torch.as_tensor(cfg.sigmas))
         temb_dim = 4 * cfg.nf
 
-        def build(b):
-            if b.kind == "dense":
-                return ddpm_linear(b.in_ch, b.out_ch)
-            if b.kind == "conv3x3":
-                return ddpm_conv3x3(b.in_ch, b.out_ch, init_scale=b.init_scale)
-            if b.kind == "resnet":
-                return ResnetBlockDDPM(cfg.nonlinearity, b.in_ch, b.out_ch, temb_dim=temb_dim, dropout=cfg.dropout)
-            if b.kind == "attn":
-                return AttnBlock(b.in_ch)
-            if b.kind == "downsample":
-                return Downsample(b.in_ch, with_conv=b.with_conv)
-            if b.kind == "upsample":
-                return Upsample(b.in_ch, with_conv=b.with_conv)
-            return group_norm(b.in_ch, b.groups)
-
-        modules = [build(b) for b in ddpm_plan(cfg)]
+        modules = plan_modules(ddpm_plan(cfg), {
+            "resnet": lambda b: ResnetBlockDDPM(cfg.nonlinearity, b.in_ch, b.out_ch, temb_dim=temb_dim,
+                                                dropout=cfg.dropout),
+            "attn": lambda b: AttnBlock(b.in_ch),
+            "downsample": lambda b: Downsample(b.in_ch, with_conv=b.with_conv),
+            "upsample": lambda b: Upsample(b.in_ch, with_conv=b.with_conv),
+        })
         self.all_modules = nn.ModuleList(modules)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

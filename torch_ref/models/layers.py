@@ -41,6 +41,7 @@ __all__ = [
     "Downsample",
     "ResnetBlockDDPM",
     "res_attn_stage",
+    "plan_modules",
 ]
 
 GROUPNORM_EPS = 1e-6
@@ -299,3 +300,22 @@ class ResnetBlockDDPM(nn.Module):
         if self.in_ch != self.out_ch:
             x = self.Conv_2(x) if self.conv_shortcut else self.NIN_0(x)
         return x + h
+
+
+def plan_modules(plan, builders) -> list:
+    """The modules of a U-Net plan (``spec.unet_plans``), in ``all_modules`` order.
+
+    ``dense``, ``conv3x3`` and ``group_norm`` blocks are built here (DDPM initialiser,
+    GroupNorm with the block's ``groups``); every other kind by ``builders[kind](block)``,
+    the network's own blocks. An unknown kind raises ``KeyError`` naming it.
+    """
+    common = {
+        "dense": lambda b: ddpm_linear(b.in_ch, b.out_ch),
+        "conv3x3": lambda b: ddpm_conv3x3(b.in_ch, b.out_ch, init_scale=b.init_scale),
+        "group_norm": lambda b: group_norm(b.in_ch, b.groups),
+    }
+    make = {**common, **builders}
+    missing = sorted({b.kind for b in plan} - set(make))
+    if missing:
+        raise KeyError(f"plan_modules: no builder for block kind(s) {missing}")
+    return [make[b.kind](b) for b in plan]

@@ -27,11 +27,9 @@ from torch_ref.models import layerspp
 from torch_ref.models import up_or_down_sampling as ud
 from torch_ref.models.layers import (
     check_image_inputs,
-    ddpm_conv3x3,
-    ddpm_linear,
     get_act,
     get_timestep_embedding,
-    group_norm,
+    plan_modules,
     res_attn_stage,
 )
 
@@ -65,25 +63,18 @@ class NCSNpp(nn.Module):
                 cfg.nonlinearity, b.in_ch, b.out_ch, temb_dim=temb_dim, dropout=cfg.dropout,
                 skip_rescale=cfg.skip_rescale, init_scale=cfg.init_scale)
 
-        def build(b):
-            if b.kind == "fourier":
-                return layerspp.GaussianFourierProjection(embedding_size=b.out_ch, scale=cfg.fourier_scale)
-            if b.kind == "dense":
-                return ddpm_linear(b.in_ch, b.out_ch)
-            if b.kind == "conv3x3":
-                return ddpm_conv3x3(b.in_ch, b.out_ch, init_scale=b.init_scale)
-            if b.kind == "resnet":
-                return resblock(b)
-            if b.kind == "attn":
-                return layerspp.AttnBlockpp(b.in_ch, skip_rescale=cfg.skip_rescale, init_scale=cfg.init_scale)
-            if b.kind in ("downsample", "upsample"):
-                cls = layerspp.Downsample if b.kind == "downsample" else layerspp.Upsample
-                return cls(b.in_ch, b.out_ch, with_conv=b.with_conv, fir=b.fir, fir_kernel=cfg.fir_kernel)
-            if b.kind == "combine":
-                return layerspp.Combine(b.in_ch, b.out_ch, method=b.method)
-            return group_norm(b.in_ch, b.groups)
+        def resample(b):
+            cls = layerspp.Downsample if b.kind == "downsample" else layerspp.Upsample
+            return cls(b.in_ch, b.out_ch, with_conv=b.with_conv, fir=b.fir, fir_kernel=cfg.fir_kernel)
 
-        modules = [build(b) for b in ncsnpp_plan(cfg)]
+        modules = plan_modules(ncsnpp_plan(cfg), {
+            "fourier": lambda b: layerspp.GaussianFourierProjection(embedding_size=b.out_ch, scale=cfg.fourier_scale),
+            "resnet": resblock,
+            "attn": lambda b: layerspp.AttnBlockpp(b.in_ch, skip_rescale=cfg.skip_rescale, init_scale=cfg.init_scale),
+            "downsample": resample,
+            "upsample": resample,
+            "combine": lambda b: layerspp.Combine(b.in_ch, b.out_ch, method=b.method),
+        })
         self.all_modules = nn.ModuleList(modules)
 
     def _pyramid_downsample(self, x: torch.Tensor) -> torch.Tensor:
