@@ -10,7 +10,9 @@ flax default; torch's default 1e-5 is overridden on the other side).
 All blocks take their input width (``in_ch`` / ``channels``) as an attribute, like the
 torch modules, and check it against the input at call time (before any compute).
 
-Framework-specific helpers, not part of the mirrored API: ``default_init``, ``naive_upsample``.
+Framework-specific helpers, not part of the mirrored API: ``default_init``, ``naive_upsample``;
+``res_attn_stage`` (the U-Nets' down-path stage; flax passes ``train`` per call, its twin
+relies on ``module.train()``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ __all__ = [
     "Upsample",
     "Downsample",
     "ResnetBlockDDPM",
-    "res_attn_stage",
     "plan_modules",
 ]
 
@@ -96,31 +97,38 @@ def get_timestep_embedding(timesteps: jax.Array, embedding_dim: int, max_positio
     return emb
 
 
-def ddpm_conv1x1(out_ch: int, *, stride: int = 1, use_bias: bool = True, init_scale: float = 1.0,
-                 padding: int = 0, name: str | None = None) -> nn.Conv:
-    """1x1 convolution with the DDPM initialiser (zero bias)."""
+def ddpm_conv1x1(in_ch: int, out_ch: int, stride: int = 1, bias: bool = True, init_scale: float = 1.0,
+                 padding: int = 0) -> nn.Conv:
+    """1x1 convolution ``in_ch -> out_ch`` with the DDPM initialiser (zero bias).
+
+    ``in_ch`` is not stored (flax reads the width from the input); it is the twin's
+    signature, so a layout reads the same on both sides.
+    """
+    del in_ch
     return nn.Conv(out_ch, (1, 1), strides=(stride, stride), padding=((padding, padding), (padding, padding)),
-                   use_bias=use_bias, kernel_init=default_init(init_scale), name=name)
+                   use_bias=bias, kernel_init=default_init(init_scale))
 
 
-def ddpm_conv3x3(out_ch: int, *, stride: int = 1, use_bias: bool = True, init_scale: float = 1.0,
-                 padding=1, name: str | None = None) -> nn.Conv:
-    """3x3 convolution with the DDPM initialiser (zero bias).
+def ddpm_conv3x3(in_ch: int, out_ch: int, stride: int = 1, bias: bool = True, init_scale: float = 1.0,
+                 padding=1) -> nn.Conv:
+    """3x3 convolution ``in_ch -> out_ch`` with the DDPM initialiser (zero bias).
 
     ``padding`` is an int (symmetric, torch's meaning) or explicit ``((lo, hi), (lo, hi))``;
-    never flax's ``'SAME'``, which pads stride-2 convolutions asymmetrically.
+    never flax's ``'SAME'``, which pads stride-2 convolutions asymmetrically. ``in_ch``
+    as in ``ddpm_conv1x1``.
     """
+    del in_ch
     if isinstance(padding, int):
         padding = ((padding, padding), (padding, padding))
-    return nn.Conv(out_ch, (3, 3), strides=(stride, stride), padding=padding, use_bias=use_bias,
-                   kernel_init=default_init(init_scale), name=name)
+    return nn.Conv(out_ch, (3, 3), strides=(stride, stride), padding=padding, use_bias=bias,
+                   kernel_init=default_init(init_scale))
 
 
-def group_norm(channels: int, num_groups: int, name: str | None = None) -> nn.GroupNorm:
+def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
     """GroupNorm(num_groups, eps=1e-6) over ``channels``, raising early if they don't divide."""
     if num_groups < 1 or channels % num_groups:
         raise ValueError(f"GroupNorm: {channels} channels are not divisible into {num_groups} groups")
-    return nn.GroupNorm(num_groups=num_groups, epsilon=GROUPNORM_EPS, use_fast_variance=False, name=name)
+    return nn.GroupNorm(num_groups=num_groups, epsilon=GROUPNORM_EPS, use_fast_variance=False)
 
 
 def check_channels(module: str, x: jax.Array, expected: int) -> None:
@@ -224,7 +232,7 @@ class Upsample(nn.Module):
 
     def setup(self):
         if self.with_conv:
-            self.Conv_0 = ddpm_conv3x3(self.channels)
+            self.Conv_0 = ddpm_conv3x3(self.channels, self.channels)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_channels("Upsample", x, self.channels)
@@ -242,7 +250,7 @@ class Downsample(nn.Module):
 
     def setup(self):
         if self.with_conv:
-            self.Conv_0 = ddpm_conv3x3(self.channels, stride=2, padding=((0, 1), (0, 1)))
+            self.Conv_0 = ddpm_conv3x3(self.channels, self.channels, stride=2, padding=((0, 1), (0, 1)))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_channels("Downsample", x, self.channels)
@@ -269,15 +277,15 @@ class ResnetBlockDDPM(nn.Module):
     def setup(self):
         out_ch = self.out_ch or self.in_ch
         self.GroupNorm_0 = group_norm(self.in_ch, 32)
-        self.Conv_0 = ddpm_conv3x3(out_ch)
+        self.Conv_0 = ddpm_conv3x3(self.in_ch, out_ch)
         if self.temb_dim is not None:
             self.Dense_0 = nn.Dense(out_ch, kernel_init=default_init(), bias_init=nn.initializers.zeros)
         self.GroupNorm_1 = group_norm(out_ch, 32)
         self.Dropout_0 = nn.Dropout(self.dropout)
-        self.Conv_1 = ddpm_conv3x3(out_ch, init_scale=0.0)
+        self.Conv_1 = ddpm_conv3x3(out_ch, out_ch, init_scale=0.0)
         if self.in_ch != out_ch:
             if self.conv_shortcut:
-                self.Conv_2 = ddpm_conv3x3(out_ch)
+                self.Conv_2 = ddpm_conv3x3(self.in_ch, out_ch)
             else:
                 self.NIN_0 = NIN(self.in_ch, out_ch)
 
@@ -308,7 +316,7 @@ def plan_modules(plan, builders) -> list:
     """
     common = {
         "dense": lambda b: nn.Dense(b.out_ch, kernel_init=default_init(), bias_init=nn.initializers.zeros),
-        "conv3x3": lambda b: ddpm_conv3x3(b.out_ch, init_scale=b.init_scale),
+        "conv3x3": lambda b: ddpm_conv3x3(b.in_ch, b.out_ch, init_scale=b.init_scale),
         "group_norm": lambda b: group_norm(b.in_ch, b.groups),
     }
     make = {**common, **builders}

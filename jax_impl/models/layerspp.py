@@ -79,7 +79,7 @@ class Combine(nn.Module):
     def setup(self):
         if self.method not in ("cat", "sum"):
             raise ValueError(f"unknown progressive_combine {self.method!r}; valid choices: 'cat', 'sum'")
-        self.Conv = ddpm_conv1x1(self.dim2)
+        self.Conv = ddpm_conv1x1(self.dim1, self.dim2)
 
     def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
         check_channels("Combine", x, self.dim1)
@@ -127,7 +127,7 @@ class Upsample(nn.Module):
                 self.Conv2d_0 = ud.Conv2d(self.in_ch, out_ch, kernel=3, up=True, resample_kernel=self.fir_kernel,
                                           use_bias=True)
             else:
-                self.Conv_0 = ddpm_conv3x3(out_ch)
+                self.Conv_0 = ddpm_conv3x3(self.in_ch, out_ch)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_channels("Upsample", x, self.in_ch)
@@ -158,7 +158,7 @@ class Downsample(nn.Module):
                 self.Conv2d_0 = ud.Conv2d(self.in_ch, out_ch, kernel=3, down=True, resample_kernel=self.fir_kernel,
                                           use_bias=True)
             else:
-                self.Conv_0 = ddpm_conv3x3(out_ch, stride=2, padding=((0, 1), (0, 1)))
+                self.Conv_0 = ddpm_conv3x3(self.in_ch, out_ch, stride=2, padding=((0, 1), (0, 1)))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_channels("Downsample", x, self.in_ch)
@@ -191,15 +191,15 @@ class ResnetBlockDDPMpp(nn.Module):
     def setup(self):
         out_ch = self.out_ch or self.in_ch
         self.GroupNorm_0 = group_norm(self.in_ch, pp_groups(self.in_ch))
-        self.Conv_0 = ddpm_conv3x3(out_ch)
+        self.Conv_0 = ddpm_conv3x3(self.in_ch, out_ch)
         if self.temb_dim is not None:
             self.Dense_0 = nn.Dense(out_ch, kernel_init=default_init(), bias_init=nn.initializers.zeros)
         self.GroupNorm_1 = group_norm(out_ch, pp_groups(out_ch))
         self.Dropout_0 = nn.Dropout(self.dropout)
-        self.Conv_1 = ddpm_conv3x3(out_ch, init_scale=self.init_scale)
+        self.Conv_1 = ddpm_conv3x3(out_ch, out_ch, init_scale=self.init_scale)
         if self.in_ch != out_ch:
             if self.conv_shortcut:
-                self.Conv_2 = ddpm_conv3x3(out_ch)
+                self.Conv_2 = ddpm_conv3x3(self.in_ch, out_ch)
             else:
                 self.NIN_0 = NIN(self.in_ch, out_ch)
 
@@ -246,14 +246,14 @@ class ResnetBlockBigGANpp(nn.Module):
     def setup(self):
         out_ch = self.out_ch or self.in_ch
         self.GroupNorm_0 = group_norm(self.in_ch, pp_groups(self.in_ch))
-        self.Conv_0 = ddpm_conv3x3(out_ch)
+        self.Conv_0 = ddpm_conv3x3(self.in_ch, out_ch)
         if self.temb_dim is not None:
             self.Dense_0 = nn.Dense(out_ch, kernel_init=default_init(), bias_init=nn.initializers.zeros)
         self.GroupNorm_1 = group_norm(out_ch, pp_groups(out_ch))
         self.Dropout_0 = nn.Dropout(self.dropout)
-        self.Conv_1 = ddpm_conv3x3(out_ch, init_scale=self.init_scale)
+        self.Conv_1 = ddpm_conv3x3(out_ch, out_ch, init_scale=self.init_scale)
         if self.in_ch != out_ch or self.up or self.down:
-            self.Conv_2 = ddpm_conv1x1(out_ch)
+            self.Conv_2 = ddpm_conv1x1(self.in_ch, out_ch)
 
     def _resample(self, x: jax.Array) -> jax.Array:
         if self.up:

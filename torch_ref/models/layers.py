@@ -9,7 +9,8 @@ follow score_sde_pytorch's ``models/layers.py`` (``GroupNorm_0``, ``Conv_0``,
 All blocks take their input width as a constructor argument and check it against the
 input at call time (before any compute).
 
-Framework-specific helpers, not part of the mirrored API: ``default_init_``, ``variance_scaling_``, ``ddpm_linear``.
+Framework-specific helpers, not part of the mirrored API: ``default_init_``, ``variance_scaling_``, ``ddpm_linear``;
+``res_attn_stage`` (the U-Nets' down-path stage; the twin passes ``train`` per call).
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ __all__ = [
     "Upsample",
     "Downsample",
     "ResnetBlockDDPM",
-    "res_attn_stage",
     "plan_modules",
 ]
 
