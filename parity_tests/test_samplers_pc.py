@@ -530,7 +530,7 @@ def test_bad_input_errors_raise_before_any_evaluation(side):
 
 
 @pytest.mark.parametrize("side", ["jax", "torch"])
-def test_from_noise_shape_errors(side, np_rng):
+def test_predrawn_noise_shape_errors(side, np_rng):
     mod, (jsd, tsd) = (js if side == "jax" else ts), make_pair("vp", 25)
     sd = jsd if side == "jax" else tsd
     conv = jnp.asarray if side == "jax" else torch.as_tensor

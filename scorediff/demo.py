@@ -86,14 +86,14 @@ QUICK = DemoSizes(n=256, n_parity=32, pc_steps=30, ald_levels=5, ald_steps_each=
 class DemoSampler:
     """One sampler in both frameworks. ``jax_run(key) -> (x, nfe)`` is jitted;
     ``torch_run(generator) -> (x, nfe)``; ``make_noise(rng, n)`` draws the shared numpy
-    noise that ``jax_from_noise(*noise)`` and ``torch_from_noise(*noise)`` consume."""
+    noise that ``jax_predrawn(*noise)`` and ``torch_predrawn(*noise)`` consume."""
 
     name: str
     jax_run: Callable
     torch_run: Callable
     make_noise: Callable
-    jax_from_noise: Callable
-    torch_from_noise: Callable
+    jax_predrawn: Callable
+    torch_predrawn: Callable
 
 
 # ------------------------------------------------------------------- exact models
@@ -156,10 +156,10 @@ def build_samplers(mixture, sizes: DemoSizes) -> list[DemoSampler]:
             jax_run=lambda key, jsd=jsd, jsf=jsf: jsamplers.pc_sample(key, jsd, jsf, (sizes.n, 2), dtype=f32),
             torch_run=lambda g, tsd=tsd, tsf=tsf: tsamplers.pc_sample(tsd, tsf, (sizes.n, 2), generator=g, dtype=t32),
             make_noise=lambda rng, n, N=N: (nrm(rng, n, 2), nrm(rng, N, n, 2), nrm(rng, N, 1, n, 2)),
-            jax_from_noise=lambda z, pn, cn, jsd=jsd, jsf=jsf: jsamplers.pc_sample(
+            jax_predrawn=lambda z, pn, cn, jsd=jsd, jsf=jsf: jsamplers.pc_sample(
                 None, jsd, jsf, z.shape, x_T=jsd.prior_from_noise(z),
                 noise={"predictor": pn, "corrector": cn})[0],
-            torch_from_noise=lambda z, pn, cn, tsd=tsd, tsf=tsf: tsamplers.pc_sample(
+            torch_predrawn=lambda z, pn, cn, tsd=tsd, tsf=tsf: tsamplers.pc_sample(
                 tsd, tsf, tuple(z.shape), x_T=tsd.prior_from_noise(T(z)),
                 noise={"predictor": T(pn), "corrector": T(cn)})[0],
         ))
@@ -174,9 +174,9 @@ def build_samplers(mixture, sizes: DemoSizes) -> list[DemoSampler]:
         jax_run=lambda key: jsamplers.ald_sample(key, sigmas, j_lvl, (sizes.n, 2), dtype=f32, **ald_kw),
         torch_run=lambda g: tsamplers.ald_sample(sigmas, t_lvl, (sizes.n, 2), generator=g, dtype=t32, **ald_kw),
         make_noise=lambda rng, n: (nrm(rng, n, 2) * np.float32(sigmas[0]), nrm(rng, S, n, 2)),
-        jax_from_noise=lambda x0, z: jsamplers.ald_sample(None, sigmas, j_lvl, x0.shape, x_T=x0, noise=z,
+        jax_predrawn=lambda x0, z: jsamplers.ald_sample(None, sigmas, j_lvl, x0.shape, x_T=x0, noise=z,
                                                           **ald_kw)[0],
-        torch_from_noise=lambda x0, z: tsamplers.ald_sample(sigmas, t_lvl, tuple(x0.shape), x_T=T(x0),
+        torch_predrawn=lambda x0, z: tsamplers.ald_sample(sigmas, t_lvl, tuple(x0.shape), x_T=T(x0),
                                                             noise=T(z), **ald_kw)[0],
     ))
 
@@ -190,9 +190,9 @@ def build_samplers(mixture, sizes: DemoSizes) -> list[DemoSampler]:
         jax_run=lambda key: jode.ode_sample(key, vp_j, vp_jsf, (sizes.n, 2), dtype=f32, **kw),
         torch_run=lambda g: tode.ode_sample(vp_t, vp_tsf, (sizes.n, 2), generator=g, dtype=t32, **kw),
         make_noise=lambda rng, n: (nrm(rng, n, 2),),
-        jax_from_noise=lambda z: jode.ode_sample(None, vp_j, vp_jsf, z.shape, x_T=vp_j.prior_from_noise(z),
+        jax_predrawn=lambda z: jode.ode_sample(None, vp_j, vp_jsf, z.shape, x_T=vp_j.prior_from_noise(z),
                                                  **kw)[0],
-        torch_from_noise=lambda z: tode.ode_sample(vp_t, vp_tsf, tuple(z.shape),
+        torch_predrawn=lambda z: tode.ode_sample(vp_t, vp_tsf, tuple(z.shape),
                                                    x_T=vp_t.prior_from_noise(T(z)), **kw)[0],
     ))
 
@@ -213,9 +213,9 @@ def build_samplers(mixture, sizes: DemoSizes) -> list[DemoSampler]:
             jax_run=lambda key, jf=jf, jd=jd, jm=jm: jf(key, jd, jm, (sizes.n, 2), clip_denoised=False, dtype=f32),
             torch_run=lambda g, tf=tf, td=td, tm=tm: tf(td, tm, (sizes.n, 2), clip_denoised=False, generator=g, dtype=t32),
             make_noise=make,
-            jax_from_noise=lambda x_T, *noise, jf=jf, jd=jd, jm=jm: jf(
+            jax_predrawn=lambda x_T, *noise, jf=jf, jd=jd, jm=jm: jf(
                 None, jd, jm, x_T.shape, clip_denoised=False, x_T=x_T, **({"noise": noise[0]} if noise else {}))[0],
-            torch_from_noise=lambda x_T, *noise, tf=tf, td=td, tm=tm: tf(
+            torch_predrawn=lambda x_T, *noise, tf=tf, td=td, tm=tm: tf(
                 td, tm, tuple(x_T.shape), clip_denoised=False, x_T=T(x_T),
                 **({"noise": T(noise[0])} if noise else {}))[0],
         ))
@@ -232,9 +232,9 @@ def build_samplers(mixture, sizes: DemoSizes) -> list[DemoSampler]:
             jax_run=lambda key, jf=jf: jf(key, vp_j, vp_jsf, (sizes.n, 2), num_steps=sizes.fast_steps, dtype=f32),
             torch_run=lambda g, tf=tf: tf(vp_t, vp_tsf, (sizes.n, 2), num_steps=sizes.fast_steps, generator=g, dtype=t32),
             make_noise=lambda rng, n: (nrm(rng, n, 2) * np.float32(s_T),),
-            jax_from_noise=lambda x_T, jf=jf: jf(None, vp_j, vp_jsf, x_T.shape, num_steps=sizes.fast_steps,
+            jax_predrawn=lambda x_T, jf=jf: jf(None, vp_j, vp_jsf, x_T.shape, num_steps=sizes.fast_steps,
                                                  x_T=x_T)[0],
-            torch_from_noise=lambda x_T, tf=tf: tf(vp_t, vp_tsf, tuple(x_T.shape), num_steps=sizes.fast_steps,
+            torch_predrawn=lambda x_T, tf=tf: tf(vp_t, vp_tsf, tuple(x_T.shape), num_steps=sizes.fast_steps,
                                                    x_T=T(x_T))[0],
         ))
     return out
@@ -308,9 +308,9 @@ def run_sampler(sampler: DemoSampler, metrics: MixtureMetrics, sizes: DemoSizes,
         torch_s, (x_torch, t_nfe) = _median_time(
             lambda r: sampler.torch_run(torch.Generator().manual_seed(seed + r)), sizes.repeats)
     noise = sampler.make_noise(np.random.default_rng(seed), sizes.n_parity)
-    p_jax = np.asarray(jax.jit(sampler.jax_from_noise)(*noise))
+    p_jax = np.asarray(jax.jit(sampler.jax_predrawn)(*noise))
     with torch.no_grad():
-        p_torch = sampler.torch_from_noise(*noise).numpy()
+        p_torch = sampler.torch_predrawn(*noise).numpy()
     d_jax = metrics.distances(x_jax)
     return dict(
         name=sampler.name, nfe=int(nfe), torch_nfe=int(t_nfe),

@@ -15,6 +15,8 @@ array (tracers included) or a torch tensor without converting it.
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
@@ -282,9 +284,26 @@ def check_clip_denoised(clip_denoised, ndim: int, layout: str) -> bool:
             f"clip_denoised=True clamps the predicted x_0 to [-1, 1] (images scaled to "
             f"[-1, 1]), but these data have rank {ndim} (not {layout} images); pass "
             "clip_denoised=False unless the data really lie in [-1, 1]",
-            UserWarning, stacklevel=4,
+            UserWarning, stacklevel=_caller_stacklevel(),
         )
     return clip_denoised
+
+
+_LIBRARY_DIRS = tuple(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d) + os.sep
+    for d in ("spec", "jax_impl", "torch_ref")
+)
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of ``warnings.warn`` (called from the caller of this function)
+    that points at the first frame outside this library and framework decorators (e.g.
+    torch's ``no_grad`` wrapper), i.e. at the user's call."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and (frame.f_code.co_filename.startswith(_LIBRARY_DIRS)
+                                 or f"{os.sep}torch{os.sep}" in frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def check_ddim_eta(eta, alphas_cumprod: np.ndarray, alphas_cumprod_prev: np.ndarray) -> float:
