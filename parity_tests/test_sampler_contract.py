@@ -526,8 +526,10 @@ class _no_warning_filter:
 @pytest.mark.parametrize("side", ["jax", "torch"])
 def test_clip_denoised_warns_for_non_image_data(side):
     s = Side(side)
-    with pytest.warns(UserWarning, match=r"clip_denoised=True clamps the predicted x_0 to \[-1, 1\]"):
-        s.call("ddpm_sample", s.diffusion, s.score(), (4, 2))
+    with pytest.warns(UserWarning, match=r"clip_denoised=True clamps the predicted x_0 to \[-1, 1\]") as rec:
+        fn = getattr(s.mod["ddpm_sample"], "ddpm_sample")
+        fn(*((jax.random.PRNGKey(0),) if side == "jax" else ()), s.diffusion, s.score(), (4, 2))
+    assert rec[0].filename == __file__  # the warning points at the user's call
     with pytest.warns(UserWarning, match="rank 2"):
         s.call("ddim_invert", s.diffusion, s.score(), s.arr((4, 2), 0.1), clip_denoised=True)
     import warnings
