@@ -170,7 +170,7 @@ def test_instance_norm_plus_oracle(np_rng):
     g, a, b = emb[y, :C], emb[y, C:2 * C], emb[y, 2 * C:]
     x32 = x.astype(np.float32)
     want32 = instance_norm_plus_oracle(x32.astype(np.float64), a, g, b)
-    jmod = jl.ConditionalInstanceNorm2dPlus(L)
+    jmod = jl.ConditionalInstanceNorm2dPlus(C, L)
     variables = {"params": {"embed": {"embedding": jnp.asarray(emb.astype(np.float32))}}}
     got_j = jax.jit(jmod.apply)(variables, jnp.asarray(nhwc(x32)), jnp.asarray(y))
     got_t = tmod(torch.from_numpy(x32), torch.from_numpy(y))
@@ -215,12 +215,12 @@ def test_init_follows_official_distributions():
         for a in (np.asarray(k), to_np(t)):
             assert np.abs(a).max() <= bound and np.abs(a).max() > 0.75 * bound  # P(fail) < 1e-4
             assert abs(a.std() - bound / np.sqrt(3)) < 0.15 * bound
-    norm = jl.InstanceNorm2dPlus().init(jax.random.PRNGKey(2), x)["params"]
+    norm = jl.InstanceNorm2dPlus(C).init(jax.random.PRNGKey(2), x)["params"]
     tnorm = tl.InstanceNorm2dPlus(C)
     for a in (np.asarray(norm["alpha"]), np.asarray(norm["gamma"]), to_np(tnorm.alpha), to_np(tnorm.gamma)):
         assert abs(a.mean() - 1) < 0.03 and 0.005 < a.std() < 0.04
     assert not np.asarray(norm["beta"]).any() and not to_np(tnorm.beta).any()
-    cond = jl.ConditionalInstanceNorm2dPlus(L).init(jax.random.PRNGKey(3), x, jnp.zeros((1,), jnp.int32))
+    cond = jl.ConditionalInstanceNorm2dPlus(C, L).init(jax.random.PRNGKey(3), x, jnp.zeros((1,), jnp.int32))
     for emb in (np.asarray(cond["params"]["embed"]["embedding"]), to_np(tl.ConditionalInstanceNorm2dPlus(C, L).embed.weight)):
         assert emb.shape == (L, 3 * C)
         assert abs(emb[:, :2 * C].mean() - 1) < 0.01 and 0.01 < emb[:, :2 * C].std() < 0.03

@@ -70,14 +70,17 @@ class CondRefineNetDilated(nn.Module):
         h = x if cfg.centered else 2 * x - 1.0
         h = Conv2d(cfg.ngf, 3, 1, name="begin_conv")(h)
         layers = []
+        prev = cfg.ngf
         for stage, ch in zip(plan.stages, plan.channels(cfg.ngf)):
-            h = ConditionalResidualBlock(ch, L, stage.resample, act_name, stage.dilation, name=f"{stage.name}_0")(h, y)
-            h = ConditionalResidualBlock(ch, L, None, act_name, stage.dilation, name=f"{stage.name}_1")(h, y)
+            h = ConditionalResidualBlock(prev, ch, L, stage.resample, act_name, stage.dilation,
+                                         name=f"{stage.name}_0")(h, y)
+            h = ConditionalResidualBlock(ch, ch, L, None, act_name, stage.dilation, name=f"{stage.name}_1")(h, y)
             layers.append(h)
+            prev = ch
         ref = None
         for r in plan.refines(cfg.ngf):
             skip = layers[r.stage_index]
             block = CondRefineBlock(r.in_planes, r.features, L, act_name, r.start, r.end, name=r.name)
             ref = block([skip] if ref is None else [skip, ref], y, skip.shape[1:3])
-        h = get_act(act_name)(ConditionalInstanceNorm2dPlus(L, name="normalizer")(ref, y))
+        h = get_act(act_name)(ConditionalInstanceNorm2dPlus(cfg.ngf, L, name="normalizer")(ref, y))
         return Conv2d(cfg.num_channels, 3, 1, name="end_conv")(h)

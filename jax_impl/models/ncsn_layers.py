@@ -107,19 +107,28 @@ def instance_norm_plus(
     return out
 
 
+def _check_width(module: str, x: jax.Array, expected: int) -> int:
+    """The channel count of NHWC ``x``, which must be ``expected`` (ValueError naming ``module``)."""
+    if x.shape[-1] != expected:
+        raise ValueError(f"{module}: expected {expected} input channels, got shape {tuple(x.shape)}")
+    return expected
+
+
 def _normal_one(key, shape, dtype=jnp.float32):
     """N(1, 0.02), the official init of InstanceNorm++ scales."""
     return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
 
 
 class InstanceNorm2dPlus(nn.Module):
-    """Unconditional InstanceNorm++ (NCSNv2); params ``alpha, gamma, beta`` of shape ``[C]``."""
+    """Unconditional InstanceNorm++ (NCSNv2) over ``num_features`` channels; params
+    ``alpha, gamma, beta`` of shape ``[C]``."""
 
+    num_features: int
     bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        c = x.shape[-1]
+        c = _check_width("InstanceNorm2dPlus", x, self.num_features)
         alpha = self.param("alpha", _normal_one, (c,), jnp.float32)
         gamma = self.param("gamma", _normal_one, (c,), jnp.float32)
         beta = self.param("beta", nn.initializers.zeros, (c,), jnp.float32) if self.bias else None
@@ -153,12 +162,13 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
     """Conditional InstanceNorm++ (NCSN): ``embed/embedding [num_classes, 3C]`` holds
     ``(gamma, alpha, beta)`` per noise level (``[num_classes, 2C]`` without bias)."""
 
+    num_features: int
     num_classes: int
     bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
-        c = x.shape[-1]
+        c = _check_width("ConditionalInstanceNorm2dPlus", x, self.num_features)
         n = 3 if self.bias else 2
 
         def init(key, shape, dtype=jnp.float32):
@@ -212,32 +222,46 @@ class Conv2d(nn.Module):
         return y
 
 
-def conv3x3(features: int, bias: bool = True, name: str | None = None) -> Conv2d:
-    """3x3 convolution, padding 1."""
+def conv3x3(in_planes: int, out_planes: int, bias: bool = True) -> Conv2d:
+    """3x3 convolution ``in_planes -> out_planes``, padding 1 (``in_planes``: the twin's
+    signature; flax reads the width from the input)."""
+    del in_planes
+    return Conv2d(out_planes, 3, 1, 1, bias)
+
+
+def conv1x1(in_planes: int, out_planes: int, bias: bool = True) -> Conv2d:
+    """1x1 convolution ``in_planes -> out_planes``."""
+    del in_planes
+    return Conv2d(out_planes, 1, 0, 1, bias)
+
+
+def dilated_conv3x3(in_planes: int, out_planes: int, dilation: int, bias: bool = True) -> Conv2d:
+    """3x3 convolution with dilation ``d`` and padding ``d`` (size preserving)."""
+    del in_planes
+    return Conv2d(out_planes, 3, dilation, dilation, bias)
+
+
+def _conv3x3(features: int, bias: bool = True, *, name: str) -> Conv2d:
     return Conv2d(features, 3, 1, 1, bias, name=name)
 
 
-def conv1x1(features: int, bias: bool = True, name: str | None = None) -> Conv2d:
-    """1x1 convolution."""
-    return Conv2d(features, 1, 0, 1, bias, name=name)
-
-
-def dilated_conv3x3(features: int, dilation: int, bias: bool = True, name: str | None = None) -> Conv2d:
-    """3x3 convolution with dilation ``d`` and padding ``d`` (size preserving)."""
-    return Conv2d(features, 3, dilation, dilation, bias, name=name)
+def _dilated(features: int, dilation: int, *, name: str) -> Conv2d:
+    return Conv2d(features, 3, dilation, dilation, True, name=name)
 
 
 class ConvMeanPool(nn.Module):
     """Convolution (padding k//2, submodule ``conv``), then 2x2 mean pooling written as
     the mean of the four phases ``o[::2, ::2], o[1::2, ::2], o[::2, 1::2], o[1::2, 1::2]``."""
 
-    features: int
+    input_dim: int
+    output_dim: int
     kernel_size: int = 3
     biases: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        o = Conv2d(self.features, self.kernel_size, self.kernel_size // 2, 1, self.biases, name="conv")(x)
+        _check_width("ConvMeanPool", x, self.input_dim)
+        o = Conv2d(self.output_dim, self.kernel_size, self.kernel_size // 2, 1, self.biases, name="conv")(x)
         return (o[:, ::2, ::2] + o[:, 1::2, ::2] + o[:, ::2, 1::2] + o[:, 1::2, 1::2]) / 4.0
 
 
@@ -296,7 +320,7 @@ class CRPBlock(nn.Module):
 
     features: int
     n_stages: int
-    act: str = "elu"
+    act: str
     maxpool: bool = True
 
     @nn.compact
@@ -305,7 +329,7 @@ class CRPBlock(nn.Module):
         x = get_act(self.act)(x)
         path = x
         for i in range(self.n_stages):
-            path = conv3x3(self.features, bias=False, name=f"convs_{i}")(pool(path))
+            path = _conv3x3(self.features, False, name=f"convs_{i}")(pool(path))
             x = path + x
         return x
 
@@ -316,15 +340,15 @@ class CondCRPBlock(nn.Module):
     features: int
     n_stages: int
     num_classes: int
-    act: str = "elu"
+    act: str
 
     @nn.compact
     def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
         x = get_act(self.act)(x)
         path = x
         for i in range(self.n_stages):
-            path = ConditionalInstanceNorm2dPlus(self.num_classes, name=f"norms_{i}")(path, y)
-            path = conv3x3(self.features, bias=False, name=f"convs_{i}")(avg_pool5(path))
+            path = ConditionalInstanceNorm2dPlus(self.features, self.num_classes, name=f"norms_{i}")(path, y)
+            path = _conv3x3(self.features, False, name=f"convs_{i}")(avg_pool5(path))
             x = path + x
         return x
 
@@ -336,7 +360,7 @@ class RCUBlock(nn.Module):
     features: int
     n_blocks: int
     n_stages: int
-    act: str = "elu"
+    act: str
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -344,7 +368,7 @@ class RCUBlock(nn.Module):
         for i in range(1, self.n_blocks + 1):
             residual = x
             for j in range(1, self.n_stages + 1):
-                x = conv3x3(self.features, bias=False, name=f"{i}_{j}_conv")(act(x))
+                x = _conv3x3(self.features, False, name=f"{i}_{j}_conv")(act(x))
             x = x + residual
         return x
 
@@ -356,7 +380,7 @@ class CondRCUBlock(nn.Module):
     n_blocks: int
     n_stages: int
     num_classes: int
-    act: str = "elu"
+    act: str
 
     @nn.compact
     def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -364,8 +388,8 @@ class CondRCUBlock(nn.Module):
         for i in range(1, self.n_blocks + 1):
             residual = x
             for j in range(1, self.n_stages + 1):
-                x = ConditionalInstanceNorm2dPlus(self.num_classes, name=f"{i}_{j}_norm")(x, y)
-                x = conv3x3(self.features, bias=False, name=f"{i}_{j}_conv")(act(x))
+                x = ConditionalInstanceNorm2dPlus(self.features, self.num_classes, name=f"{i}_{j}_norm")(x, y)
+                x = _conv3x3(self.features, False, name=f"{i}_{j}_conv")(act(x))
             x = x + residual
         return x
 
@@ -380,7 +404,7 @@ class MSFBlock(nn.Module):
     def __call__(self, xs: Sequence[jax.Array], shape: Sequence[int]) -> jax.Array:
         sums = jnp.zeros((xs[0].shape[0], *shape, self.features), xs[0].dtype)
         for i, x in enumerate(xs):
-            sums = sums + resize_bilinear(conv3x3(self.features, bias=True, name=f"convs_{i}")(x), shape)
+            sums = sums + resize_bilinear(_conv3x3(self.features, name=f"convs_{i}")(x), shape)
         return sums
 
 
@@ -394,9 +418,9 @@ class CondMSFBlock(nn.Module):
     @nn.compact
     def __call__(self, xs: Sequence[jax.Array], y: jax.Array, shape: Sequence[int]) -> jax.Array:
         sums = jnp.zeros((xs[0].shape[0], *shape, self.features), xs[0].dtype)
-        for i, x in enumerate(xs):
-            h = ConditionalInstanceNorm2dPlus(self.num_classes, name=f"norms_{i}")(x, y)
-            sums = sums + resize_bilinear(conv3x3(self.features, bias=True, name=f"convs_{i}")(h), shape)
+        for i, (c, x) in enumerate(zip(self.in_planes, xs)):
+            h = ConditionalInstanceNorm2dPlus(c, self.num_classes, name=f"norms_{i}")(x, y)
+            sums = sums + resize_bilinear(_conv3x3(self.features, name=f"convs_{i}")(h), shape)
         return sums
 
 
@@ -405,7 +429,7 @@ class RefineBlock(nn.Module):
 
     in_planes: tuple[int, ...]
     features: int
-    act: str = "elu"
+    act: str
     start: bool = False
     end: bool = False
     maxpool: bool = True
@@ -428,7 +452,7 @@ class CondRefineBlock(nn.Module):
     in_planes: tuple[int, ...]
     features: int
     num_classes: int
-    act: str = "elu"
+    act: str
     start: bool = False
     end: bool = False
 
@@ -448,40 +472,42 @@ class CondRefineBlock(nn.Module):
 # ------------------------------------------------------------------- residual blocks
 
 
-def _residual_convs(output_dim: int, input_dim: int, resample: str | None, dilation: int | None):
-    """``(conv1, conv2, shortcut)`` of the official residual block (shortcut None: identity)."""
+def _residual_convs(input_dim: int, output_dim: int, resample: str | None, dilation: int | None):
+    """``(conv1, conv2, shortcut, mid_dim)`` of the official residual block (shortcut
+    None: identity)."""
     if resample == "down":
         if dilation is not None:
-            return (dilated_conv3x3(input_dim, dilation, name="conv1"),
-                    dilated_conv3x3(output_dim, dilation, name="conv2"),
-                    dilated_conv3x3(output_dim, dilation, name="shortcut"))
-        return (conv3x3(input_dim, name="conv1"), ConvMeanPool(output_dim, 3, name="conv2"),
-                ConvMeanPool(output_dim, 1, name="shortcut"))
+            return (_dilated(input_dim, dilation, name="conv1"), _dilated(output_dim, dilation, name="conv2"),
+                    _dilated(output_dim, dilation, name="shortcut"), input_dim)
+        return (_conv3x3(input_dim, name="conv1"), ConvMeanPool(input_dim, output_dim, 3, name="conv2"),
+                ConvMeanPool(input_dim, output_dim, 1, name="shortcut"), input_dim)
     if resample is None:
         if dilation is not None:
-            shortcut = dilated_conv3x3(output_dim, dilation, name="shortcut") if output_dim != input_dim else None
-            return (dilated_conv3x3(output_dim, dilation, name="conv1"),
-                    dilated_conv3x3(output_dim, dilation, name="conv2"), shortcut)
-        shortcut = conv1x1(output_dim, name="shortcut") if output_dim != input_dim else None
-        return conv3x3(output_dim, name="conv1"), conv3x3(output_dim, name="conv2"), shortcut
+            shortcut = _dilated(output_dim, dilation, name="shortcut") if output_dim != input_dim else None
+            return (_dilated(output_dim, dilation, name="conv1"), _dilated(output_dim, dilation, name="conv2"),
+                    shortcut, output_dim)
+        shortcut = Conv2d(output_dim, 1, 0, 1, True, name="shortcut") if output_dim != input_dim else None
+        return _conv3x3(output_dim, name="conv1"), _conv3x3(output_dim, name="conv2"), shortcut, output_dim
     raise ValueError(f"resample must be None or 'down', got {resample!r}")
 
 
 class ResidualBlock(nn.Module):
-    """NCSNv2 residual block: ``skip(x) + conv2(act(norm2(conv1(act(norm1(x))))))``."""
+    """NCSNv2 residual block ``input_dim -> output_dim``:
+    ``skip(x) + conv2(act(norm2(conv1(act(norm1(x))))))``; ``act`` None is ELU."""
 
+    input_dim: int
     output_dim: int
     resample: str | None = None
-    act: str = "elu"
+    act: str | None = None
     dilation: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        act = get_act(self.act)
-        input_dim = x.shape[-1]
-        conv1, conv2, shortcut = _residual_convs(self.output_dim, input_dim, self.resample, self.dilation)
-        h = conv1(act(InstanceNorm2dPlus(name="normalize1")(x)))
-        h = conv2(act(InstanceNorm2dPlus(name="normalize2")(h)))
+        act = get_act(self.act or "elu")
+        _check_width("ResidualBlock", x, self.input_dim)
+        conv1, conv2, shortcut, mid = _residual_convs(self.input_dim, self.output_dim, self.resample, self.dilation)
+        h = conv1(act(InstanceNorm2dPlus(self.input_dim, name="normalize1")(x)))
+        h = conv2(act(InstanceNorm2dPlus(mid, name="normalize2")(h)))
         skip = x if shortcut is None else shortcut(x)
         return skip + h
 
@@ -489,19 +515,21 @@ class ResidualBlock(nn.Module):
 class ConditionalResidualBlock(nn.Module):
     """NCSN v1 residual block: as ``ResidualBlock`` with conditional InstanceNorm++."""
 
+    input_dim: int
     output_dim: int
     num_classes: int
     resample: str | None = None
-    act: str = "elu"
+    act: str | None = None
     dilation: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
-        act = get_act(self.act)
-        input_dim = x.shape[-1]
-        conv1, conv2, shortcut = _residual_convs(self.output_dim, input_dim, self.resample, self.dilation)
-        h = conv1(act(ConditionalInstanceNorm2dPlus(self.num_classes, name="normalize1")(x, y)))
-        h = conv2(act(ConditionalInstanceNorm2dPlus(self.num_classes, name="normalize2")(h, y)))
+        act = get_act(self.act or "elu")
+        _check_width("ConditionalResidualBlock", x, self.input_dim)
+        conv1, conv2, shortcut, mid = _residual_convs(self.input_dim, self.output_dim, self.resample, self.dilation)
+        L = self.num_classes
+        h = conv1(act(ConditionalInstanceNorm2dPlus(self.input_dim, L, name="normalize1")(x, y)))
+        h = conv2(act(ConditionalInstanceNorm2dPlus(mid, L, name="normalize2")(h, y)))
         skip = x if shortcut is None else shortcut(x)
         return skip + h
 

@@ -93,16 +93,18 @@ class NCSNv2(nn.Module):
         h = x if cfg.centered else 2 * x - 1.0
         h = Conv2d(cfg.ngf, 3, 1, name="begin_conv")(h)
         layers = []
+        prev = cfg.ngf
         for stage, ch in zip(plan.stages, plan.channels(cfg.ngf)):
-            h = ResidualBlock(ch, stage.resample, act_name, stage.dilation, name=f"{stage.name}_0")(h)
-            h = ResidualBlock(ch, None, act_name, stage.dilation, name=f"{stage.name}_1")(h)
+            h = ResidualBlock(prev, ch, stage.resample, act_name, stage.dilation, name=f"{stage.name}_0")(h)
+            h = ResidualBlock(ch, ch, None, act_name, stage.dilation, name=f"{stage.name}_1")(h)
             layers.append(h)
+            prev = ch
         ref = None
         for r in plan.refines(cfg.ngf):
             skip = layers[r.stage_index]
             block = RefineBlock(r.in_planes, r.features, act_name, r.start, r.end, name=r.name)
             ref = block([skip] if ref is None else [skip, ref], skip.shape[1:3])
-        h = get_act(act_name)(InstanceNorm2dPlus(name="normalizer")(ref))
+        h = get_act(act_name)(InstanceNorm2dPlus(cfg.ngf, name="normalizer")(ref))
         h = Conv2d(cfg.num_channels, 3, 1, name="end_conv")(h)
         used_sigmas = take_rows(jnp.asarray(cfg.sigmas, jnp.float32), y)
         return h / append_dims(used_sigmas, h.ndim)
