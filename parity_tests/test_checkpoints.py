@@ -38,6 +38,7 @@ from spec.ncsn_configs import NCSNv2Config
 from spec.unet_plans import ddpm_plan, ncsnpp_plan
 from torch_ref import convert as tconv
 from torch_ref.models import registry as treg
+from torch_ref.models import utils as tmutils
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -371,7 +372,19 @@ def test_get_model_fn_rejects_another_configs_variables():
         get_model_fn(model, shapes)
     with pytest.raises(TypeError, match="variables must be the nested mapping"):
         get_model_fn(model, [1, 2])
+    with pytest.raises(TypeError, match="flax modules hold no parameters"):
+        get_model_fn(model)
     assert callable(get_model_fn(model, jreg.variable_shapes(cfg)))  # the right ones pass
+    # the twin: another module's state_dict runs in place of the module's own tensors
+    a, b = _perturbed(cfg, 6), _perturbed(cfg, 7)
+    x, t = torch.rand(2, 3, 8, 8), torch.tensor([3.0, 9.0])
+    with torch.no_grad():
+        assert torch.equal(tmutils.get_model_fn(a, b.state_dict())(x, t), b(x, t))
+        assert torch.equal(tmutils.get_model_fn(a)(x, t), a(x, t))
+    with pytest.raises(ValueError, match=r"'all_modules\.0\.weight' has shape \(128, 64\)"):
+        tmutils.get_model_fn(a, dict(b.state_dict(), **{"all_modules.0.weight": torch.zeros(128, 64)}))
+    with pytest.raises(ValueError, match="'sigmas' is missing"):
+        tmutils.get_model_fn(a, {k: v for k, v in b.state_dict().items() if k != "sigmas"})
 
 
 # ------------------------------------------------------------------ layouts as data

@@ -75,14 +75,18 @@ def check_variables(model, variables) -> None:
                              f"{tuple(want[leaf].shape)} (variables of another config?)")
 
 
-def get_model_fn(model, variables, train: bool = False) -> ModelFn:
+def get_model_fn(model, variables=None, train: bool = False) -> ModelFn:
     """``model_fn(x, labels, rng=None) -> model.apply(variables, x, labels, train=train)``.
 
     With ``train=True`` dropout is on and ``rng`` (a PRNG key for the ``'dropout'``
     stream) is required. ``variables`` are checked against the model's structure
     first (``check_variables``): another config's variables raise ``ValueError`` naming
-    the first mismatched leaf, before anything is traced.
+    the first mismatched leaf, before anything is traced. ``variables`` is required (the
+    default None exists for the twin, whose module holds its own parameters).
     """
+    if variables is None:
+        raise TypeError("get_model_fn(model, variables): flax modules hold no parameters; pass the variables "
+                        "from model.init or a checkpoint")
     check_variables(model, variables)
 
     def model_fn(x, labels, rng=None):

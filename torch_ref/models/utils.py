@@ -2,8 +2,8 @@
 
 Twin: ``jax_impl/models/utils.py`` (its docstring tabulates the labels per SDE).
 
-``get_model_fn(model, train=False)`` switches the module to train / eval mode and calls
-it; ``get_score_fn(sde, model_fn, *, continuous)`` returns ``score_fn(x, t)``:
+``get_model_fn(model, variables=None, train=False)`` switches the module to train / eval
+mode and calls it (with ``variables``, a state_dict, in place of its own tensors); ``get_score_fn(sde, model_fn, *, continuous)`` returns ``score_fn(x, t)``:
 VP continuous and sub-VP feed ``999 t`` and return ``-out / std(t)``; VP discrete feeds
 ``t (N - 1)`` and divides by ``sqrt(1 - abar_i)``, ``i = int(t (N - 1))`` (truncation, as
 score_sde's ``labels.long()``); VE continuous feeds ``sigma(t)``, VE discrete the integer
@@ -13,7 +13,7 @@ score_sde's ``labels.long()``); VE continuous feeds ``sigma(t)``, VE discrete th
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -29,12 +29,31 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def get_model_fn(model: torch.nn.Module, train: bool = False) -> ModelFn:
-    """``model_fn(x, labels)``: ``model.train()`` (dropout on) or ``model.eval()``, then ``model(x, labels)``."""
+def get_model_fn(model: torch.nn.Module, variables=None, train: bool = False) -> ModelFn:
+    """``model_fn(x, labels)``: ``model.train()`` (dropout on) or ``model.eval()``, then
+    ``model(x, labels)``.
+
+    ``variables`` (optional, a state_dict) runs the module with those tensors instead of
+    its own (``torch.func.functional_call``, the counterpart of flax's ``apply``); its keys
+    must be the module's (``ValueError`` naming the first missing or unexpected one).
+    """
+    if variables is not None:
+        if not isinstance(variables, Mapping):
+            raise TypeError(f"variables must be a state_dict (a mapping), got {type(variables).__name__}")
+        own = model.state_dict()
+        for key in sorted(set(own) ^ set(variables)):
+            what = "is missing" if key in own else "is not a tensor of the module"
+            raise ValueError(f"get_model_fn: variables do not match the {type(model).__name__}: {key!r} {what}")
+        for key, value in variables.items():
+            if tuple(value.shape) != tuple(own[key].shape):
+                raise ValueError(f"get_model_fn: variables do not match the {type(model).__name__}: {key!r} has "
+                                 f"shape {tuple(value.shape)}, the module expects {tuple(own[key].shape)}")
 
     def model_fn(x, labels):
         model.train(train)
-        return model(x, labels)
+        if variables is None:
+            return model(x, labels)
+        return torch.func.functional_call(model, dict(variables), (x, labels))
 
     return model_fn
 
