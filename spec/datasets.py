@@ -1,0 +1,666 @@
+"""Training data, framework-neutral (numpy): the built-in sets, user arrays and image
+folders, and a deterministic, resumable batch iterator.
+
+Framework twins (thin wrappers giving ``jax.Array`` NHWC / ``torch.Tensor`` NCHW batches of
+the same numbers): ``jax_impl/data.py`` <-> ``torch_ref/data.py``.
+
+Datasets (``DataConfig.dataset``); every array is float32, images NHWC ``[N, H, W, C]``,
+2-D sets ``[N, 2]``:
+
+* ``"digits"``: scikit-learn's bundled 8x8 grey digits (1797 images, values 0..16; no
+  download). Scaled to [0, 1] by ``v / 16``. The train/test split is FIXED: one permutation
+  of the 1797 images drawn from ``SPLIT_SEED`` (independent of ``DataConfig.seed``); the
+  first ``round(1797 * test_fraction)`` images of it are the test set. With the default
+  ``test_fraction`` (0.2) that is 1438 train / 359 test images ``[N, 8, 8, 1]``.
+* 2-D sets, generated with numpy from ``DataConfig.seed``: the training points from the
+  stream ``(seed, dataset, "train")``, the held-out test points from ``(seed, dataset,
+  "test")`` (independent streams, so the test set never overlaps the training draws);
+  ``num_train`` (default 10000) and ``num_test`` (default 5000) points. Scales:
+
+  - ``"gmm"``: samples of ``spec.oracles.gmm.demo_mixture()`` unchanged (3 components,
+    data scale ~1), so its density is known exactly;
+  - ``"moons"``: two interleaved half circles ``(cos t, sin t)`` and ``(1 - cos t,
+    1/2 - sin t)``, t ~ U(0, pi), plus N(0, 0.05^2) noise, then standardised with the exact
+    moments (mean (1/2, 1/4), variances 3/4 + 0.05^2 and 9/16 - 1/pi + 0.05^2);
+  - ``"swiss_roll"``: ``(t cos t, t sin t)``, t ~ U(1.5 pi, 4.5 pi), plus N(0, 0.25^2)
+    noise, standardised with the exact moments (means 2 and 2 / (3 pi), variances
+    ``(29.25 pi^2 -+ 1.5) / 6 - mean^2 + 0.25^2``);
+  - ``"checkerboard"``: uniform on the 8 black squares of a 4x4 board over [-2, 2]^2,
+    times ``sqrt(3) / 2`` (each coordinate then has mean 0 and std 1);
+  - ``"rings"``: 4 concentric circles of radii 0.25, 0.5, 0.75, 1 (equally likely, angle
+    uniform) plus N(0, 0.02^2) noise, scaled to unit std per coordinate
+    (``1 / sqrt(E[r^2] / 2 + 0.02^2)``).
+
+  So every standardised set has mean 0 and std 1 per coordinate (exactly, in distribution).
+* ``"array"``: a user ``.npy`` / ``.npz`` file holding ``[N, H, W, C]`` images: uint8
+  (0..255) or another integer dtype with values in 0..255 (scaled by ``v / 255``), or float
+  in the declared ``value_range`` ((0, 1) or (-1, 1); mapped affinely to [0, 1]). A
+  ``.npz`` must hold one array, or name it with ``array_key``.
+* ``"folder"``: a directory of ``.png`` / ``.jpg`` / ``.jpeg`` images (not recursive,
+  sorted by file name), read with Pillow as grey (``num_channels=1``) or RGB (3; ``None``:
+  RGB if any image has colour, else grey). All one size, or each centre-cropped to a square
+  and resized to ``image_size`` (bicubic).
+
+For the user sets the train/test split is the same fixed-permutation rule as for digits
+(default ``test_fraction`` 0: everything is training data and the test set is empty).
+Images from [0, 1] are centred to [-1, 1] by ``2 v - 1`` when ``centered`` (default), else
+kept in [0, 1]. ``image_size`` resizes digits and arrays too (bicubic; clipped to the range).
+
+Every bad file (missing, unreadable, empty, a directory without images, wrong rank or
+dtype, values outside the declared range, NaN) raises ONE ``ValueError`` /
+``FileNotFoundError`` whose message starts with ``data.path`` and the file; bad config
+values raise ``ValueError`` / ``TypeError`` naming the field (``data.<field>``).
+
+Order and augmentation (:class:`BatchIterator`): the examples are drawn epoch after epoch,
+each epoch a permutation that is a pure function of ``(seed, epoch)``; a batch that runs
+past the end of an epoch WRAPS AROUND into the next one (no example is dropped, every batch
+has ``batch_size`` examples, as score_sde's repeating ``tf.data`` pipeline). The random
+horizontal flip and the dequantisation noise of the example at position ``index`` of epoch
+``epoch`` come from a numpy Generator seeded by ``(seed, epoch, index)``, so they do not
+depend on the batch size or on where a run was resumed. Uniform dequantisation, with ``v``
+in [0, 1] and ``K = num_bins`` levels (256 for 8-bit data, 17 for digits; score_sde's
+``(u + 255 v) / 256``)::
+
+    v' = ((K - 1) v + u) / K,  u ~ U[0, 1)           (v' in [0, 1))
+    centred: x' = 2 v' - 1 for x = 2 v - 1            (x' in [-1, 1))
+
+Only numpy and the standard library are imported at module import; scikit-learn (digits)
+and Pillow (image folders, resizing) are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from spec.validate import check_bool, check_choice, check_dir, check_file, check_float, check_int
+
+__all__ = [
+    "DATASETS",
+    "IMAGE_DATASETS",
+    "IMAGE_SUFFIXES",
+    "SPLIT_SEED",
+    "TOY_DATASETS",
+    "BatchIterator",
+    "DataConfig",
+    "dequantize",
+    "load_dataset",
+    "make_toy_data",
+    "split_indices",
+]
+
+TOY_DATASETS = ("gmm", "moons", "swiss_roll", "checkerboard", "rings")
+IMAGE_DATASETS = ("digits", "array", "folder")
+DATASETS = ("digits",) + TOY_DATASETS + ("array", "folder")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+ARRAY_SUFFIXES = (".npy", ".npz")
+# The fixed seed of the train/test permutation of digits and user data (not config.seed).
+SPLIT_SEED = 20_240_601
+DIGITS_NUM_IMAGES = 1797
+DIGITS_LEVELS = 17  # values 0..16
+
+# Stream tags of the numpy SeedSequences, so no two purposes share random numbers.
+_TAG_GENERATE, _TAG_PERMUTE, _TAG_AUGMENT = 0, 1, 2
+_SPLITS = {"train": 0, "test": 1}
+
+
+# --- config ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """What to train on (see the module docstring for every dataset's exact definition).
+
+    dataset: one of ``DATASETS``. path: the ``.npy``/``.npz`` file (``"array"``) or the image
+    directory (``"folder"``); None for the built-in sets. image_size: resize images to
+    ``image_size x image_size`` (None: keep). num_channels: 1 (grey) or 3 (RGB) for digits
+    and folders (digits repeat the grey channel); for arrays it must equal the stored C
+    (None: as stored). centered: images in [-1, 1] (True) or [0, 1]. random_flip /
+    uniform_dequantization: training-time augmentation of images (:class:`BatchIterator`).
+    num_train / num_test: 2-D sets: how many points to draw (None: 10000 / 5000); images:
+    keep only the first ones of each split (None: all). seed: draws the 2-D sets and the
+    batch order. test_fraction: the fraction of a fixed permutation held out as the test
+    set (None: 0.2 for digits, 0.0 for user data; not used by 2-D sets). value_range:
+    the declared range of a float array file, (0, 1) or (-1, 1). array_key: which array of
+    a ``.npz`` holding several.
+    """
+
+    dataset: str = "gmm"
+    path: str | None = None
+    image_size: int | None = None
+    num_channels: int | None = None
+    centered: bool = True
+    random_flip: bool = False
+    uniform_dequantization: bool = False
+    num_train: int | None = None
+    num_test: int | None = None
+    seed: int = 0
+    test_fraction: float | None = None
+    value_range: tuple = (0.0, 1.0)
+    array_key: str | None = None
+
+    def __post_init__(self):
+        check_choice("data.dataset", self.dataset, DATASETS)
+        for name in ("centered", "random_flip", "uniform_dequantization"):
+            check_bool(f"data.{name}", getattr(self, name))
+        object.__setattr__(self, "seed", check_int("data.seed", self.seed, minimum=0))
+        for name in ("image_size", "num_train", "num_test"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check_int(f"data.{name}", value, minimum=1))
+        if self.num_channels is not None:
+            check_int("data.num_channels", self.num_channels, minimum=1)
+        if self.test_fraction is not None:
+            tf = check_float("data.test_fraction", self.test_fraction)
+            if not 0.0 <= tf < 1.0:
+                raise ValueError(f"data.test_fraction must be in [0, 1), got {tf}")
+            object.__setattr__(self, "test_fraction", tf)
+        object.__setattr__(self, "value_range", _check_value_range(self.value_range))
+        if self.path is not None:
+            if isinstance(self.path, os.PathLike):
+                object.__setattr__(self, "path", os.fspath(self.path))
+            if not isinstance(self.path, str):
+                raise TypeError(f"data.path must be a str or os.PathLike, got "
+                                f"{type(self.path).__name__} {self.path!r}")
+        if self.array_key is not None and not isinstance(self.array_key, str):
+            raise TypeError(f"data.array_key must be a str, got {type(self.array_key).__name__}")
+        if self.dataset in ("array", "folder"):
+            if self.path is None:
+                raise ValueError(f"data.path is required for data.dataset={self.dataset!r} "
+                                 f"(a {'.npy/.npz file' if self.dataset == 'array' else 'directory of images'})")
+        elif self.path is not None:
+            raise ValueError(f"data.path is only used by the 'array' and 'folder' datasets, "
+                             f"got path={self.path!r} for data.dataset={self.dataset!r}")
+        if self.dataset in ("digits", "folder") and self.num_channels not in (None, 1, 3):
+            raise ValueError(f"data.num_channels must be 1 (grey) or 3 (RGB) for "
+                             f"data.dataset={self.dataset!r}, got {self.num_channels}")
+        if self.dataset in TOY_DATASETS:
+            bad = [f"{n}={getattr(self, n)!r}" for n, default in
+                   (("image_size", None), ("num_channels", None), ("centered", True),
+                    ("random_flip", False), ("uniform_dequantization", False),
+                    ("test_fraction", None)) if getattr(self, n) != default]
+            if bad:
+                raise ValueError(f"data.dataset={self.dataset!r} is a 2-D set: "
+                                 f"{', '.join('data.' + b for b in bad)} apply to images only")
+
+    @property
+    def is_image(self) -> bool:
+        """True for the image datasets (digits, array, folder)."""
+        return self.dataset in IMAGE_DATASETS
+
+    @property
+    def num_bins(self) -> int:
+        """Quantisation levels for uniform dequantisation: 17 for digits, else 256."""
+        return DIGITS_LEVELS if self.dataset == "digits" else 256
+
+    def to_dict(self) -> dict:
+        """JSON-able dict (``value_range`` as a list); :meth:`from_dict` inverts it."""
+        d = dataclasses.asdict(self)
+        d["value_range"] = list(self.value_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataConfig":
+        """Build from :meth:`to_dict`'s output; unknown keys raise listing the valid ones."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown data field(s) {unknown}; valid fields: {', '.join(names)}")
+        return cls(**d)
+
+
+def _check_value_range(value_range) -> tuple:
+    if isinstance(value_range, (str, bytes)) or not isinstance(value_range, (tuple, list)) \
+            or len(value_range) != 2:
+        raise TypeError(f"data.value_range must be a pair (0, 1) or (-1, 1), got {value_range!r}")
+    lo = check_float("data.value_range[0]", value_range[0])
+    hi = check_float("data.value_range[1]", value_range[1])
+    if (lo, hi) not in ((0.0, 1.0), (-1.0, 1.0)):
+        raise ValueError(f"data.value_range must be (0, 1) or (-1, 1), got {(lo, hi)}")
+    return (lo, hi)
+
+
+# --- splits and the 2-D sets -----------------------------------------------------------------
+
+
+def split_indices(num_examples: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed train/test split: ``(train_idx, test_idx)`` from one permutation of
+    ``num_examples`` drawn with ``SPLIT_SEED``; its first ``round(num_examples *
+    test_fraction)`` entries are the test set. Independent of every config seed."""
+    perm = np.random.default_rng(SPLIT_SEED).permutation(num_examples)
+    n_test = int(round(num_examples * test_fraction))
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def _toy_rng(seed: int, dataset: str, split: str) -> np.random.Generator:
+    return np.random.default_rng([seed, _TAG_GENERATE, TOY_DATASETS.index(dataset), _SPLITS[split]])
+
+
+def make_toy_data(dataset: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` points ``[n, 2]`` (float32) of the 2-D set ``dataset`` drawn from ``rng``
+    (definitions and scales in the module docstring)."""
+    check_choice("dataset", dataset, TOY_DATASETS)
+    n = check_int("n", n, minimum=1)
+    if dataset == "gmm":
+        from spec.oracles.gmm import demo_mixture
+
+        x, _ = demo_mixture().sample(rng, n)
+    elif dataset == "moons":
+        noise = 0.05
+        upper = rng.random(n) < 0.5
+        t = rng.uniform(0.0, math.pi, n)
+        x = np.where(upper, np.cos(t), 1.0 - np.cos(t))
+        y = np.where(upper, np.sin(t), 0.5 - np.sin(t))
+        pts = np.stack([x, y], axis=1) + noise * rng.standard_normal((n, 2))
+        mean = np.array([0.5, 0.25])
+        var = np.array([0.75, 9.0 / 16.0 - 1.0 / math.pi]) + noise**2
+        x = (pts - mean) / np.sqrt(var)
+    elif dataset == "swiss_roll":
+        noise = 0.25
+        t = rng.uniform(1.5 * math.pi, 4.5 * math.pi, n)
+        pts = np.stack([t * np.cos(t), t * np.sin(t)], axis=1) + noise * rng.standard_normal((n, 2))
+        mean = np.array([2.0, 2.0 / (3.0 * math.pi)])
+        second = np.array([29.25 * math.pi**2 - 1.5, 29.25 * math.pi**2 + 1.5]) / 6.0
+        x = (pts - mean) / np.sqrt(second - mean**2 + noise**2)
+    elif dataset == "checkerboard":
+        x1 = rng.uniform(-2.0, 2.0, n)
+        x2 = rng.random(n) - 2.0 * rng.integers(0, 2, n) + np.mod(np.floor(x1), 2.0)
+        x = np.stack([x1, x2], axis=1) * (math.sqrt(3.0) / 2.0)
+    else:  # rings
+        noise = 0.02
+        radii = np.array([0.25, 0.5, 0.75, 1.0])
+        r = radii[rng.integers(0, len(radii), n)]
+        theta = rng.uniform(0.0, 2.0 * math.pi, n)
+        pts = np.stack([r * np.cos(theta), r * np.sin(theta)], axis=1) + noise * rng.standard_normal((n, 2))
+        x = pts / math.sqrt(np.mean(radii**2) / 2.0 + noise**2)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# --- reading user files ------------------------------------------------------------------------
+
+
+def _fail(path, what: str, exc_type=ValueError):
+    raise exc_type(f"data.path: {str(path)!r}: {what}") from None
+
+
+def _read_array(path: Path, array_key: str | None) -> np.ndarray:
+    """The raw array stored in a ``.npy`` / ``.npz`` file (no pickles)."""
+    try:
+        if path.name.lower().endswith(".npz"):
+            with np.load(path, allow_pickle=False) as archive:
+                keys = list(archive.files)
+                if not keys:
+                    _fail(path, "the .npz archive holds no arrays")
+                if array_key is None:
+                    if len(keys) != 1:
+                        _fail(path, f"the .npz archive holds {len(keys)} arrays {keys}; "
+                                    f"choose one with data.array_key")
+                    key = keys[0]
+                elif array_key not in keys:
+                    _fail(path, f"data.array_key={array_key!r} is not in the archive; it holds {keys}")
+                else:
+                    key = array_key
+                return archive[key]
+        return np.load(path, allow_pickle=False)
+    except (ValueError, FileNotFoundError) as e:
+        if str(e).startswith("data.path"):
+            raise
+        if "pickle" in str(e).lower():
+            _fail(path, "holds Python objects (dtype object); store a numeric array "
+                        "(uint8 0..255 or float)")
+        _fail(path, f"cannot be read as a numpy array ({type(e).__name__}: {e})")
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        _fail(path, f"cannot be read as a numpy array ({type(e).__name__}: {e})")
+
+
+def _array_to_unit(path: Path, a: np.ndarray, value_range: tuple) -> np.ndarray:
+    """Check a stored image array and map it to float64 [0, 1]."""
+    if a.dtype.kind not in "uif":
+        _fail(path, f"has dtype {a.dtype}; expected uint8 (0..255), another integer type "
+                    f"with values 0..255, or float in data.value_range={value_range}")
+    if a.ndim != 4:
+        _fail(path, f"has shape {a.shape} (rank {a.ndim}); expected images [N, H, W, C] (rank 4)")
+    if a.size == 0:
+        _fail(path, f"holds no images (shape {a.shape})")
+    if a.dtype.kind in "ui":
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi > 255:
+            _fail(path, f"has integer values in [{lo}, {hi}]; integer images must lie in 0..255")
+        return a.astype(np.float64) / 255.0
+    a = a.astype(np.float64)
+    finite = np.isfinite(a)
+    if not finite.all():
+        _fail(path, f"contains NaN or Inf ({a.size - int(finite.sum())} of {a.size} values)")
+    lo, hi = value_range
+    amin, amax = float(a.min()), float(a.max())
+    if amin < lo or amax > hi:
+        _fail(path, f"has float values in [{amin:.6g}, {amax:.6g}], outside the declared "
+                    f"data.value_range=({lo:g}, {hi:g}); set data.value_range or rescale the data")
+    return (a - lo) / (hi - lo)
+
+
+def _resize_unit(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize float [0, 1] images ``[N, H, W, C]`` to ``size x size`` (bicubic, clipped)."""
+    if images.shape[1:3] == (size, size):
+        return images
+    from PIL import Image
+
+    n, _, _, c = images.shape
+    out = np.empty((n, size, size, c), np.float64)
+    for i in range(n):
+        for ch in range(c):
+            img = Image.fromarray(images[i, :, :, ch].astype(np.float32), mode="F")
+            out[i, :, :, ch] = np.asarray(img.resize((size, size), Image.Resampling.BICUBIC))
+    return np.clip(out, 0.0, 1.0)
+
+
+def _read_folder(directory: Path, image_size: int | None, num_channels: int | None) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted(p for p in directory.iterdir()
+                   if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+    if not files:
+        _fail(directory, f"the directory holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    images, modes = [], []
+    for f in files:
+        try:
+            if f.stat().st_size == 0:
+                _fail(f, "is empty (0 bytes)")
+            with Image.open(f) as img:
+                img.load()
+                images.append(img.copy())
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            if str(e).startswith("data.path"):
+                raise
+            _fail(f, f"cannot be read as an image ({type(e).__name__}: {e})")
+        modes.append(images[-1].mode)
+    if num_channels is None:
+        grey = all(m in ("1", "L", "LA", "I", "I;16", "F") for m in modes)
+        num_channels = 1 if grey else 3
+    mode = "L" if num_channels == 1 else "RGB"
+    arrays = []
+    first_size = images[0].size
+    for f, img in zip(files, images):
+        if image_size is None:
+            if img.size != first_size:
+                _fail(f, f"is {img.size[0]}x{img.size[1]} but {files[0].name} is "
+                         f"{first_size[0]}x{first_size[1]}; images must be one size, or set "
+                         f"data.image_size to resize them")
+        else:
+            w, h = img.size
+            s = min(w, h)
+            if (w, h) != (s, s):
+                left, top = (w - s) // 2, (h - s) // 2
+                img = img.crop((left, top, left + s, top + s))
+            if s != image_size:
+                img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
+        a = np.asarray(img.convert(mode), dtype=np.float64) / 255.0
+        arrays.append(a[..., None] if a.ndim == 2 else a)
+    return np.stack(arrays)
+
+
+def _load_digits() -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images  # [1797, 8, 8] float64 0..16
+    return images[..., None] / float(DIGITS_LEVELS - 1)
+
+
+# --- load_dataset ------------------------------------------------------------------------------
+
+
+def load_dataset(config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` float32 arrays of ``config``'s dataset: images NHWC ``[N, H, W, C]``
+    in [-1, 1] (``centered``) or [0, 1]; 2-D sets ``[N, 2]``. The test set of user data is
+    empty (``[0, H, W, C]``) when ``test_fraction`` is 0 (its default)."""
+    if not isinstance(config, DataConfig):
+        raise TypeError(f"config must be a spec.datasets.DataConfig, got {type(config).__name__}")
+    if config.dataset in TOY_DATASETS:
+        n_train = 10_000 if config.num_train is None else config.num_train
+        n_test = 5_000 if config.num_test is None else config.num_test
+        train = make_toy_data(config.dataset, n_train, _toy_rng(config.seed, config.dataset, "train"))
+        test = make_toy_data(config.dataset, n_test, _toy_rng(config.seed, config.dataset, "test"))
+        return train, test
+
+    if config.dataset == "digits":
+        unit = _load_digits()
+        if config.num_channels == 3:
+            unit = np.repeat(unit, 3, axis=-1)
+        test_fraction = 0.2 if config.test_fraction is None else config.test_fraction
+    elif config.dataset == "array":
+        path = check_file("data.path", config.path)
+        if not path.name.lower().endswith(ARRAY_SUFFIXES):
+            _fail(path, f"must be a .npy or .npz file")
+        unit = _array_to_unit(path, _read_array(path, config.array_key), config.value_range)
+        if config.num_channels is not None and unit.shape[-1] != config.num_channels:
+            _fail(path, f"holds images with {unit.shape[-1]} channel(s) (shape {unit.shape}) "
+                        f"but data.num_channels={config.num_channels}")
+        test_fraction = 0.0 if config.test_fraction is None else config.test_fraction
+    else:  # folder
+        directory = check_dir("data.path", config.path)
+        unit = _read_folder(directory, config.image_size, config.num_channels)
+        test_fraction = 0.0 if config.test_fraction is None else config.test_fraction
+    if config.image_size is not None and config.dataset != "folder":
+        unit = _resize_unit(unit, config.image_size)
+
+    train_idx, test_idx = split_indices(len(unit), test_fraction)
+    if len(train_idx) == 0:
+        raise ValueError(f"data.test_fraction={test_fraction} leaves no training images of "
+                         f"the {len(unit)} in {config.path or config.dataset!r}")
+    parts = []
+    for name, idx in (("num_train", train_idx), ("num_test", test_idx)):
+        cap = getattr(config, name)
+        if cap is not None:
+            if cap > len(idx):
+                raise ValueError(f"data.{name}={cap} is larger than the {len(idx)} images of "
+                                 f"that split of {config.path or config.dataset!r}")
+            idx = idx[:cap]
+        x = unit[idx]
+        if config.centered:
+            x = 2.0 * x - 1.0
+        parts.append(np.ascontiguousarray(x, dtype=np.float32))
+    return parts[0], parts[1]
+
+
+# --- augmentation and the iterator ---------------------------------------------------------
+
+
+def dequantize(x: np.ndarray, u: np.ndarray, *, num_bins: int = 256, centered: bool = True) -> np.ndarray:
+    """Uniform dequantisation ``v' = ((num_bins - 1) v + u) / num_bins`` of ``v`` in [0, 1]
+    (``x = 2 v - 1`` in and ``2 v' - 1`` out when ``centered``); ``u`` in [0, 1) has ``x``'s
+    shape. Float32 in, float32 out."""
+    v = (x + 1.0) * 0.5 if centered else x
+    v = ((num_bins - 1) * v + u) / num_bins
+    out = 2.0 * v - 1.0 if centered else v
+    return out.astype(np.float32)
+
+
+_STATE_KEYS = ("epoch", "index", "seed", "num_examples", "batch_size")
+
+
+class BatchIterator:
+    """Deterministic, resumable batches of ``data`` ``[N, ...]`` (float32).
+
+    Batch ``k`` holds the examples at stream positions ``k B .. k B + B - 1`` (``B =
+    batch_size``) of the endless stream "epoch 0's permutation, then epoch 1's, ...", where
+    epoch ``e``'s permutation is drawn from numpy's ``SeedSequence([seed, 1, e])``: the
+    order is a pure function of ``(seed, epoch)``, and a batch crossing an epoch's end wraps
+    into the next epoch. For images (``[N, H, W, C]``), ``random_flip`` mirrors an example
+    left-right with probability 1/2 and ``uniform_dequantization`` adds the noise of
+    :func:`dequantize` (``num_bins`` levels, ``centered`` range); both are drawn from the
+    example's own Generator :meth:`example_rng`, seeded by ``(seed, epoch, index)`` for the
+    example at ``index`` of ``epoch`` (first the flip, then the noise), so they do not depend
+    on the batch size or on where a run resumed.
+
+    ``state`` is a JSON-able dict ``{"epoch", "index", "seed", "num_examples",
+    "batch_size"}`` (the next example's position and what it refers to);
+    :meth:`set_state` / :meth:`restore` continue exactly where the saved iterator was, so
+    a resumed run sees the batches an uninterrupted run would. ``batch_at(k)`` is batch
+    ``k`` without moving the iterator.
+    """
+
+    def __init__(self, data, batch_size: int, *, seed: int = 0, random_flip: bool = False,
+                 uniform_dequantization: bool = False, num_bins: int = 256, centered: bool = True):
+        data = self._from_framework(data)
+        data = np.asarray(data)
+        if data.dtype.kind != "f":
+            raise TypeError(f"data must be a float array [N, ...], got dtype {data.dtype}")
+        if data.ndim < 2 or len(data) == 0:
+            raise ValueError(f"data must be a non-empty array [N, ...], got shape {data.shape}")
+        self.data = np.ascontiguousarray(data, dtype=np.float32)
+        self.num_examples = len(self.data)
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        if self.batch_size > self.num_examples:
+            raise ValueError(f"batch_size={self.batch_size} is larger than the dataset "
+                             f"({self.num_examples} examples)")
+        self.seed = check_int("seed", seed, minimum=0)
+        self.random_flip = check_bool("random_flip", random_flip)
+        self.uniform_dequantization = check_bool("uniform_dequantization", uniform_dequantization)
+        self.num_bins = check_int("num_bins", num_bins, minimum=2)
+        self.centered = check_bool("centered", centered)
+        if (self.random_flip or self.uniform_dequantization) and self.data.ndim != 4:
+            raise ValueError(f"random_flip and uniform_dequantization apply to images "
+                             f"[N, H, W, C]; got data of shape {self.data.shape}")
+        self._position = 0
+        self._perms: dict[int, np.ndarray] = {}
+        self._keys: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def from_config(cls, config: DataConfig, data, batch_size: int, *, seed: int | None = None):
+        """The iterator ``config`` asks for (its flips, dequantisation, number of levels and
+        range); ``seed`` defaults to ``config.seed``."""
+        if not isinstance(config, DataConfig):
+            raise TypeError(f"config must be a spec.datasets.DataConfig, got {type(config).__name__}")
+        return cls(data, batch_size, seed=config.seed if seed is None else seed,
+                   random_flip=config.random_flip, uniform_dequantization=config.uniform_dequantization,
+                   num_bins=config.num_bins, centered=config.centered)
+
+    # framework hooks (the twins convert here)
+    @staticmethod
+    def _from_framework(data):
+        return data
+
+    @staticmethod
+    def _to_framework(batch):
+        return batch
+
+    # order
+    def permutation(self, epoch: int) -> np.ndarray:
+        """Epoch ``epoch``'s order of the examples ``[N]`` (a pure function of seed, epoch)."""
+        epoch = check_int("epoch", epoch, minimum=0)
+        perm = self._perms.get(epoch)
+        if perm is None:
+            perm = np.random.default_rng([self.seed, _TAG_PERMUTE, epoch]).permutation(self.num_examples)
+            if len(self._perms) >= 2:
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = perm
+        return perm
+
+    def _batch_from(self, position: int) -> np.ndarray:
+        n = self.num_examples
+        positions = np.arange(position, position + self.batch_size)
+        epochs, indices = positions // n, positions % n
+        idx = np.empty(self.batch_size, np.int64)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            idx[sel] = self.permutation(int(e))[indices[sel]]
+        batch = self.data[idx]
+        if self.random_flip or self.uniform_dequantization:
+            flip = np.zeros(self.batch_size, bool)
+            u = np.empty(batch.shape, np.float32) if self.uniform_dequantization else None
+            for j in range(self.batch_size):
+                rng = self.example_rng(int(epochs[j]), int(indices[j]))
+                flip[j] = rng.random() < 0.5
+                if u is not None:
+                    u[j] = rng.random(batch.shape[1:], dtype=np.float32)
+            if self.random_flip:
+                batch[flip] = batch[flip][:, :, ::-1]
+            if u is not None:
+                batch = dequantize(batch, u, num_bins=self.num_bins, centered=self.centered)
+        return batch
+
+    def example_rng(self, epoch: int, index: int) -> np.random.Generator:
+        """The Generator of the example at position ``index`` of ``epoch``: Philox with the
+        key ``SeedSequence([seed, 2, epoch])`` and the counter ``[0, index, 0, 0]`` (the
+        examples' streams never overlap). It draws the flip first (``random() < 1/2``), then
+        the dequantisation noise ``random(example_shape, float32)``."""
+        key = self._keys.get(epoch)
+        if key is None:
+            key = np.random.SeedSequence([self.seed, _TAG_AUGMENT, epoch]).generate_state(2, np.uint64)
+            if len(self._keys) >= 2:
+                self._keys.pop(min(self._keys))
+            self._keys[epoch] = key
+        return np.random.Generator(np.random.Philox(key=key, counter=[0, index, 0, 0]))
+
+    def next(self):
+        """The next batch ``[batch_size, ...]`` (the iterator advances by one batch)."""
+        batch = self._batch_from(self._position)
+        self._position += self.batch_size
+        return self._to_framework(batch)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.next()
+
+    def batch_at(self, step: int):
+        """Batch number ``step`` of the stream (counted from the start), without moving."""
+        step = check_int("step", step, minimum=0)
+        return self._to_framework(self._batch_from(step * self.batch_size))
+
+    # state
+    @property
+    def epoch(self) -> int:
+        return self._position // self.num_examples
+
+    @property
+    def index(self) -> int:
+        return self._position % self.num_examples
+
+    @property
+    def state(self) -> dict:
+        """JSON-able position: ``{"epoch", "index", "seed", "num_examples", "batch_size"}``."""
+        return {"epoch": self.epoch, "index": self.index, "seed": self.seed,
+                "num_examples": self.num_examples, "batch_size": self.batch_size}
+
+    def set_state(self, state: dict) -> None:
+        """Continue from ``state`` (from :attr:`state`). Its ``seed`` and ``num_examples``
+        must match this iterator's (``ValueError`` naming the field otherwise); the position
+        counts examples, so a different ``batch_size`` continues the same example order."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from BatchIterator.state, got {type(state).__name__}")
+        missing = [k for k in ("epoch", "index", "seed", "num_examples") if k not in state]
+        if missing:
+            raise ValueError(f"state is missing {missing}; expected the keys {list(_STATE_KEYS)}")
+        epoch = check_int("state['epoch']", state["epoch"], minimum=0)
+        index = check_int("state['index']", state["index"], minimum=0)
+        for key, mine in (("seed", self.seed), ("num_examples", self.num_examples)):
+            theirs = state[key]
+            if isinstance(theirs, bool) or not isinstance(theirs, numbers.Integral) or theirs != mine:
+                raise ValueError(f"state['{key}']={theirs!r} does not match this iterator's "
+                                 f"{key}={mine} (a state of another dataset or seed)")
+        if index >= self.num_examples:
+            raise ValueError(f"state['index']={index} is out of range for {self.num_examples} examples")
+        self._position = epoch * self.num_examples + index
+
+    @classmethod
+    def restore(cls, data, batch_size: int, state: dict, *, seed: int | None = None,
+                random_flip: bool = False, uniform_dequantization: bool = False, num_bins: int = 256,
+                centered: bool = True):
+        """A new iterator over ``data`` positioned at ``state`` (see :meth:`set_state`);
+        ``seed`` defaults to the state's."""
+        if seed is None:
+            if not isinstance(state, dict) or "seed" not in state:
+                raise ValueError("state must be a dict from BatchIterator.state (with a 'seed')")
+            seed = state["seed"]
+        it = cls(data, batch_size, seed=seed, random_flip=random_flip,
+                 uniform_dequantization=uniform_dequantization, num_bins=num_bins, centered=centered)
+        it.set_state(state)
+        return it
