@@ -300,11 +300,15 @@ class CheckpointManager:
                              f"not in the target")
             self._fail(step, f"from another model: {len(saved)} saved leaves vs {len(want)} in the target; "
                              + "; ".join(parts))
+        differ = []
         for name in want:
             if {k: v for k, v in saved[name].items() if k != "crc32"} != want[name]:
                 s, w = saved[name], want[name]
-                self._fail(step, f"from another model: {name!r} is {s['dtype']}{tuple(s['shape'])} in the "
-                                 f"checkpoint but {w['dtype']}{tuple(w['shape'])} in the target")
+                differ.append(f"{name!r} is {s['dtype']}{tuple(s['shape'])} in the checkpoint but "
+                              f"{w['dtype']}{tuple(w['shape'])} in the target")
+        if differ:
+            more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
+            self._fail(step, "from another model: " + "; ".join(differ[:4]) + more)
         abstract = _nest(paths, [_storable(x) for x in leaves])
         try:
             items = self._mngr.restore(step, args=ocp.args.Composite(
