@@ -307,6 +307,10 @@ def _read_array(path: Path, array_key: str | None) -> np.ndarray:
                 else:
                     key = array_key
                 return archive[key]
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+        if magic != b"\x93NUMPY":
+            _fail(path, "cannot be read as a numpy array: it is not a .npy file (no NumPy header)")
         return np.load(path, allow_pickle=False)
     except (ValueError, FileNotFoundError) as e:
         if str(e).startswith("data.path"):
@@ -434,15 +438,21 @@ def load_dataset(config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
             unit = np.repeat(unit, 3, axis=-1)
         test_fraction = 0.2 if config.test_fraction is None else config.test_fraction
     elif config.dataset == "array":
+        if Path(config.path).is_dir():
+            _fail(config.path, "is a directory; data.dataset='array' reads a .npy/.npz file "
+                               "(use data.dataset='folder' for a directory of images)")
         path = check_file("data.path", config.path)
         if not path.name.lower().endswith(ARRAY_SUFFIXES):
-            _fail(path, f"must be a .npy or .npz file")
+            _fail(path, "must be a .npy or .npz file")
         unit = _array_to_unit(path, _read_array(path, config.array_key), config.value_range)
         if config.num_channels is not None and unit.shape[-1] != config.num_channels:
             _fail(path, f"holds images with {unit.shape[-1]} channel(s) (shape {unit.shape}) "
                         f"but data.num_channels={config.num_channels}")
         test_fraction = 0.0 if config.test_fraction is None else config.test_fraction
     else:  # folder
+        if Path(config.path).is_file():
+            _fail(config.path, "is a file; data.dataset='folder' reads a directory of images "
+                               "(use data.dataset='array' for a .npy/.npz file)")
         directory = check_dir("data.path", config.path)
         unit = _read_folder(directory, config.image_size, config.num_channels)
         test_fraction = 0.0 if config.test_fraction is None else config.test_fraction
