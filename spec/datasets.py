@@ -71,6 +71,7 @@ and Pillow (image folders, resizing) are imported inside the functions that need
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 import os
@@ -187,7 +188,7 @@ class DataConfig:
                     ("test_fraction", None)) if getattr(self, n) != default]
             if bad:
                 raise ValueError(f"data.dataset={self.dataset!r} is a 2-D set: "
-                                 f"{', '.join('data.' + b for b in bad)} apply to images only")
+                                 f"{', '.join('data.' + b for b in bad)}: only image datasets take these")
 
     @property
     def is_image(self) -> bool:
@@ -327,7 +328,8 @@ def _array_to_unit(path: Path, a: np.ndarray, value_range: tuple) -> np.ndarray:
     """Check a stored image array and map it to float64 [0, 1]."""
     if a.dtype.kind not in "uif":
         _fail(path, f"has dtype {a.dtype}; expected uint8 (0..255), another integer type "
-                    f"with values 0..255, or float in data.value_range={value_range}")
+                    f"with values 0..255, or float in data.value_range=({value_range[0]:g}, "
+                    f"{value_range[1]:g})")
     if a.ndim != 4:
         _fail(path, f"has shape {a.shape} (rank {a.ndim}); expected images [N, H, W, C] (rank 4)")
     if a.size == 0:
@@ -409,11 +411,15 @@ def _read_folder(directory: Path, image_size: int | None, num_channels: int | No
     return np.stack(arrays)
 
 
+@functools.lru_cache(maxsize=1)
 def _load_digits() -> np.ndarray:
+    """The 1797 digits ``[1797, 8, 8, 1]`` in [0, 1] (read-only; read once per process)."""
     from sklearn.datasets import load_digits
 
     images = load_digits().images  # [1797, 8, 8] float64 0..16
-    return images[..., None] / float(DIGITS_LEVELS - 1)
+    unit = images[..., None] / float(DIGITS_LEVELS - 1)
+    unit.setflags(write=False)
+    return unit
 
 
 # --- load_dataset ------------------------------------------------------------------------------
@@ -540,6 +546,8 @@ class BatchIterator:
         self._position = 0
         self._perms: dict[int, np.ndarray] = {}
         self._keys: dict[int, np.ndarray] = {}
+        self._fresh: dict[int, dict] = {}
+        self._philox = self._philox_rng = None
 
     @classmethod
     def from_config(cls, config: DataConfig, data, batch_size: int, *, seed: int | None = None):
@@ -585,7 +593,7 @@ class BatchIterator:
             flip = np.zeros(self.batch_size, bool)
             u = np.empty(batch.shape, np.float32) if self.uniform_dequantization else None
             for j in range(self.batch_size):
-                rng = self.example_rng(int(epochs[j]), int(indices[j]))
+                rng = self._reuse_example_rng(int(epochs[j]), int(indices[j]))
                 flip[j] = rng.random() < 0.5
                 if u is not None:
                     u[j] = rng.random(batch.shape[1:], dtype=np.float32)
@@ -607,6 +615,22 @@ class BatchIterator:
                 self._keys.pop(min(self._keys))
             self._keys[epoch] = key
         return np.random.Generator(np.random.Philox(key=key, counter=[0, index, 0, 0]))
+
+    def _reuse_example_rng(self, epoch: int, index: int) -> np.random.Generator:
+        """:meth:`example_rng`'s Generator without building a new one: ONE Philox is reset to
+        the fresh state of that example (3x faster per example; the same numbers)."""
+        if self._philox is None:
+            self._philox = np.random.Philox(key=np.zeros(2, np.uint64))
+            self._philox_rng = np.random.Generator(self._philox)
+        fresh = self.example_rng(epoch, 0).bit_generator.state if epoch not in self._fresh else self._fresh[epoch]
+        if epoch not in self._fresh:
+            if len(self._fresh) >= 2:
+                self._fresh.pop(min(self._fresh))
+            self._fresh[epoch] = fresh
+        state = dict(fresh)
+        state["state"] = {"counter": np.array([0, index, 0, 0], np.uint64), "key": fresh["state"]["key"]}
+        self._philox.state = state
+        return self._philox_rng
 
     def next(self):
         """The next batch ``[batch_size, ...]`` (the iterator advances by one batch)."""
