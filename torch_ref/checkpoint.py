@@ -21,15 +21,17 @@ checkpoint can carry no code):
   ``torch_ref.train.TrainState``), encoded by type: an ``nn.Module`` as its
   ``state_dict`` (parameters and buffers), a ``torch.optim.Optimizer`` or lr scheduler
   as its ``state_dict``, a ``torch.Generator`` as its ``get_state()``, numpy arrays as
-  tensors, nested dataclasses / lists / tuples / dicts field by field; plain callables
-  (an lr schedule function) are rebuilt from the config, not stored;
+  tensors, nested dataclasses / lists / tuples / dicts field by field, a stateful object of
+  this library (a ``torch_ref.resample`` schedule sampler) by its attributes; plain
+  callables (an lr schedule function) are rebuilt from the config, not stored;
 * ``torch_rng_state``: the global CPU generator's state (dropout draws from it), restored
   with the state so a resumed run continues the same stream;
 * ``data_state`` and ``config`` as JSON text (the data iterator's position, the run's
   ``RunConfig.to_dict()``), and ``meta`` (format, version, step).
 
 ``restore`` loads into ``target`` (a freshly created state of the run's config: the model,
-optimiser and generators to fill) after checking the stored file against it: a truncated
+optimiser, generators, EMA and parameter tensors are filled in place, so the state's live
+parameter dicts stay the model's own) after checking the stored file against it: a truncated
 or garbage file, a missing entry, or a model / optimiser / EMA tensor whose keys or shapes
 differ from the target's (a checkpoint of another model), or a saved config dict
 that differs from ``config`` when one is given (the differing dotted fields are named),
@@ -60,7 +62,8 @@ _VERSION = 1
 _STEP_FILE = re.compile(r"^(\d+)\.pt$")
 _TMP_FILE = re.compile(r"^\.(\d+)\.pt\.tmp-.*$")
 _ENTRIES = ("meta", "state", "torch_rng_state", "data_state", "config")
-_MAX_LISTED = 8  # mismatches spelled out in one error message
+_MAX_LISTED = 8
+_OWN_PACKAGES = ("torch_ref", "spec")  # mismatches spelled out in one error message
 
 
 class CheckpointError(ValueError):
@@ -101,6 +104,10 @@ def _encode(value, where: str):
         return {k: _encode(v, f"{where}[{k!r}]") for k, v in value.items()}
     if callable(value):
         return {"__skipped__": type(value).__name__}
+    if hasattr(value, "__dict__") and type(value).__module__.split(".")[0] in _OWN_PACKAGES:
+        # a stateful helper object of this library (a schedule sampler): its attributes
+        return {"__object__": type(value).__name__,
+                "vars": {k: _encode(v, f"{where}.{k}") for k, v in vars(value).items()}}
     raise TypeError(f"CheckpointManager.save: cannot store {where} of type {type(value).__name__}")
 
 
@@ -155,7 +162,9 @@ class _Matcher:
             if _shape(stored) != _shape(target):
                 self.bad(f"{where} has shape {_shape(stored)}, the target {_shape(target)}")
                 return target
-            return stored.to(dtype=target.dtype, device=target.device)
+            with torch.no_grad():  # in place: live parameters stay the model's
+                target.copy_(stored)
+            return target
         if isinstance(target, np.ndarray):
             if not (isinstance(stored, dict) and "__ndarray__" in stored):
                 self.bad(f"{where} is not a stored array")
@@ -170,6 +179,15 @@ class _Matcher:
                 self.bad(f"{where} is not a stored {type(target).__name__}")
                 return target
             return self.fields(where, stored["__dataclass__"], target)
+        if hasattr(target, "__dict__") and type(target).__module__.split(".")[0] in _OWN_PACKAGES:
+            if not (isinstance(stored, dict) and stored.get("__object__") == type(target).__name__):
+                got = stored.get("__object__") if isinstance(stored, dict) else type(stored).__name__
+                self.bad(f"{where} is a stored {got}, the target a {type(target).__name__}")
+                return target
+            attrs = self.value(where, stored["vars"], dict(vars(target)))
+            if not any(p.startswith(where) for p in self.problems):
+                vars(target).update(attrs)
+            return target
         if isinstance(target, (list, tuple)):
             items = stored.get("__tuple__") if isinstance(stored, dict) else stored
             if not isinstance(items, list) or len(items) != len(target):
@@ -186,7 +204,10 @@ class _Matcher:
                 self.tensor_dict(where, stored, target)
                 if any(p.startswith(where) for p in self.problems):
                     return target
-                return {k: stored[k].to(dtype=v.dtype, device=v.device) for k, v in target.items()}
+                with torch.no_grad():  # in place: live parameters stay the model's
+                    for k, v in target.items():
+                        v.copy_(stored[k])
+                return target
             missing = [k for k in target if k not in stored]
             if missing:
                 self.bad(f"{where} lacks the entries {missing[:4]}")
@@ -203,6 +224,8 @@ class _Matcher:
                      f"{type(target).__name__}")
             return target
         names = [f.name for f in dataclasses.fields(target)]
+        # modules first: their key / shape mismatches say the most and are listed first
+        names.sort(key=lambda n: not isinstance(getattr(target, n), torch.nn.Module))
         missing = [n for n in names if n not in stored]
         if missing:
             self.bad(f"{where} lacks the entries {missing} of {type(target).__name__}")
