@@ -61,8 +61,10 @@ depend on the batch size or on where a run was resumed. Uniform dequantisation, 
 in [0, 1] and ``K = num_bins`` levels (256 for 8-bit data, 17 for digits; score_sde's
 ``(u + 255 v) / 256``)::
 
-    v' = ((K - 1) v + u) / K,  u ~ U[0, 1)           (v' in [0, 1))
-    centred: x' = 2 v' - 1 for x = 2 v - 1            (x' in [-1, 1))
+    v' = ((K - 1) v + u) / K,  u ~ U[0, 1) float32     (v' in [0, 1])
+    centred: x' = 2 v' - 1 for x = 2 v - 1              (x' in [-1, 1])
+
+(the bound 1 is reached only by float32 rounding of ``u`` close to 1).
 
 Only numpy and the standard library are imported at module import; scikit-learn (digits)
 and Pillow (image folders, resizing) are imported inside the functions that need them.
@@ -325,7 +327,7 @@ def _read_array(path: Path, array_key: str | None) -> np.ndarray:
 
 
 def _array_to_unit(path: Path, a: np.ndarray, value_range: tuple) -> np.ndarray:
-    """Check a stored image array and map it to float64 [0, 1]."""
+    """Check a stored image array and map it to float32 [0, 1]."""
     if a.dtype.kind not in "uif":
         _fail(path, f"has dtype {a.dtype}; expected uint8 (0..255), another integer type "
                     f"with values 0..255, or float in data.value_range=({value_range[0]:g}, "
@@ -338,8 +340,8 @@ def _array_to_unit(path: Path, a: np.ndarray, value_range: tuple) -> np.ndarray:
         lo, hi = int(a.min()), int(a.max())
         if lo < 0 or hi > 255:
             _fail(path, f"has integer values in [{lo}, {hi}]; integer images must lie in 0..255")
-        return a.astype(np.float64) / 255.0
-    a = a.astype(np.float64)
+        return a.astype(np.float32) / np.float32(255.0)
+    a = a.astype(np.float32, copy=False) if a.dtype.itemsize < 4 else a
     finite = np.isfinite(a)
     if not finite.all():
         _fail(path, f"contains NaN or Inf ({a.size - int(finite.sum())} of {a.size} values)")
@@ -348,17 +350,18 @@ def _array_to_unit(path: Path, a: np.ndarray, value_range: tuple) -> np.ndarray:
     if amin < lo or amax > hi:
         _fail(path, f"has float values in [{amin:.6g}, {amax:.6g}], outside the declared "
                     f"data.value_range=({lo:g}, {hi:g}); set data.value_range or rescale the data")
-    return (a - lo) / (hi - lo)
+    return ((a - lo) / (hi - lo)).astype(np.float32, copy=False)
 
 
 def _resize_unit(images: np.ndarray, size: int) -> np.ndarray:
-    """Resize float [0, 1] images ``[N, H, W, C]`` to ``size x size`` (bicubic, clipped)."""
+    """Resize float [0, 1] images ``[N, H, W, C]`` to ``size x size`` (bicubic, clipped;
+    float32 out)."""
     if images.shape[1:3] == (size, size):
         return images
     from PIL import Image
 
     n, _, _, c = images.shape
-    out = np.empty((n, size, size, c), np.float64)
+    out = np.empty((n, size, size, c), np.float32)
     for i in range(n):
         for ch in range(c):
             img = Image.fromarray(images[i, :, :, ch].astype(np.float32), mode="F")
@@ -366,49 +369,60 @@ def _resize_unit(images: np.ndarray, size: int) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
+def _open_image(f: Path, Image, load: bool):
+    """``Image.open(f)`` (decoded when ``load``), or ONE ValueError naming the file."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        if f.stat().st_size == 0:
+            _fail(f, "is empty (0 bytes)")
+        img = Image.open(f)
+        if load:
+            img.load()
+        return img
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        if str(e).startswith("data.path"):
+            raise
+        _fail(f, f"cannot be read as an image ({type(e).__name__}: {e})")
+
+
 def _read_folder(directory: Path, image_size: int | None, num_channels: int | None) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    """The images of ``directory`` ``[N, S, S, C]`` float32 in [0, 1] (two passes: the headers
+    for sizes and modes, then the pixels one image at a time)."""
+    from PIL import Image
 
     files = sorted(p for p in directory.iterdir()
                    if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
     if not files:
         _fail(directory, f"the directory holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    images, modes = [], []
+    modes, sizes = [], []
     for f in files:
-        try:
-            if f.stat().st_size == 0:
-                _fail(f, "is empty (0 bytes)")
-            with Image.open(f) as img:
-                img.load()
-                images.append(img.copy())
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            if str(e).startswith("data.path"):
-                raise
-            _fail(f, f"cannot be read as an image ({type(e).__name__}: {e})")
-        modes.append(images[-1].mode)
+        with _open_image(f, Image, load=False) as img:
+            modes.append(img.mode)
+            sizes.append(img.size)
+    if image_size is None:
+        for f, size in zip(files, sizes):
+            if size != sizes[0]:
+                _fail(f, f"is {size[0]}x{size[1]} but {files[0].name} is {sizes[0][0]}x{sizes[0][1]}; "
+                         f"images must be one size, or set data.image_size to resize them")
     if num_channels is None:
         grey = all(m in ("1", "L", "LA", "I", "I;16", "F") for m in modes)
         num_channels = 1 if grey else 3
     mode = "L" if num_channels == 1 else "RGB"
     arrays = []
-    first_size = images[0].size
-    for f, img in zip(files, images):
-        if image_size is None:
-            if img.size != first_size:
-                _fail(f, f"is {img.size[0]}x{img.size[1]} but {files[0].name} is "
-                         f"{first_size[0]}x{first_size[1]}; images must be one size, or set "
-                         f"data.image_size to resize them")
-        else:
-            w, h = img.size
-            s = min(w, h)
-            if (w, h) != (s, s):
-                left, top = (w - s) // 2, (h - s) // 2
-                img = img.crop((left, top, left + s, top + s))
-            if s != image_size:
-                img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
-        a = np.asarray(img.convert(mode), dtype=np.float64) / 255.0
+    for f in files:
+        with _open_image(f, Image, load=True) as img:
+            if image_size is not None:
+                w, h = img.size
+                side = min(w, h)
+                if (w, h) != (side, side):
+                    left, top = (w - side) // 2, (h - side) // 2
+                    img = img.crop((left, top, left + side, top + side))
+                if side != image_size:
+                    img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
+            a = np.asarray(img.convert(mode), dtype=np.uint8)
         arrays.append(a[..., None] if a.ndim == 2 else a)
-    return np.stack(arrays)
+    return np.stack(arrays).astype(np.float32) / np.float32(255.0)
 
 
 @functools.lru_cache(maxsize=1)
@@ -417,7 +431,7 @@ def _load_digits() -> np.ndarray:
     from sklearn.datasets import load_digits
 
     images = load_digits().images  # [1797, 8, 8] float64 0..16
-    unit = images[..., None] / float(DIGITS_LEVELS - 1)
+    unit = (images[..., None] / float(DIGITS_LEVELS - 1)).astype(np.float32)
     unit.setflags(write=False)
     return unit
 
@@ -479,7 +493,7 @@ def load_dataset(config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
             idx = idx[:cap]
         x = unit[idx]
         if config.centered:
-            x = 2.0 * x - 1.0
+            x = np.float32(2.0) * x - np.float32(1.0)
         parts.append(np.ascontiguousarray(x, dtype=np.float32))
     return parts[0], parts[1]
 
