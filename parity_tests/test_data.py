@@ -248,7 +248,8 @@ def test_flips_and_dequantisation_are_reproducible_and_in_range():
     # resumed mid-epoch: identical augmented batches
     d = BatchIterator(x, 4, **kw)
     d.next(), d.next()
-    e = BatchIterator.restore(x, 4, json.loads(json.dumps(d.state)), **{k: v for k, v in kw.items() if k != "seed"})
+    no_seed = {k: v for k, v in kw.items() if k != "seed"}  # restore takes the state's seed
+    e = BatchIterator.restore(x, 4, json.loads(json.dumps(d.state)), **no_seed)
     np.testing.assert_array_equal(np.concatenate([e.next() for _ in range(7)]), out_a[8:])
     # each output is its example, maybe mirrored, plus noise in [0, 2/K) on the centred scale
     order = np.concatenate([a.permutation(ep) for ep in range(3)])
@@ -356,7 +357,8 @@ def _bad_files(tmp):
     empty_img = tmp / "empty_img"
     empty_img.mkdir()
     (empty_img / "a.jpg").write_bytes(b"")
-    cases.append(("empty image", dict(dataset="folder", path=str(empty_img)), ValueError, empty_img / "a.jpg"))
+    cases.append(("empty image", dict(dataset="folder", path=str(empty_img)), ValueError,
+                  empty_img / "a.jpg"))
     sizes = tmp / "sizes"
     sizes.mkdir()
     Image.fromarray(np.zeros((3, 3), np.uint8)).save(sizes / "a.png")
@@ -469,7 +471,8 @@ def test_bad_loader_and_iterator_arguments():
     with pytest.raises(ValueError, match="seed"):
         BatchIterator(x, 2, seed=-1)
     state = BatchIterator(x, 2, seed=1).state
-    for bad, words in (({**state, "seed": 2}, "state['seed']"), ({**state, "num_examples": 9}, "num_examples"),
+    for bad, words in (({**state, "seed": 2}, "state['seed']"),
+                       ({**state, "num_examples": 9}, "num_examples"),
                        ({k: v for k, v in state.items() if k != "index"}, "missing"),
                        ({**state, "index": 10}, "out of range")):
         with pytest.raises(ValueError, match=None) as info:

@@ -175,8 +175,8 @@ class DataConfig:
             raise TypeError(f"data.array_key must be a str, got {type(self.array_key).__name__}")
         if self.dataset in ("array", "folder"):
             if self.path is None:
-                raise ValueError(f"data.path is required for data.dataset={self.dataset!r} "
-                                 f"(a {'.npy/.npz file' if self.dataset == 'array' else 'directory of images'})")
+                what = ".npy/.npz file" if self.dataset == "array" else "directory of images"
+                raise ValueError(f"data.path is required for data.dataset={self.dataset!r} (a {what})")
         elif self.path is not None:
             raise ValueError(f"data.path is only used by the 'array' and 'folder' datasets, "
                              f"got path={self.path!r} for data.dataset={self.dataset!r}")
@@ -636,8 +636,9 @@ class BatchIterator:
         if self._philox is None:
             self._philox = np.random.Philox(key=np.zeros(2, np.uint64))
             self._philox_rng = np.random.Generator(self._philox)
-        fresh = self.example_rng(epoch, 0).bit_generator.state if epoch not in self._fresh else self._fresh[epoch]
-        if epoch not in self._fresh:
+        fresh = self._fresh.get(epoch)
+        if fresh is None:
+            fresh = self.example_rng(epoch, 0).bit_generator.state
             if len(self._fresh) >= 2:
                 self._fresh.pop(min(self._fresh))
             self._fresh[epoch] = fresh
