@@ -21,7 +21,8 @@ trains ``config`` (a ``spec.RunConfig``) in ``workdir``:
   ``training.eval_freq`` steps when ``eval_fn(state, step) -> dict`` is given; on resume,
   lines after the restored step (from the interrupted run) are dropped;
 - ``workdir/samples/step_<step>.png``: 64 samples from the first EMA parameters at every
-  snapshot (``pc_sample`` for the SDEs, ``ddpm_sample`` for a DiffusionConfig,
+  snapshot (``pc_sample`` with the reverse-diffusion predictor and no corrector for the
+  SDEs, ``ddpm_sample`` for a DiffusionConfig (clipped to [-1, 1] for images only),
   ``ald_sample`` for ``anneal_dsm``; drawn from a generator seeded by (seed, step), so
   sampling never moves the training streams): a scatter for 2-D data, an image grid
   otherwise;
@@ -36,7 +37,7 @@ reaches ``min(n_iters, max_steps)``. ``torch.set_num_threads`` is lowered to the
 usable cores when it is above it (more threads than cores is 50-70x slower), never raised.
 
 SIGINT / SIGTERM: the current step finishes, a checkpoint is saved, where it went is
-printed, and ``train`` returns normally (so a command line exits 0); a second signal exits
+printed (stdout), and ``train`` returns normally (so a command line exits 0); a second signal exits
 at once (``KeyboardInterrupt``). The original handlers are restored on return (signals are
 only caught when ``train`` runs in the main thread).
 
@@ -162,6 +163,16 @@ def _params_finite(model: torch.nn.Module) -> bool:
     return bool(torch.isfinite(torch.stack(maxes)).all()) if maxes else True
 
 
+def _bad_parameter(model: torch.nn.Module) -> str | None:
+    """None when every parameter is finite, else which one holds NaN or Inf."""
+    if _params_finite(model):
+        return None
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p.detach()).all()):
+            return f"the parameter {name} holds NaN or Inf"
+    return "a parameter holds NaN or Inf"  # pragma: no cover
+
+
 class _StopSignals:
     """SIGINT / SIGTERM -> ``requested`` (the signal's name); a second one raises
     ``KeyboardInterrupt`` at once. Handlers are installed in the main thread only and
@@ -237,12 +248,13 @@ def _draw_samples(config, state, shape, *, generator=None) -> torch.Tensor:
         from torch_ref.diffusion import GaussianDiffusion
 
         out, _ = samplers.ddpm_sample(GaussianDiffusion(config.process), model_fn, shape,
-                                      generator=generator)
+                                      clip_denoised=len(shape) == 4, generator=generator)
     else:
-        continuous = loss == "sde" or isinstance(config.process, spec.subVPSDEConfig)
+        continuous = config.train.training.continuous and loss == "sde"
         sde = _sde(config.process)
         score_fn = get_score_fn(sde, model_fn, continuous=continuous)
-        out, _ = samplers.pc_sample(sde, score_fn, shape, generator=generator)
+        out, _ = samplers.pc_sample(sde, score_fn, shape, predictor="reverse_diffusion",
+                                    corrector="none", generator=generator)
     return out
 
 
@@ -346,8 +358,8 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
         iterator.set_state(data_state)
         _trim_log(log_path, int(state.step))
         last_saved = int(state.step)
-        print(f"resumed from {str(ckpt.path(step))!r} (step {state.step}) in "
-              f"{time.perf_counter() - t0:.3f} s", file=sys.stderr, flush=True)
+        print(f"resumed from {ckpt.path(step)} (step {state.step}, "
+              f"{time.perf_counter() - t0:.2f} s)", file=sys.stderr, flush=True)
     total = tc.n_iters if max_steps is None else min(tc.n_iters, max_steps)
     sample_shape = tuple(data_lib.to_framework(train_data[:1]).shape[1:])
     step_fn = train_core.make_train_step(config)
@@ -381,12 +393,15 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
                 loss = float(metrics["loss"])
                 grad_norm = float(metrics.get("grad_norm", 0.0))
                 n_log += 1
-                if not math.isfinite(loss):
-                    raise TrainingDivergedError(step, f"the loss is {loss}")
-                if not math.isfinite(grad_norm):
-                    raise TrainingDivergedError(step, f"the gradient norm is {grad_norm}")
-                if not _params_finite(state.model):
-                    raise TrainingDivergedError(step, "a parameter is NaN or Inf")
+                what = (f"the loss is {loss}" if not math.isfinite(loss)
+                        else f"the gradient norm is {grad_norm}" if not math.isfinite(grad_norm)
+                        else _bad_parameter(state.model))
+                if what is not None:
+                    last = ckpt.latest_step()
+                    raise TrainingDivergedError(
+                        step, f"{what}; nothing was saved for this step, the last good "
+                              f"checkpoint is " + (str(ckpt.path(last)) if last is not None
+                                                   else "none (no checkpoint yet)"))
                 if bar is not None:
                     bar.update(1)
                 if step % tc.log_freq == 0:
@@ -401,14 +416,17 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
                         bar.set_postfix(loss=f"{loss:.4g}", steps_per_s=f"{rate:.3g}")
                 if eval_fn is not None and step % tc.eval_freq == 0:
                     result = eval_fn(state, step)
+                    if not isinstance(result, dict):
+                        raise TypeError(f"eval_fn must return a dict, got {type(result).__name__}")
+                    result = json.loads(json.dumps(result, default=float))
                     log.write(json.dumps({"step": step, "eval": result, "time": time.time()}) + "\n")
                     log.flush()
                 if step % tc.snapshot_freq == 0 or step == total:
                     save(with_samples=True)
             if stop.requested is not None:
                 path = save(with_samples=False)
-                print(f"{stop.requested}: stopped at step {state.step}; checkpoint saved to "
-                      f"{str(path)!r}", file=sys.stderr, flush=True)
+                print(f"stopped by {stop.requested} after step {state.step}: checkpoint saved to "
+                      f"{path}", flush=True)
             elif int(state.step) > 0:
                 save(with_samples=True)
     finally:
