@@ -17,8 +17,10 @@ trains ``config`` (a ``spec.RunConfig``) in ``workdir``:
   ``training.eval_freq`` steps when ``eval_fn(state, step) -> dict`` is given; on resume,
   lines after the restored step (from the interrupted run) are dropped;
 - ``workdir/samples/step_<step>.png``: 64 samples from the first EMA parameters at every
-  snapshot (PC sampler for the SDEs, ancestral DDPM for a DiffusionConfig, annealed
-  Langevin for ``anneal_dsm``): a scatter for 2-D data, an image grid otherwise;
+  snapshot (the SDE's N steps of Euler-Maruyama for the continuous "sde" loss, of the
+  reverse-diffusion predictor for "smld" / "ddpm", no corrector; ancestral DDPM for a
+  DiffusionConfig; annealed Langevin for ``anneal_dsm``): a scatter for 2-D data, an image
+  grid otherwise;
 - a tqdm bar on stderr with the loss and steps/s (``progress=False`` turns it off).
 
 ``max_steps`` stops the run once the step counter (updates done, counted from 0 like
@@ -34,7 +36,24 @@ is never saved, so the last good checkpoint stays the latest.
 
 from __future__ import annotations
 
+import functools
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 __all__ = ["TrainingDivergedError", "train"]
+
+#: how many samples a snapshot draws
+NUM_SNAPSHOT_SAMPLES = 64
 
 
 class TrainingDivergedError(RuntimeError):
@@ -45,9 +64,360 @@ class TrainingDivergedError(RuntimeError):
         super().__init__(f"training diverged at step {step}: {what}")
 
 
+# ------------------------------------------------------------------ run directory
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _check_or_write_config(workdir: Path, config_dict: dict) -> None:
+    """Write workdir/config.json, or refuse a workdir whose config.json differs."""
+    from jax_impl.checkpoint import _config_differences
+
+    path = workdir / "config.json"
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{str(path)!r} is not a readable JSON config ({type(e).__name__}: {e}); "
+                             f"use a new workdir or repair it") from None
+        diff = _config_differences(saved, config_dict)
+        if diff:
+            raise ValueError(f"workdir {str(workdir)!r} holds a run of another config ({str(path)!r}); "
+                             f"differing fields: {'; '.join(diff)}. Use a new workdir, or the saved config "
+                             f"(RunConfig.from_dict) to resume")
+        return
+    _write_json_atomic(path, config_dict)
+
+
+def _trim_log(path: Path, last_step: int) -> None:
+    """Drop log lines after ``last_step`` (written by a run that was stopped after its last save)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if isinstance(entry, dict) and isinstance(entry.get("step"), int) and entry["step"] <= last_step:
+            kept.append(line)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(k + "\n" for k in kept))
+    os.replace(tmp, path)
+
+
+class _Log:
+    """workdir/log.jsonl, one JSON object per line, flushed at once."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._f = open(path, "a")
+
+    def write(self, entry: dict) -> None:
+        self._f.write(json.dumps(entry, sort_keys=True) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+# ------------------------------------------------------------------ signals
+
+class _Stop:
+    """SIGINT / SIGTERM: the first asks the loop to stop after the current step, a second
+    raises ``KeyboardInterrupt`` at once. Handlers are installed only in the main thread and
+    restored by ``restore()``."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self):
+        self.signal_name = None
+        self._old = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in self.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.signal_name is not None:
+            raise KeyboardInterrupt(f"second signal ({name}) while stopping: exiting at once")
+        self.signal_name = name
+        print(f"\n{name} received: finishing the current step, then saving a checkpoint "
+              f"(send it again to exit at once)", file=sys.stderr, flush=True)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
+# ------------------------------------------------------------------ snapshots
+
+@functools.lru_cache(maxsize=4)
+def _train_step(config):
+    """``make_train_step(config)``, kept per config so that a resumed run in the same process
+    reuses the compiled step."""
+    from jax_impl.train import make_train_step
+
+    return make_train_step(config, donate=True)
+
+
+@functools.lru_cache(maxsize=4)
+def _make_sampler(config):
+    """A jitted ``sample(ema_params, constants, rng) -> [64, *data_shape]`` for the run's process
+    (kept per config)."""
+    from spec.configs import DiffusionConfig
+    from jax_impl import samplers
+    from jax_impl.models import registry
+    from jax_impl.models.utils import get_score_fn
+
+    model = registry.create_model(config.model)
+    shape = (NUM_SNAPSHOT_SAMPLES, *registry.example_inputs(config.model)[0].shape[1:])
+    loss = config.resolved_loss
+    process = config.process
+
+    def apply(variables):
+        return lambda x, labels: model.apply(variables, x, labels, train=False)
+
+    if loss == "anneal_dsm":
+        sigmas = np.asarray(config.model.sigmas, np.float64)
+
+        def sample(params, constants, rng):
+            fn = apply({"params": params, **constants})
+            return samplers.ald_sample(rng, sigmas, fn, shape)[0]
+    elif isinstance(process, DiffusionConfig):
+        from jax_impl.diffusion import GaussianDiffusion
+        diffusion = GaussianDiffusion(process)
+
+        def sample(params, constants, rng):
+            fn = apply({"params": params, **constants})
+            return samplers.ddpm_sample(rng, diffusion, fn, shape, clip_denoised=len(shape) == 4)[0]
+    else:
+        from jax_impl.train import _make_sde
+        sde = _make_sde(process)
+        continuous = config.train.training.continuous and loss == "sde"
+        # the continuous SDE's generic reverse step works for any N; the discrete losses' own
+        # (DDPM / SMLD) reverse step for them
+        predictor = "euler_maruyama" if continuous else "reverse_diffusion"
+
+        def sample(params, constants, rng):
+            score_fn = get_score_fn(sde, apply({"params": params, **constants}), continuous=continuous)
+            return samplers.pc_sample(rng, sde, score_fn, shape, predictor=predictor, corrector="none")[0]
+    return jax.jit(sample)
+
+
+def _save_samples_png(path: Path, samples: np.ndarray, *, centered: bool, title: str) -> None:
+    """A scatter (2-D points) or an image grid (NHWC) written to ``path`` atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    samples = np.asarray(samples, np.float64)
+    if samples.ndim == 2 and samples.shape[1] == 2:
+        fig = Figure(figsize=(4, 4), dpi=80)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        finite = samples[np.all(np.isfinite(samples), axis=1)]
+        ax.scatter(finite[:, 0], finite[:, 1], s=6)
+        ax.set_title(title)
+        ax.set_aspect("equal", adjustable="datalim")
+        fig.savefig(tmp, format="png")
+    else:
+        from PIL import Image
+
+        x = samples if samples.ndim == 4 else samples.reshape(samples.shape[0], -1, 1, 1)
+        x = (x + 1.0) / 2.0 if centered else x
+        x = np.clip(np.nan_to_num(x), 0.0, 1.0)
+        n, h, w, c = x.shape
+        cols = int(math.ceil(math.sqrt(n)))
+        rows = int(math.ceil(n / cols))
+        grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c))
+        for i in range(n):
+            r, q = divmod(i, cols)
+            grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = x[i]
+        img = (grid * 255).round().astype(np.uint8)
+        img = Image.fromarray(img[..., 0] if c == 1 else img)
+        scale = max(1, 256 // max(img.size))
+        img.resize((img.size[0] * scale, img.size[1] * scale), Image.NEAREST).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------ the loop
+
+@jax.jit
+def _all_finite(loss, params):
+    ok = jnp.isfinite(loss)
+    for leaf in jax.tree_util.tree_leaves(params):
+        if jnp.issubdtype(leaf.dtype, jnp.inexact):
+            ok = ok & jnp.all(jnp.isfinite(leaf))
+    return ok
+
+
+def _first_bad_leaf(params) -> str:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if jnp.issubdtype(leaf.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(leaf))):
+            return "params" + jax.tree_util.keystr(path)
+    return "params"
+
+
+def _check_args(config, workdir, max_steps, progress, eval_fn):
+    from spec.train_config import RunConfig
+    from spec.validate import check_bool, check_int
+
+    if not isinstance(config, RunConfig):
+        raise TypeError(f"config must be a spec.RunConfig, got {type(config).__name__}")
+    if config.data is None:
+        raise ValueError("config.data is None: a training run needs a spec.datasets.DataConfig")
+    if isinstance(workdir, bytes) or not isinstance(workdir, (str, os.PathLike)):
+        raise TypeError(f"workdir must be a str or os.PathLike, got {type(workdir).__name__} {workdir!r}")
+    workdir = Path(os.path.abspath(os.fspath(workdir)))
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"workdir {str(workdir)!r} is a file, not a directory")
+    if max_steps is not None:
+        max_steps = check_int("max_steps", max_steps, minimum=0)
+    check_bool("progress", progress)
+    if eval_fn is not None and not callable(eval_fn):
+        raise TypeError(f"eval_fn must be callable eval_fn(state, step) -> dict, got {type(eval_fn).__name__}")
+    return workdir, max_steps
+
+
 def train(config, workdir, *, max_steps: int | None = None, progress: bool = True, eval_fn=None):
     """Train ``config`` (a ``spec.RunConfig``) in ``workdir``; returns the final TrainState.
 
-    See the module docstring for the run directory, resume, signals and divergence.
+    Args:
+      config: the run (model, train, data, process).
+      workdir: the run directory (created); see the module docstring for its layout.
+      max_steps: stop once ``state.step`` reaches ``min(training.n_iters, max_steps)`` (a
+        total, so a resumed run counts on); None: ``training.n_iters``.
+      progress: show the tqdm bar.
+      eval_fn: optional ``eval_fn(state, step) -> dict`` of JSON-able numbers, called every
+        ``training.eval_freq`` steps; its result is logged.
+
+    Raises:
+      ValueError: workdir/config.json differs from ``config`` (naming the fields).
+      jax_impl.checkpoint.CheckpointError: the latest checkpoint is damaged or of another run.
+      TrainingDivergedError: a NaN / Inf loss or parameter (the step is named; nothing saved).
+      KeyboardInterrupt: a second SIGINT / SIGTERM while stopping.
     """
-    raise NotImplementedError
+    from tqdm.auto import tqdm
+
+    from jax_impl import data as _data
+    from jax_impl import train as _train
+    from jax_impl.checkpoint import CheckpointManager
+
+    workdir, max_steps = _check_args(config, workdir, max_steps, progress, eval_fn)
+    tc = config.train.training
+    stop_at = tc.n_iters if max_steps is None else min(tc.n_iters, max_steps)
+    config_dict = json.loads(json.dumps(config.to_dict()))
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    _check_or_write_config(workdir, config_dict)
+    (workdir / "samples").mkdir(exist_ok=True)
+
+    train_data, _ = _data.load_dataset(config.data)
+    it = _data.BatchIterator.from_config(config.data, train_data, tc.batch_size)
+    state = _train.create_train_state(jax.random.key(tc.seed), config)
+
+    ckpt = CheckpointManager(workdir / "checkpoints", max_to_keep=tc.keep)
+    stopper = None
+    log = None
+    bar = None
+    try:
+        start = ckpt.latest_step()
+        if start is not None:
+            t0 = time.perf_counter()
+            state, data_state, _ = ckpt.restore(start, target=state, config=config_dict)
+            it.set_state(data_state)
+            resume_s = time.perf_counter() - t0
+            _trim_log(workdir / "log.jsonl", start)
+            print(f"resumed from {ckpt.directory / str(start)} (step {start}, {resume_s:.2f} s)",
+                  file=sys.stderr, flush=True)
+        step = int(state.step)
+        log = _Log(workdir / "log.jsonl")
+        if step >= stop_at:
+            return state
+
+        step_fn = _train_step(config)
+        sampler = None
+        stopper = _Stop()
+        bar = tqdm(total=stop_at, initial=step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not progress, file=sys.stderr)
+        last_saved = start
+        window_t, window_step = time.perf_counter(), step
+        postfix_t = 0.0
+        rate = float("nan")
+
+        def save(step_now: int) -> Path:
+            return ckpt.save(step_now, state, data_state=it.state, config=config_dict)
+
+        def snapshot(step_now: int) -> None:
+            nonlocal sampler
+            if sampler is None:
+                sampler = _make_sampler(config)
+            key = jax.random.fold_in(jax.random.key(tc.seed), step_now)
+            x = np.asarray(sampler(state.ema[0], state.constants, key))
+            _save_samples_png(workdir / "samples" / f"step_{step_now}.png", x,
+                              centered=config.data.centered, title=f"step {step_now} (EMA)")
+
+        while step < stop_at:
+            batch = it.next()
+            state, metrics = step_fn(state, batch)
+            step += 1
+            loss = metrics["loss"]
+            if not bool(_all_finite(loss, state.params)):
+                what = ("the loss is " + str(float(loss)) if not math.isfinite(float(loss))
+                        else f"{_first_bad_leaf(state.params)} holds NaN or Inf")
+                last = ckpt.latest_step()
+                raise TrainingDivergedError(
+                    step, f"{what}; nothing was saved for this step, the last good checkpoint is "
+                          + (f"{ckpt.directory / str(last)}" if last is not None else "none (no checkpoint yet)"))
+            bar.update(1)
+            now = time.perf_counter()
+            if step % tc.log_freq == 0:
+                rate = (step - window_step) / max(now - window_t, 1e-9)
+                window_t, window_step = now, step
+                log.write({"step": step, "loss": float(loss), "lr": float(metrics.get("lr", float("nan"))),
+                           "grad_norm": float(metrics.get("grad_norm", float("nan"))),
+                           "steps_per_sec": rate, "time": time.time()})
+            if progress and (now - postfix_t > 0.5 or step == stop_at):
+                postfix_t = now
+                bar.set_postfix(loss=f"{float(loss):.4g}", steps_per_s=f"{bar.format_dict.get('rate') or 0:.1f}")
+            if eval_fn is not None and step % tc.eval_freq == 0:
+                result = eval_fn(state, step)
+                if not isinstance(result, dict):
+                    raise TypeError(f"eval_fn must return a dict, got {type(result).__name__}")
+                log.write({"step": step, "eval": json.loads(json.dumps(result, default=float)),
+                           "time": time.time()})
+            if step % tc.snapshot_freq == 0 or step == stop_at:
+                save(step)
+                last_saved = step
+                snapshot(step)
+            if stopper.requested:
+                where = save(step) if last_saved != step else ckpt.directory / str(step)
+                last_saved = step
+                bar.close()
+                print(f"stopped by {stopper.signal_name} after step {step}: checkpoint saved to {where}",
+                      flush=True)
+                return state
+        return state
+    finally:
+        if stopper is not None:
+            stopper.restore()
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+        ckpt.close()
