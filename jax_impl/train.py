@@ -117,7 +117,7 @@ def _clip_grad_norm(max_norm: float) -> optax.GradientTransformation:
 
     def update(updates, state, params=None):
         del params
-        norm = optax.global_norm(updates)
+        norm = optax.tree.norm(updates)
         scale = jnp.minimum(1.0, max_norm / (norm + CLIP_EPS))
         return jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), updates), state
 
@@ -397,7 +397,7 @@ def train_step_core(run_config: RunConfig, state: TrainState, batch, t, noise):
         grads, (lm, lsm) = jax.lax.scan(body, zero, items)
         grads = jax.tree_util.tree_map(lambda g: g / M, grads)
         loss, losses = jnp.mean(lm), lsm.reshape((B,))
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     tx = get_optimizer(run_config.train)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
