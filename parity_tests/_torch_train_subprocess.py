@@ -29,13 +29,14 @@ BASE = {
 }
 
 
-def make_config(overrides=None, *, hidden=(32, 32)) -> RunConfig:
-    """The tests' ``RunConfig`` with ``overrides`` (dotted TrainConfig names) on ``BASE``."""
+def make_config(overrides=None, *, hidden=(32, 32), process=None) -> RunConfig:
+    """The tests' ``RunConfig`` with ``overrides`` (dotted TrainConfig names) on ``BASE``;
+    ``process`` default: ``VPSDEConfig(N=30)``."""
     merged = {**BASE, **(overrides or {})}
     train = TrainConfig().with_overrides([f"{k}={v}" for k, v in merged.items()])
     return RunConfig(model=MLPConfig(hidden_dims=tuple(hidden), embedding_dim=16), train=train,
                      data=DataConfig(dataset="gmm", num_train=256, num_test=64, seed=1),
-                     process=VPSDEConfig(N=30))
+                     process=VPSDEConfig(N=30) if process is None else process)
 
 
 def main(argv) -> int:

@@ -259,7 +259,8 @@ def _draw_samples(config, state, shape, *, generator=None) -> torch.Tensor:
 
 
 def _save_png(path: Path, samples: np.ndarray, data: np.ndarray, *, centered: bool) -> None:
-    """A scatter (2-D points, samples over a grey sketch of the data) or an image grid."""
+    """A scatter (2-D points: samples in blue over the data in grey, samples outside the
+    frame in red on its border) or an image grid."""
     from PIL import Image, ImageDraw
 
     if samples.ndim == 2 and samples.shape[1] == 2:
@@ -275,10 +276,11 @@ def _save_png(path: Path, samples: np.ndarray, data: np.ndarray, *, centered: bo
         for p in ref:
             x, y = pix(p)
             draw.point((x, y), fill=(190, 190, 190))
-        for p in samples:
-            if np.all(np.isfinite(p)):
-                x, y = pix(p)
-                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=(30, 80, 200))
+        for p in samples:  # outside the frame (or not finite): a red mark on the border
+            inside = bool(np.all(np.isfinite(p)) and np.all(np.abs(p) <= lim))
+            x, y = pix(np.clip(np.nan_to_num(p, posinf=lim, neginf=-lim), -lim, lim))
+            draw.ellipse((x - 2, y - 2, x + 2, y + 2),
+                         fill=(30, 80, 200) if inside else (220, 40, 40))
         img.save(path)
         return
     if samples.ndim == 4:  # NCHW -> NHWC grid
