@@ -190,6 +190,12 @@ def test_resume_drops_log_lines_of_the_interrupted_run(reference, tmp_path):
     state = train(make_config(), workdir, progress=False, eval_fn=_eval_fn)
     _assert_same(_snapshot(state), reference["final"])
     assert _numbers(_log(workdir)) == _numbers(_log(reference["workdir"]))
+    # a run killed before its first checkpoint: its lines go, the new run starts afresh
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "log.jsonl").write_text(json.dumps({"step": 4, "loss": 9.0}) + "\n")
+    train(make_config(), fresh, progress=False, eval_fn=_eval_fn)
+    assert _numbers(_log(fresh)) == _numbers(_log(reference["workdir"]))
 
 
 # --------------------------------------------------------------------------- signals

@@ -86,7 +86,8 @@ def _encode(value, where: str):
     if isinstance(value, torch.Generator):
         return {"__generator__": value.get_state()}
     if torch.is_tensor(value):
-        return value.detach().clone()
+        # no copy: torch.save writes a storage shared with the module's state_dict once
+        return value.detach()
     if isinstance(value, np.ndarray):
         return {"__ndarray__": torch.from_numpy(np.array(value, copy=True))}
     if isinstance(value, np.generic):

@@ -19,7 +19,8 @@ trains ``config`` (a ``spec.RunConfig``) in ``workdir``:
 - ``workdir/log.jsonl``: one JSON object every ``training.log_freq`` steps (``step, loss,
   lr, grad_norm, steps_per_sec, time``), and ``{"step", "eval": {...}, "time"}`` every
   ``training.eval_freq`` steps when ``eval_fn(state, step) -> dict`` is given; on resume,
-  lines after the restored step (from the interrupted run) are dropped;
+  lines after the restored step (from the interrupted run) are dropped (all of them when
+  the interrupted run saved no checkpoint);
 - ``workdir/samples/step_<step>.png``: 64 samples from the first EMA parameters at every
   snapshot (``pc_sample`` with the reverse-diffusion predictor and no corrector for the
   SDEs, ``ddpm_sample`` for a DiffusionConfig (clipped to [-1, 1] for images only),
@@ -362,6 +363,8 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
         last_saved = int(state.step)
         print(f"resumed from {ckpt.path(step)} (step {state.step}, "
               f"{time.perf_counter() - t0:.2f} s)", file=sys.stderr, flush=True)
+    else:
+        _trim_log(log_path, 0)  # a run killed before its first checkpoint starts again
     total = tc.n_iters if max_steps is None else min(tc.n_iters, max_steps)
     sample_shape = tuple(data_lib.to_framework(train_data[:1]).shape[1:])
     step_fn = train_core.make_train_step(config)
