@@ -8,7 +8,7 @@ on the JAX side. Here, on a tiny MLP trained on 256 points of the 2-D Gaussian m
   snapshot PNGs, torch threads never above the core count;
 * resume: a run stopped after 10 steps and continued ends bit-identical (parameters, EMA per
   rate, Adam moments, generator, log lines) to the uninterrupted run;
-* SIGTERM in a subprocess: exit 0, a checkpoint saved and named, resuming continues;
+* SIGTERM / SIGINT in a subprocess: exit 0, a checkpoint saved and named, resuming continues;
   SIGINT / SIGTERM handling (a second signal raises at once, handlers restored);
 * SIGKILL at a random moment of a subprocess that checkpoints every 2 steps, then resume:
   equals the uninterrupted run, no half-written file is picked or left;
@@ -213,8 +213,9 @@ def test_signal_guard_second_signal_raises_and_handlers_are_restored():
     assert {s: signal.getsignal(s) for s in before} == before
 
 
-def test_sigterm_saves_exits_zero_and_resumes(tmp_path):
-    workdir = tmp_path / "sigterm"
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_exits_zero_and_resumes(tmp_path, sig):
+    workdir = tmp_path / sig.name
     overrides = {"training.n_iters": 100000, "training.snapshot_freq": 100000,
                  "training.log_freq": 1}
     proc = _subprocess(workdir, overrides)
@@ -225,12 +226,12 @@ def test_sigterm_saves_exits_zero_and_resumes(tmp_path):
             break
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
     step = CheckpointManager(workdir / "checkpoints").latest_step()
     assert step is not None and step >= 3
-    assert f"stopped by SIGTERM after step {step}: checkpoint saved to" in out
+    assert f"stopped by {sig.name} after step {step}: checkpoint saved to" in out
     assert f"{step}.pt\n" in out and f"done at step {step}" in out
     state = train(make_config(overrides), workdir, progress=False, max_steps=step + 2)
     assert state.step == step + 2
@@ -348,6 +349,9 @@ def test_half_written_files_are_never_listed_and_are_removed(reference, tmp_path
         mgr.restore(20, target=state)
     with pytest.raises(CheckpointError, match="no checkpoint in"):
         CheckpointManager(tmp_path / "empty").restore(target=state)
+    (ckpts / "32").mkdir()  # an orbax step directory: a JAX run's workdir
+    with pytest.raises(CheckpointError, match=r"step directories \['32'\].*JAX"):
+        train(make_config(), workdir, progress=False)
 
 
 def test_checkpoint_of_another_model_or_config(reference):

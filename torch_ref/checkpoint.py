@@ -12,7 +12,8 @@ Layout: ``directory/<step>.pt``, written atomically: the payload goes to a tempo
 onto ``<step>.pt`` with ``os.replace`` (then the directory is ``fsync``-ed), so a process
 killed at any moment leaves either the previous steps only, or the new complete file; a
 temporary file is never listed and is removed by the next manager opened on the
-directory. After a save the oldest steps beyond ``max_to_keep`` are deleted.
+directory. A directory holding step *directories* (the twin's orbax layout) is refused with
+a ``CheckpointError``: the two frameworks' checkpoints are not interchangeable. After a save the oldest steps beyond ``max_to_keep`` are deleted.
 
 One file holds (``torch.save``; read back with ``torch.load(weights_only=True)``, so a
 checkpoint can carry no code):
@@ -350,6 +351,12 @@ class CheckpointManager:
         if self.directory.exists() and not self.directory.is_dir():
             raise NotADirectoryError(f"directory: {str(self.directory)!r} is not a directory")
         self.directory.mkdir(parents=True, exist_ok=True)
+        orbax = sorted(p.name for p in self.directory.iterdir() if p.is_dir() and p.name.isdigit())
+        if orbax:
+            raise CheckpointError(
+                f"directory {str(self.directory)!r} holds step directories {orbax[:4]} (the JAX "
+                f"side's orbax checkpoints, jax_impl.checkpoint), not torch <step>.pt files; "
+                f"use a separate workdir per framework")
         for p in self.directory.iterdir():  # half-written files of a killed process
             if _TMP_FILE.match(p.name):
                 try:
