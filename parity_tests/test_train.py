@@ -314,7 +314,9 @@ def test_microbatch_equals_full_batch():
     _assert_trees(b.params, a.params, F64, "params")
 
 
-def test_train_step_parity_ncsn_anneal_dsm():
+@pytest.mark.slow
+def test_train_step_parity_ncsn_anneal_dsm_refinenet():
+    """The real (tiny) NCSN RefineNet: about 100 s of flax init / compile on 2 loaded cores."""
     model = NCSNConfig(ngf=4, num_scales=3, image_size=8, num_channels=1)
     cfg = _run_config(model, None, [], batch=2)
     js, ts = _paired_states(cfg, np.float64)
@@ -322,7 +324,64 @@ def test_train_step_parity_ncsn_anneal_dsm():
     draws = _draws(rng, 2, (2, 8, 8, 1), lambda r: r.integers(0, 3, 2), np.float64)
     js, ts, lj, lt = _steps(cfg, js, ts, draws, image=True)
     _check_metrics(lj, lt, F64, cfg)
-    MEASURED["anneal_dsm_ncsn_f64"] = _assert_states(cfg, js, ts, F64)
+    MEASURED["anneal_dsm_ncsn_refinenet_f64"] = _assert_states(cfg, js, ts, F64)
+
+
+# -- NCSN's annealed DSM with a tiny noise-conditional conv score net (NHWC / NCHW) ------
+
+
+class FlaxCondConv(nn.Module):
+    num_scales: int = 3
+
+    @nn.compact
+    def __call__(self, x, y, train=False):
+        h = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)), name="conv_in")(x)
+        h = h + nn.Embed(self.num_scales, 4, name="embed")(y)[:, None, None, :]
+        return nn.Conv(x.shape[-1], (3, 3), padding=((1, 1), (1, 1)), name="conv_out")(jnp.tanh(h))
+
+
+class TorchCondConv(torch.nn.Module):
+    def __init__(self, channels=1, num_scales=3):
+        super().__init__()
+        self.conv_in = torch.nn.Conv2d(channels, 4, 3, padding=1)
+        self.embed = torch.nn.Embedding(num_scales, 4)
+        self.conv_out = torch.nn.Conv2d(4, channels, 3, padding=1)
+
+    def forward(self, x, y):
+        h = self.conv_in(x) + self.embed(y)[:, :, None, None]
+        return self.conv_out(torch.tanh(h))
+
+
+def _condconv_sync(cfg, js, ts):
+    p = jax.tree_util.tree_map(np.asarray, js.params)
+    with torch.no_grad():
+        for name in ("conv_in", "conv_out"):
+            getattr(ts.model, name).weight.copy_(torch.as_tensor(p[name]["kernel"].transpose(3, 2, 0, 1).copy()))
+            getattr(ts.model, name).bias.copy_(torch.as_tensor(p[name]["bias"].copy()))
+        ts.model.embed.weight.copy_(torch.as_tensor(p["embed"]["embedding"].copy()))
+
+
+def _condconv_to_flax(cfg, ts, tensors=None):
+    src = {k: v.detach() for k, v in ts.model.named_parameters()}
+    if tensors is not None:
+        src.update(tensors)
+    out = {name: {"kernel": src[f"{name}.weight"].numpy().transpose(2, 3, 1, 0),
+                  "bias": src[f"{name}.bias"].numpy()} for name in ("conv_in", "conv_out")}
+    out["embed"] = {"embedding": src["embed.weight"].numpy()}
+    return out
+
+
+def test_train_step_parity_ncsn_anneal_dsm():
+    """anneal_dsm with the NCSN config's sigma ladder (L = 3) and integer noise-level labels."""
+    model = NCSNConfig(ngf=4, num_scales=3, image_size=8, num_channels=1)
+    cfg = _run_config(model, None, ["optim.grad_clip=0.1"], batch=4)
+    js, ts = _paired_states(cfg, np.float64, jmodel=FlaxCondConv(), tmodel=TorchCondConv(),
+                            sync=_condconv_sync)
+    rng = np.random.default_rng(6)
+    draws = _draws(rng, 3, (4, 8, 8, 1), lambda r: r.integers(0, 3, 4), np.float64)
+    js, ts, lj, lt = _steps(cfg, js, ts, draws, image=True)
+    _check_metrics(lj, lt, F64, cfg)
+    MEASURED["anneal_dsm_f64"] = _assert_states(cfg, js, ts, F64, to_flax=_condconv_to_flax)
 
 
 # -- improved-diffusion: a tiny learned-range network (outputs 2D: eps, then v) ------------
@@ -353,8 +412,8 @@ class TorchEpsVar(torch.nn.Module):
 def _epsvar_sync(cfg, js, ts):
     with torch.no_grad():
         for name in ("inp", "temb", "out"):
-            getattr(ts.model, name).weight.copy_(torch.as_tensor(np.asarray(js.params[name]["kernel"]).T))
-            getattr(ts.model, name).bias.copy_(torch.as_tensor(np.asarray(js.params[name]["bias"])))
+            getattr(ts.model, name).weight.copy_(torch.as_tensor(np.asarray(js.params[name]["kernel"]).T.copy()))
+            getattr(ts.model, name).bias.copy_(torch.as_tensor(np.asarray(js.params[name]["bias"]).copy()))
 
 
 def _epsvar_to_flax(cfg, ts, tensors=None):
