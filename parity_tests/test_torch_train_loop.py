@@ -308,7 +308,8 @@ def _copy_run(reference, tmp_path, name) -> Path:
     return workdir
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "missing_entries"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "bit_flip", "edited_tensor",
+                                    "missing_entries"])
 def test_damaged_checkpoint_one_error_and_an_older_step_restores(reference, tmp_path, damage):
     workdir = _copy_run(reference, tmp_path, damage)
     path = workdir / "checkpoints" / "24.pt"
@@ -319,11 +320,20 @@ def test_damaged_checkpoint_one_error_and_an_older_step_restores(reference, tmp_
         path.write_bytes(b"\x00not a checkpoint" * 50)
     elif damage == "empty":
         path.write_bytes(b"")
+    elif damage == "bit_flip":  # inside the tensor data: torch.load alone would not notice
+        flipped = bytearray(raw)
+        flipped[len(raw) // 2] ^= 0x10
+        path.write_bytes(bytes(flipped))
+    elif damage == "edited_tensor":
+        payload = torch.load(path, weights_only=True)
+        next(iter(payload["state"]["ema"]["__tuple__"][1].values())).view(-1)[0] += 1.0
+        torch.save(payload, path)
     else:
         payload = torch.load(path, weights_only=True)
         del payload["state"], payload["data_state"]
         torch.save(payload, path)
-    expected = "lacks the entries" if damage == "missing_entries" else "damaged or not a checkpoint"
+    expected = {"missing_entries": "lacks the entries", "edited_tensor": r"CRC-32 mismatch in \['state/ema/"
+                }.get(damage, "is damaged")
     with pytest.raises(CheckpointError, match=expected) as info:
         train(make_config(), workdir, progress=False)
     assert str(path) in str(info.value)
@@ -332,6 +342,15 @@ def test_damaged_checkpoint_one_error_and_an_older_step_restores(reference, tmp_
     state, data_state, config = mgr.restore(16, target=train_core.create_train_state(make_config()))
     assert state.step == 16 and data_state["index"] == (16 * 32) % 256
     assert config == json.loads(make_config().to_json())
+
+
+def test_a_state_with_nan_is_never_saved(tmp_path):
+    state = train_core.create_train_state(make_config())
+    next(iter(state.ema[1].values())).view(-1)[0] = float("nan")
+    mgr = CheckpointManager(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match=r"'state/ema/.*' holds NaN or Inf: not saving step 5"):
+        mgr.save(5, state, data_state={}, config={})
+    assert mgr.all_steps() == [] and not list((tmp_path / "ckpt").iterdir())
 
 
 def test_half_written_files_are_never_listed_and_are_removed(reference, tmp_path):

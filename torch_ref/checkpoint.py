@@ -28,16 +28,21 @@ checkpoint can carry no code):
 * ``torch_rng_state``: the global CPU generator's state (dropout draws from it), restored
   with the state so a resumed run continues the same stream;
 * ``data_state`` and ``config`` as JSON text (the data iterator's position, the run's
-  ``RunConfig.to_dict()``), and ``meta`` (format, version, step).
+  ``RunConfig.to_dict()``), and ``meta`` (format, version, step, and a CRC-32 per stored
+  tensor: ``torch.load`` does not verify its zip records, so a flipped byte inside a
+  tensor would otherwise load silently).
 
-``restore`` loads into ``target`` (a freshly created state of the run's config: the model,
-optimiser, generators, EMA and parameter tensors are filled in place, so the state's live
-parameter dicts stay the model's own) after checking the stored file against it: a truncated
-or garbage file, a missing entry, or a model / optimiser / EMA tensor whose keys or shapes
-differ from the target's (a checkpoint of another model), or a saved config dict
-that differs from ``config`` when one is given (the differing dotted fields are named),
-raise ONE ``CheckpointError`` naming the file and every mismatch found (never a traceback
-from inside ``torch.load``). An older intact step is restored with ``restore(step,
+``save`` refuses a state with a NaN or Inf floating tensor (``ValueError`` naming the
+entry), as the twin does.
+
+``restore`` verifies the checksums, then loads into ``target`` (a freshly created state of
+the run's config: the model, optimiser, generators, EMA and parameter tensors are filled in
+place, so the state's live parameter dicts stay the model's own) after checking the stored
+file against it: a truncated, garbage or corrupted file, a missing entry, or a model /
+optimiser / EMA tensor whose keys or shapes differ from the target's (a checkpoint of
+another model), or a saved config dict that differs from ``config`` when one is given (the
+differing dotted fields are named), raise ONE ``CheckpointError`` naming the file and every
+mismatch found (never a traceback from inside ``torch.load``). An older intact step is restored with ``restore(step,
 target=...)``. Saving a step that already exists raises ``CheckpointError`` (as the twin).
 """
 
@@ -48,6 +53,7 @@ import json
 import os
 import re
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -316,6 +322,23 @@ def _differing_fields(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix or "<root>"]
 
 
+def _tensors(obj, path: str):
+    """``(path, tensor)`` for every tensor in an encoded payload, in a fixed order."""
+    if torch.is_tensor(obj):
+        yield path, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{path}/{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{path}/{i}")
+
+
+def _crc32(t: torch.Tensor) -> int:
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    return zlib.crc32(flat.view(torch.uint8).numpy()) if flat.numel() else 0
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -400,10 +423,17 @@ class CheckpointManager:
             config_json = json.dumps(config)
         except TypeError as exc:
             raise TypeError(f"data_state and config must be JSON-able: {exc}") from None
+        encoded = _encode(state, "state")["__dataclass__"]
+        tensors = list(_tensors(encoded, "state"))
+        for path, t in tensors:
+            if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"state entry {path!r} holds NaN or Inf: not saving step {step} "
+                                 f"to {str(self.directory)!r}")
         payload = {
             "meta": {"format": _FORMAT, "version": _VERSION, "step": step,
-                     "state_type": type(state).__name__},
-            "state": _encode(state, "state")["__dataclass__"],
+                     "state_type": type(state).__name__,
+                     "crc32": {path: _crc32(t) for path, t in tensors}},
+            "state": encoded,
             "torch_rng_state": torch.get_rng_state(),
             "data_state": data_json,
             "config": config_json,
@@ -484,6 +514,19 @@ class CheckpointManager:
         if not (dataclasses.is_dataclass(target) and not isinstance(target, type)):
             raise TypeError(f"target must be a train-state dataclass, got {type(target).__name__}")
         payload = self._read(path)
+        crcs = payload["meta"].get("crc32")
+        if not isinstance(crcs, dict):
+            raise CheckpointError(f"checkpoint {str(path)!r} lacks its checksum table")
+        found = dict(_tensors(payload["state"], "state"))
+        lost = sorted(set(crcs) - set(found))
+        corrupt = [p for p, t in found.items() if p in crcs and _crc32(t) != crcs[p]]
+        if lost or corrupt:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is damaged: "
+                + (f"CRC-32 mismatch in {corrupt[:4]}" if corrupt else "")
+                + ("; " if corrupt and lost else "")
+                + (f"missing tensors {lost[:4]}" if lost else "")
+                + f"; choose an older step with restore(step, target=...) (saved: {self.all_steps()})")
         stored_step = payload["meta"].get("step")
         if stored_step != step:
             raise CheckpointError(f"checkpoint {str(path)!r} holds step {stored_step}, "
