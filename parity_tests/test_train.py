@@ -250,22 +250,25 @@ def _check_metrics(lj, lt, tolerance, cfg):
     assert lt[0]["lr"] == 0.0  # warm-up: the first update has lr 0
 
 
+# shared model configs: one flax init compilation each
+MLP64 = MLPConfig(hidden_dims=(16,), conditional=False)
+MLP32 = MLPConfig(hidden_dims=(16,), embedding_dim=8)
+
 SDE_CASES = {
     # name: (model, process, overrides, dtype)
-    "sde_vp_continuous_f64": (MLPConfig(hidden_dims=(16, 16), conditional=False), spec.VPSDEConfig(),
+    "sde_vp_continuous_f64": (MLP64, spec.VPSDEConfig(),
                               ["optim.grad_clip=0.05", "optim.weight_decay=0.01"], np.float64),
-    "sde_vp_continuous_labels_f32": (MLPConfig(hidden_dims=(16, 16), embedding_dim=8),
-                                     spec.VPSDEConfig(), ["training.reduce_mean=true"], np.float32),
+    "sde_vp_continuous_labels_f32": (MLP32, spec.VPSDEConfig(), ["training.reduce_mean=true"], np.float32),
     "sde_ve_fourier_frozen_f32": (MLPConfig(hidden_dims=(16,), embedding_dim=8, embedding_type="fourier",
                                             scale_by_sigma=True), spec.VESDEConfig(sigma_max=5.0),
                                   ["training.likelihood_weighting=true", "model.ema_warmup=false"],
                                   np.float32),
-    "smld_f64": (MLPConfig(hidden_dims=(16,), conditional=False), spec.VESDEConfig(N=10, sigma_max=5.0),
+    "smld_f64": (MLP64, spec.VESDEConfig(N=10, sigma_max=5.0),
                  ["training.continuous=false"], np.float64),
-    "ddpm_f64": (MLPConfig(hidden_dims=(16,), conditional=False), spec.VPSDEConfig(N=100),
+    "ddpm_f64": (MLP64, spec.VPSDEConfig(N=100),
                  ["training.continuous=false", "optim.optimizer=AdamW", "optim.weight_decay=0.1"],
                  np.float64),
-    "sde_microbatch_f64": (MLPConfig(hidden_dims=(16,), conditional=False), spec.subVPSDEConfig(),
+    "sde_microbatch_f64": (MLP64, spec.subVPSDEConfig(),
                            ["training.microbatch=4", "optim.grad_clip=-1"], np.float64),
 }
 
@@ -299,7 +302,7 @@ def test_train_step_parity_score_sde(case):
 
 def test_microbatch_equals_full_batch():
     """Averaged micro-batch gradients: micro-batching changes memory, not the update."""
-    model, process = MLPConfig(hidden_dims=(16,), conditional=False), spec.VPSDEConfig()
+    model, process = MLP64, spec.VPSDEConfig()
     full = _run_config(model, process, [])
     micro = _run_config(model, process, ["training.microbatch=2"])
     a = jt.create_train_state(jax.random.key(0), full, dtype=jnp.float64)
@@ -458,13 +461,13 @@ def test_train_step_parity_improved_diffusion_hybrid_importance_sampled():
 
 
 def test_make_train_step_jit_donation_scan_and_per_example_draws():
-    model, process = MLPConfig(hidden_dims=(16,), embedding_dim=8), spec.VPSDEConfig()
-    cfg = _run_config(model, process, [])
+    cfg = _run_config(MLP32, spec.VPSDEConfig(), [])
     x = jnp.asarray(np.random.default_rng(8).standard_normal((2, 8, 2)), jnp.float32)
     s0 = jt.create_train_state(jax.random.key(9), cfg)
     # the step = draw_randomness + train_step_core, from fold_in(state.rng, step)
     key = jax.random.fold_in(s0.rng, s0.step)
-    t, z = jt.draw_randomness(key, cfg, s0, x[0])
+    draw = jax.jit(lambda k, s, b: jt.draw_randomness(k, cfg, s, b))
+    t, z = draw(key, s0, x[0])
     want, _ = jax.jit(lambda s, b, tt_, zz: jt.train_step_core(cfg, s, b, tt_, zz))(s0, x[0], t, z)
     step = jt.make_train_step(cfg)
     s1, m1 = step(jt.create_train_state(jax.random.key(9), cfg), x[0])
@@ -477,7 +480,7 @@ def test_make_train_step_jit_donation_scan_and_per_example_draws():
     assert m2b["loss"].shape == (2,) and int(s2b.step) == 2
     _assert_trees(s2b.params, s2.params, F32, "params")
     # example i's draws depend only on (key, i): a prefix of the batch draws the same numbers
-    t4, z4 = jt.draw_randomness(key, cfg, s0, x[0][:4])
+    t4, z4 = draw(key, s0, x[0][:4])
     np.testing.assert_array_equal(np.asarray(t4), np.asarray(t)[:4])
     np.testing.assert_array_equal(np.asarray(z4), np.asarray(z)[:4])
     with pytest.raises(ValueError, match="steps_per_call"):
@@ -487,7 +490,7 @@ def test_make_train_step_jit_donation_scan_and_per_example_draws():
 
 
 def test_torch_make_train_step_runs():
-    cfg = _run_config(MLPConfig(hidden_dims=(16,), embedding_dim=8), spec.VPSDEConfig(), [])
+    cfg = _run_config(MLP32, spec.VPSDEConfig(), [])
     ts = tt.create_train_state(cfg, generator=torch.Generator().manual_seed(0))
     step = tt.make_train_step(cfg, steps_per_call=2)
     ts, m = step(ts, torch.randn(2, 8, 2, generator=torch.Generator().manual_seed(1)))
