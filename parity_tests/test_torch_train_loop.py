@@ -158,9 +158,10 @@ def test_resume_is_bit_identical(reference, tmp_path, capsys):
     assert first.step == 10
     assert CheckpointManager(workdir / "checkpoints").all_steps() == [8, 10]
     capsys.readouterr()
-    state = train(make_config(), workdir, progress=False, eval_fn=_eval_fn)
+    state = train(make_config(), workdir, progress=True, eval_fn=_eval_fn)
     err = capsys.readouterr().err
     assert "resumed from" in err and "10.pt" in err
+    assert "train" in err and "24/24" in err and "loss=" in err  # the tqdm bar
     _assert_same(_snapshot(state), reference["final"])
     assert _numbers(_log(workdir)) == _numbers(_log(reference["workdir"]))
 
