@@ -181,3 +181,14 @@ def test_run_config_type_errors():
     with pytest.raises(KeyError, match="unknown keys"):
         RunConfig.from_dict({"model": dataclasses.asdict(MLPConfig()) | {"type": "MLPConfig"},
                              "sampling": {}})
+
+
+def test_run_config_with_data_config_round_trip():
+    from spec.datasets import DataConfig
+
+    rc = RunConfig(model=MLPConfig(), process=spec.VPSDEConfig(), data=DataConfig(dataset="gmm"))
+    d = json.loads(rc.to_json())
+    assert d["data"]["type"] == "DataConfig" and d["process"]["type"] == "VPSDEConfig"
+    assert RunConfig.from_dict(d) == rc
+    with pytest.raises(TypeError, match="RunConfig.data"):
+        RunConfig(model=MLPConfig(), process=spec.VPSDEConfig(), data={"dataset": "gmm"})
