@@ -7,7 +7,10 @@ on the JAX side. Here, on a tiny MLP trained on 256 points of the 2-D Gaussian m
 * the run directory: config.json, log.jsonl (loss and eval lines), the last K checkpoints,
   snapshot PNGs, torch threads never above the core count;
 * resume: a run stopped after 10 steps and continued ends bit-identical (parameters, EMA per
-  rate, Adam moments, generator, log lines) to the uninterrupted run;
+  rate, Adam moments, generator, log lines) to the uninterrupted run; also with
+  improved-diffusion's loss-second-moment sampler, and for a digits-sized DDPM U-Net with
+  dropout (torch's global generator is the run's own, checkpointed, and the caller's is
+  left as it was);
 * SIGTERM / SIGINT in a subprocess: exit 0, a checkpoint saved and named, resuming continues;
   SIGINT / SIGTERM handling (a second signal raises at once, handlers restored);
 * SIGKILL at a random moment of a subprocess that checkpoints every 2 steps, then resume:
@@ -62,11 +65,11 @@ def _snapshot(state) -> dict:
     }
 
 
-def _assert_same(a: dict, b: dict) -> None:
+def _assert_same(a: dict, b: dict, *, num_ema: int = 2) -> None:
     assert a["step"] == b["step"]
     for k in a["params"]:
         assert torch.equal(a["params"][k], b["params"][k]), f"parameter {k} differs"
-    assert len(a["ema"]) == len(b["ema"]) == 2
+    assert len(a["ema"]) == len(b["ema"]) == num_ema
     for ea, eb in zip(a["ema"], b["ema"]):
         for k in ea:
             assert torch.equal(ea[k], eb[k]), f"EMA {k} differs"
@@ -181,6 +184,37 @@ def test_resume_with_a_learned_schedule_sampler_is_bit_identical(tmp_path):
     a, b = whole.sampler_state, split.sampler_state
     assert a.warmed_up() and np.array_equal(a._loss_history, b._loss_history)
     assert np.array_equal(a._loss_counts, b._loss_counts)
+
+
+def test_resume_with_dropout_is_bit_identical_and_leaves_the_global_generator(tmp_path, monkeypatch):
+    # a digits-sized DDPM U-Net with dropout: dropout draws from torch's global generator,
+    # which the loop seeds, checkpoints and restores (and hides from the caller)
+    from spec.configs import VPSDEConfig
+    from spec.datasets import DataConfig
+    from spec.model_configs import DDPMConfig
+    from spec.train_config import RunConfig, TrainConfig
+
+    monkeypatch.setattr(loop, "NUM_SAMPLES", 4)
+    train_cfg = TrainConfig().with_overrides([
+        "training.batch_size=8", "training.n_iters=4", "training.snapshot_freq=2",
+        "training.log_freq=2", "optim.warmup=0", "optim.lr=1e-3", "model.ema_rate=0.9"])
+    cfg = RunConfig(model=DDPMConfig(image_size=8, num_channels=1, nf=32, ch_mult=(1,),
+                                     num_res_blocks=1, attn_resolutions=(), dropout=0.5),
+                    train=train_cfg, process=VPSDEConfig(N=30),
+                    data=DataConfig(dataset="digits", image_size=8, num_channels=1, num_train=64,
+                                    num_test=16))
+    torch.manual_seed(123)
+    caller = torch.get_rng_state()
+    whole = train(cfg, tmp_path / "whole", progress=False)
+    assert torch.equal(torch.get_rng_state(), caller)
+    torch.manual_seed(7)  # another caller stream: the run does not depend on it
+    train(cfg, tmp_path / "split", progress=False, max_steps=3)
+    split = train(cfg, tmp_path / "split", progress=False)
+    _assert_same(_snapshot(split), _snapshot(whole), num_ema=1)
+    from PIL import Image
+
+    with Image.open(tmp_path / "whole" / "samples" / "step_4.png") as img:  # an image grid
+        assert img.format == "PNG" and img.mode == "L"
 
 
 def test_resume_drops_log_lines_of_the_interrupted_run(reference, tmp_path):

@@ -42,6 +42,11 @@ printed (stdout), and ``train`` returns normally (so a command line exits 0); a 
 at once (``KeyboardInterrupt``). The original handlers are restored on return (signals are
 only caught when ``train`` runs in the main thread).
 
+Dropout (DDPM, NCSN++) draws from torch's global generator: ``train`` runs under
+``torch.random.fork_rng`` seeded from ``training.seed`` (the caller's global stream is
+restored on return), and every checkpoint stores that generator's state, so dropout too
+is bit-identical after a resume.
+
 A NaN or Inf loss, gradient norm or parameter raises ``TrainingDivergedError`` naming the
 step; that state is never saved, so the last good checkpoint stays the latest.
 """
@@ -73,6 +78,7 @@ from torch_ref.checkpoint import CheckpointManager
 __all__ = ["TrainingDivergedError", "train"]
 
 NUM_SAMPLES = 64  # snapshot samples per PNG
+_TAG_DROPOUT = 3  # SeedSequence([training.seed, 3]) seeds the global generator (dropout)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -346,12 +352,24 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
     workdir.mkdir(parents=True, exist_ok=True)
     _write_config(workdir, config)
     (workdir / "samples").mkdir(exist_ok=True)
-    log_path = workdir / "log.jsonl"
 
     train_data, _ = datasets.load_dataset(config.data)
     iterator = data_lib.BatchIterator.from_config(config.data, train_data, tc.batch_size)
     state = train_core.create_train_state(config)
     ckpt = CheckpointManager(workdir / "checkpoints", max_to_keep=tc.keep)
+    # Dropout draws from torch's global generator: the run owns it (seeded from
+    # training.seed, saved in every checkpoint) and the caller's stream is left untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(np.random.SeedSequence([tc.seed, _TAG_DROPOUT]).generate_state(1)[0]))
+        return _run(config, workdir, state, ckpt, iterator, train_data, max_steps, progress,
+                    eval_fn)
+
+
+def _run(config, workdir: Path, state, ckpt: CheckpointManager, iterator, train_data, max_steps,
+         progress, eval_fn):
+    """The body of :func:`train` (inside the run's own global torch generator)."""
+    tc = config.train.training
+    log_path = workdir / "log.jsonl"
     config_dict = json.loads(config.to_json())
     last_saved = None
     if ckpt.latest_step() is not None:
