@@ -30,8 +30,11 @@ chosen with ``step=``.
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import os
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -144,6 +147,24 @@ def _config_differences(saved: Mapping, given: Mapping) -> list[str]:
     return out
 
 
+def _drop_orbax_leftovers() -> None:
+    """Collect the futures and coroutines a failed orbax restore leaves behind, silently.
+
+    When one array of a damaged checkpoint cannot be read, orbax abandons its other pending
+    reads; garbage-collecting them later makes asyncio print "Future exception was never
+    retrieved" tracebacks. The one error that matters has been raised as a CheckpointError.
+    """
+    log = logging.getLogger("asyncio")
+    level, hook = log.level, sys.unraisablehook
+    log.setLevel(logging.CRITICAL + 1)
+    sys.unraisablehook = lambda *_: None
+    try:
+        gc.collect()
+    finally:
+        log.setLevel(level)
+        sys.unraisablehook = hook
+
+
 def _short(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
@@ -225,8 +246,8 @@ class CheckpointManager:
         for path, leaf in zip(paths, leaves):
             if _is_prng_key(leaf):
                 continue
-            a = leaf if hasattr(leaf, "dtype") else np.asarray(leaf)
-            if jnp.issubdtype(a.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(a))):
+            a = np.asarray(jax.device_get(leaf))  # numpy: no compilation per leaf shape
+            if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
                 raise ValueError(f"state leaf {'/'.join(path)!r} holds NaN or Inf: "
                                  f"not saving step {step} to {str(self.directory)!r}")
         if step in self.all_steps():
@@ -248,6 +269,16 @@ class CheckpointManager:
     def _fail(self, step, what: str):
         where = self.directory / str(step) if step is not None else self.directory
         raise CheckpointError(f"checkpoint {str(where)!r}: {what}") from None
+
+    def _orbax_restore(self, step: int, item: str, args, what: str):
+        """``self._mngr.restore`` of one item; any failure becomes one CheckpointError."""
+        failure = None
+        try:
+            return self._mngr.restore(step, args=args)[item]
+        except Exception as e:  # noqa: BLE001 (orbax / tensorstore failures get one message)
+            failure = _short(e)
+        _drop_orbax_leftovers()
+        self._fail(step, f"{what} ({failure})")
 
     def restore(self, step: int | None = None, *, target, config: Mapping[str, Any] | None = None):
         """``(state, data_state, config_dict)`` of ``step`` (default: the latest).
@@ -273,10 +304,8 @@ class CheckpointManager:
         missing = [n for n in (*_ITEMS, "_CHECKPOINT_METADATA") if not (sdir / n).exists()]
         if missing:
             self._fail(step, f"files are missing ({', '.join(missing)}): the checkpoint is damaged")
-        try:
-            meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        except Exception as e:  # noqa: BLE001
-            self._fail(step, f"cannot read its metadata (meta/): damaged or truncated ({_short(e)})")
+        meta = self._orbax_restore(step, "meta", ocp.args.Composite(meta=ocp.args.JsonRestore()),
+                                   "cannot read its metadata (meta/): damaged or truncated")
         if not isinstance(meta, Mapping) or meta.get("format") != _FORMAT or not isinstance(meta.get("leaves"),
                                                                                           Mapping):
             got = meta.get("format") if isinstance(meta, Mapping) else type(meta).__name__
@@ -310,11 +339,8 @@ class CheckpointManager:
             more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
             self._fail(step, "from another model: " + "; ".join(differ[:4]) + more)
         abstract = _nest(paths, [_storable(x) for x in leaves])
-        try:
-            items = self._mngr.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract)))["state"]
-        except Exception as e:  # noqa: BLE001
-            self._fail(step, f"cannot read the state arrays (state/): damaged or truncated files ({_short(e)})")
+        items = self._orbax_restore(step, "state", ocp.args.Composite(state=ocp.args.StandardRestore(abstract)),
+                                    "cannot read the state arrays (state/): damaged or truncated files")
         values = []
         for path, leaf in zip(paths, leaves):
             try:

@@ -13,7 +13,8 @@ trains ``config`` (a ``spec.RunConfig``) in ``workdir``:
   resumes from the latest, and the resumed run ends with bit-identical parameters to an
   uninterrupted one of the same length (CPU, same device count);
 - ``workdir/log.jsonl``: one JSON object every ``training.log_freq`` steps (``step, loss, lr,
-  grad_norm, steps_per_sec, time``), and ``{"step", "eval": {...}, "time"}`` every
+  grad_norm`` of that step, ``steps_per_sec`` of training since the last line -- the time
+  of checkpoints, snapshots and evaluation left out -- and the Unix ``time``), and ``{"step", "eval": {...}, "time"}`` every
   ``training.eval_freq`` steps when ``eval_fn(state, step) -> dict`` is given; on resume,
   lines after the restored step (from the interrupted run) are dropped;
 - ``workdir/samples/step_<step>.png``: 64 samples from the first EMA parameters at every
@@ -219,22 +220,33 @@ def _make_sampler(config):
     return jax.jit(sample)
 
 
-def _save_samples_png(path: Path, samples: np.ndarray, *, centered: bool, title: str) -> None:
-    """A scatter (2-D points) or an image grid (NHWC) written to ``path`` atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def _scatter_image(points: np.ndarray, title: str, size: int = 320):
+    """A PIL image of 2-D points: white canvas, grid lines at the integers, a dot per point."""
+    from PIL import Image, ImageDraw
 
+    finite = points[np.all(np.isfinite(points), axis=1)]
+    half = max(3.0, float(np.ceil(np.max(np.abs(finite))))) if len(finite) else 3.0
+    img = Image.new("RGB", (size, size + 20), "white")
+    draw = ImageDraw.Draw(img)
+    to_px = lambda v: (v + half) / (2 * half) * (size - 1)  # noqa: E731
+    for g in range(-int(half), int(half) + 1):
+        p = to_px(g)
+        colour = (150, 150, 150) if g == 0 else (225, 225, 225)
+        draw.line([(p, 20), (p, size + 19)], fill=colour)
+        draw.line([(0, 20 + size - 1 - p), (size - 1, 20 + size - 1 - p)], fill=colour)
+    for x, y in finite:
+        px, py = to_px(x), 20 + size - 1 - to_px(y)
+        draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=(31, 119, 180))
+    draw.text((4, 4), f"{title}; grid step 1, range +-{half:g}", fill="black")
+    return img
+
+
+def _save_samples_png(path: Path, samples: np.ndarray, *, centered: bool, title: str) -> None:
+    """A scatter (2-D points) or an image grid (NHWC) written to ``path`` atomically (Pillow)."""
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     samples = np.asarray(samples, np.float64)
     if samples.ndim == 2 and samples.shape[1] == 2:
-        fig = Figure(figsize=(4, 4), dpi=80)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot(1, 1, 1)
-        finite = samples[np.all(np.isfinite(samples), axis=1)]
-        ax.scatter(finite[:, 0], finite[:, 1], s=6)
-        ax.set_title(title)
-        ax.set_aspect("equal", adjustable="datalim")
-        fig.savefig(tmp, format="png")
+        _scatter_image(samples, title).save(tmp, format="PNG")
     else:
         from PIL import Image
 
@@ -356,7 +368,7 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
         bar = tqdm(total=stop_at, initial=step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not progress, file=sys.stderr)
         last_saved = start
-        window_t, window_step = time.perf_counter(), step
+        window_t, window_step, paused = time.perf_counter(), step, 0.0
         postfix_t = 0.0
         rate = float("nan")
 
@@ -376,9 +388,10 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
             batch = it.next()
             state, metrics = step_fn(state, batch)
             step += 1
-            loss = metrics["loss"]
-            if not bool(_all_finite(loss, state.params)):
-                what = ("the loss is " + str(float(loss)) if not math.isfinite(float(loss))
+            ok, loss = jax.device_get((_all_finite(metrics["loss"], state.params), metrics["loss"]))
+            loss = float(loss)
+            if not ok:
+                what = (f"the loss is {loss}" if not math.isfinite(loss)
                         else f"{_first_bad_leaf(state.params)} holds NaN or Inf")
                 last = ckpt.latest_step()
                 raise TrainingDivergedError(
@@ -387,14 +400,15 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
             bar.update(1)
             now = time.perf_counter()
             if step % tc.log_freq == 0:
-                rate = (step - window_step) / max(now - window_t, 1e-9)
-                window_t, window_step = now, step
-                log.write({"step": step, "loss": float(loss), "lr": float(metrics.get("lr", float("nan"))),
+                rate = (step - window_step) / max(now - window_t - paused, 1e-9)
+                window_t, window_step, paused = now, step, 0.0
+                log.write({"step": step, "loss": loss, "lr": float(metrics.get("lr", float("nan"))),
                            "grad_norm": float(metrics.get("grad_norm", float("nan"))),
                            "steps_per_sec": rate, "time": time.time()})
             if progress and (now - postfix_t > 0.5 or step == stop_at):
                 postfix_t = now
-                bar.set_postfix(loss=f"{float(loss):.4g}", steps_per_s=f"{bar.format_dict.get('rate') or 0:.1f}")
+                bar.set_postfix(loss=f"{loss:.4g}", steps_per_s=f"{bar.format_dict.get('rate') or 0:.1f}")
+            t_extra = time.perf_counter()
             if eval_fn is not None and step % tc.eval_freq == 0:
                 result = eval_fn(state, step)
                 if not isinstance(result, dict):
@@ -405,6 +419,7 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
                 save(step)
                 last_saved = step
                 snapshot(step)
+            paused += time.perf_counter() - t_extra
             if stopper.requested:
                 where = save(step) if last_saved != step else ckpt.directory / str(step)
                 last_saved = step
