@@ -12,8 +12,9 @@ Layout: ``directory/<step>.pt``, written atomically: the payload goes to a tempo
 onto ``<step>.pt`` with ``os.replace`` (then the directory is ``fsync``-ed), so a process
 killed at any moment leaves either the previous steps only, or the new complete file; a
 temporary file is never listed and is removed by the next manager opened on the
-directory. A directory holding step *directories* (the twin's orbax layout) is refused with
-a ``CheckpointError``: the two frameworks' checkpoints are not interchangeable. After a save the oldest steps beyond ``max_to_keep`` are deleted.
+directory. After a save the oldest steps beyond ``max_to_keep`` are deleted. A directory
+holding step *directories* (the twin's orbax layout) is refused with a ``CheckpointError``:
+the two frameworks' checkpoints are not interchangeable.
 
 One file holds (``torch.save``; read back with ``torch.load(weights_only=True)``, so a
 checkpoint can carry no code):
@@ -42,8 +43,12 @@ file against it: a truncated, garbage or corrupted file, a missing entry, or a m
 optimiser / EMA tensor whose keys or shapes differ from the target's (a checkpoint of
 another model), or a saved config dict that differs from ``config`` when one is given (the
 differing dotted fields are named), raise ONE ``CheckpointError`` naming the file and every
-mismatch found (never a traceback from inside ``torch.load``). An older intact step is restored with ``restore(step,
-target=...)``. Saving a step that already exists raises ``CheckpointError`` (as the twin).
+mismatch found (never a traceback from inside ``torch.load``). An older intact step is
+restored with ``restore(step, target=...)``. Saving a step that already exists raises
+``CheckpointError`` (as the twin).
+
+Outside the mirrored API: ``CheckpointManager.path(step)`` (the file of a step; the twin's
+steps are directories under ``directory``).
 """
 
 from __future__ import annotations
