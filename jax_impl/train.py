@@ -369,8 +369,7 @@ def train_step_core(run_config: RunConfig, state: TrainState, batch, t, noise):
     model = state.model if state.model is not None else registry.create_model(run_config.model)
     x = jnp.asarray(batch)
     B = x.shape[0]
-    M = tc.num_microbatches if tc.microbatch > 0 else 1
-    if B % M or (tc.microbatch > 0 and B % tc.microbatch):
+    if tc.microbatch > 0 and B % tc.microbatch:
         raise ValueError(f"batch of {B} examples cannot be split into micro-batches of "
                          f"{tc.microbatch}")
     M = B // tc.microbatch if tc.microbatch > 0 else 1

@@ -221,11 +221,21 @@ def _assert_states(cfg, js, ts, tolerance, to_flax=_registry_to_flax):
     return worst
 
 
+_CORES: dict = {}
+
+
+def _core(cfg):
+    """The jitted ``train_step_core`` of a config, compiled once per config in this file."""
+    if cfg not in _CORES:
+        _CORES[cfg] = jax.jit(lambda s, *a: jt.train_step_core(cfg, s, *a))
+    return _CORES[cfg]
+
+
 def _steps(cfg, js, ts, draws, *, image=False):
     """Run both sides on the same numpy (x, t, z) draws; x/z NHWC for JAX, NCHW for torch."""
     lj, lt = [], []
     to_t = (lambda a: torch.as_tensor(np.moveaxis(a, -1, 1).copy())) if image else torch.as_tensor
-    core = jax.jit(lambda s, *a: jt.train_step_core(cfg, s, *a))
+    core = _core(cfg)
     for x, t, z in draws:
         js, mj = core(js, jnp.asarray(x), jnp.asarray(t), jnp.asarray(z))
         ts, mt = tt.train_step_core(cfg, ts, to_t(x), torch.as_tensor(t), to_t(z))
@@ -253,12 +263,13 @@ def _check_metrics(lj, lt, tolerance, cfg):
 # shared model configs: one flax init compilation each
 MLP64 = MLPConfig(hidden_dims=(16,), conditional=False)
 MLP32 = MLPConfig(hidden_dims=(16,), embedding_dim=8)
+F64_OVERRIDES = ["optim.grad_clip=0.05", "optim.weight_decay=0.01"]
+F32_OVERRIDES = ["training.reduce_mean=true"]
 
 SDE_CASES = {
     # name: (model, process, overrides, dtype)
-    "sde_vp_continuous_f64": (MLP64, spec.VPSDEConfig(),
-                              ["optim.grad_clip=0.05", "optim.weight_decay=0.01"], np.float64),
-    "sde_vp_continuous_labels_f32": (MLP32, spec.VPSDEConfig(), ["training.reduce_mean=true"], np.float32),
+    "sde_vp_continuous_f64": (MLP64, spec.VPSDEConfig(), F64_OVERRIDES, np.float64),
+    "sde_vp_continuous_labels_f32": (MLP32, spec.VPSDEConfig(), F32_OVERRIDES, np.float32),
     "sde_ve_fourier_frozen_f32": (MLPConfig(hidden_dims=(16,), embedding_dim=8, embedding_type="fourier",
                                             scale_by_sigma=True), spec.VESDEConfig(sigma_max=5.0),
                                   ["training.likelihood_weighting=true", "model.ema_warmup=false"],
@@ -303,13 +314,12 @@ def test_train_step_parity_score_sde(case):
 def test_microbatch_equals_full_batch():
     """Averaged micro-batch gradients: micro-batching changes memory, not the update."""
     model, process = MLP64, spec.VPSDEConfig()
-    full = _run_config(model, process, [])
-    micro = _run_config(model, process, ["training.microbatch=2"])
+    full = _run_config(model, process, F64_OVERRIDES)
+    micro = _run_config(model, process, F64_OVERRIDES + ["training.microbatch=2"])
     a = jt.create_train_state(jax.random.key(0), full, dtype=jnp.float64)
     b = jt.create_train_state(jax.random.key(0), micro, dtype=jnp.float64)
     rng = np.random.default_rng(5)
-    core_a = jax.jit(lambda s, *args: jt.train_step_core(full, s, *args))
-    core_b = jax.jit(lambda s, *args: jt.train_step_core(micro, s, *args))
+    core_a, core_b = _core(full), _core(micro)
     for x, t, z in _draws(rng, 3, (8, 2), lambda r: r.uniform(1e-5, 1.0, 8), np.float64):
         a, ma = core_a(a, jnp.asarray(x), jnp.asarray(t), jnp.asarray(z))
         b, mb = core_b(b, jnp.asarray(x), jnp.asarray(t), jnp.asarray(z))
@@ -461,14 +471,14 @@ def test_train_step_parity_improved_diffusion_hybrid_importance_sampled():
 
 
 def test_make_train_step_jit_donation_scan_and_per_example_draws():
-    cfg = _run_config(MLP32, spec.VPSDEConfig(), [])
+    cfg = _run_config(MLP32, spec.VPSDEConfig(), F32_OVERRIDES)  # its core is compiled above
     x = jnp.asarray(np.random.default_rng(8).standard_normal((2, 8, 2)), jnp.float32)
     s0 = jt.create_train_state(jax.random.key(9), cfg)
     # the step = draw_randomness + train_step_core, from fold_in(state.rng, step)
     key = jax.random.fold_in(s0.rng, s0.step)
     draw = jax.jit(lambda k, s, b: jt.draw_randomness(k, cfg, s, b))
     t, z = draw(key, s0, x[0])
-    want, _ = jax.jit(lambda s, b, tt_, zz: jt.train_step_core(cfg, s, b, tt_, zz))(s0, x[0], t, z)
+    want, _ = _core(cfg)(s0, x[0], t, z)
     step = jt.make_train_step(cfg)
     s1, m1 = step(jt.create_train_state(jax.random.key(9), cfg), x[0])
     _assert_trees(s1.params, want.params, F32, "params")
