@@ -511,3 +511,28 @@ def test_measured_parity_figures():
     """Prints the worst absolute differences measured above (run with -s to see them)."""
     for k, v in sorted(MEASURED.items()):
         print(f"train parity {k}: max |jax - torch| = {v:.2e}")
+
+
+def test_bad_inputs_raise_early_naming_the_argument():
+    cfg = _run_config(MLP32, spec.VPSDEConfig(), F32_OVERRIDES)
+    with pytest.raises(TypeError, match="rng"):
+        jt.create_train_state(0, cfg)
+    with pytest.raises(TypeError, match="run_config"):
+        jt.create_train_state(jax.random.key(0), TrainConfig())
+    with pytest.raises(TypeError, match="run_config"):
+        tt.create_train_state(TrainConfig())
+    with pytest.raises(TypeError, match="generator"):
+        tt.create_train_state(cfg, generator=np.random.default_rng(0))
+    for side in (jt, tt):
+        with pytest.raises(ValueError, match="steps_per_call"):
+            side.make_train_step(cfg, steps_per_call=0)
+        with pytest.raises(TypeError, match="donate"):
+            side.make_train_step(cfg, donate=1)
+        with pytest.raises(ValueError, match="rate"):
+            side.ema_update({}, {}, rate=1.5)
+    micro = _run_config(MLP32, spec.VPSDEConfig(), ["training.microbatch=4"])
+    state = jt.create_train_state(jax.random.key(0), micro)
+    with pytest.raises(ValueError, match="microbatch"):
+        jt.make_train_step(micro)(state, jnp.zeros((6, 2), jnp.float32))
+    with pytest.raises(TypeError, match="batch"):
+        tt.make_train_step(cfg)(tt.create_train_state(cfg), np.zeros((8, 2)))
