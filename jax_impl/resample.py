@@ -23,6 +23,16 @@ One deliberate difference: where improved-diffusion would divide by zero (all re
 losses exactly 0) the weights fall back to uniform.
 
 Framework-specific helpers, not part of the mirrored API: ``LossSecondMomentState``.
+
+Signature differences:
+  UniformSampler.weights -- functional state: takes the (empty) state; torch's object holds it.
+  UniformSampler.sample -- functional state: takes the state; torch's object holds it.
+  LossSecondMomentResampler.weights -- functional state: takes the state pytree (``init`` /
+    ``update`` return it); the torch twin is improved-diffusion's stateful object.
+  LossSecondMomentResampler.sample -- functional state, as ``weights``.
+  LossSecondMomentResampler.warmed_up -- functional state, as ``weights``.
+  sample_from_weights -- torch places its draw with ``device=`` / ``dtype=``; here the
+    indices are int32 and the weights the default float dtype (JAX places by sharding).
 """
 
 from __future__ import annotations

@@ -2,9 +2,7 @@
 
 Twin: ``torch_ref/utils.py`` (same public names).
 
-The argument checks that used to live here moved to ``jax_impl/validate.py``. They are
-re-exported below only until every caller imports them from ``jax_impl.validate``
-(transitional; import from ``jax_impl.validate`` in new code).
+The argument checks live in ``jax_impl/validate.py``.
 """
 
 from __future__ import annotations
@@ -12,27 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# Transitional re-exports (issue 7): callers still importing these from utils are being
-# switched to jax_impl.validate; remove once nobody imports them from here.
-from jax_impl.validate import (  # noqa: F401
-    check_array,
-    check_batch,
-    check_floating,
-    check_score_inputs,
-    check_time_range,
-    is_concrete,
-    resolve_dtype,
-)
-
-__all__ = [
-    "append_dims",
-    "check_array",
-    "check_batch",
-    "check_floating",
-    "check_score_inputs",
-    "check_time_range",
-    "resolve_dtype",
-]
+__all__ = ["append_dims"]
 
 
 def append_dims(c: jax.Array, ndim: int) -> jax.Array:

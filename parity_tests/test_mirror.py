@@ -26,7 +26,12 @@ Every ``jax_impl`` module has a ``torch_ref`` twin of the same relative path, an
   (c) a Flax linen class's ``parent`` / ``name`` fields (added by flax to every module) are
       not part of the mirrored signature (nor is its ``setup``). A network's call (flax
       ``__call__`` / torch ``forward``) is not compared: flax passes ``train`` per call,
-      torch sets ``module.train()``.
+      torch sets ``module.train()``;
+  (d) a documented design difference: a function or method (``name`` or
+      ``Class.method``) listed, each with its justification, in the JAX module's docstring
+      paragraph that starts at a line ``Signature differences:`` (same grammar as the
+      one-sided names) is not compared; a listed name must exist on both sides and its
+      signatures must really differ, so a stale entry fails.
 
 Imports only (no compute). Pairs are discovered from the file tree, so a new module pair is
 covered automatically; the package ``__init__.py`` files (no public names of their own)
@@ -66,13 +71,15 @@ def _load(side: str, rel: str):
     return importlib.import_module(f"{side}.{rel.replace('/', '.')}")
 
 
-_NAME = r"(?:``[A-Za-z_]\w*``|`[A-Za-z_]\w*`|[A-Za-z_]\w*)(?![\w.`])"
+_IDENT = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)?"  # a name, or Class.method
+_NAME = rf"(?:``{_IDENT}``|`{_IDENT}`|{_IDENT})(?![\w.`])"
 _ENTRY = re.compile(rf"(?P<bullet>[-*]\s+)?(?P<names>{_NAME}(?:\s*(?:/|,|and)\s*{_NAME})*)"
                     rf"\s*(?P<sep>--|:|-)?\s*(?P<why>.*)$")
 
 
-def one_sided_names(doc: str | None) -> dict[str, str]:
-    """``{name: justification}`` listed under ``One-sided names:`` in a module docstring.
+def one_sided_names(doc: str | None, header: str = "One-sided names:") -> dict[str, str]:
+    """``{name: justification}`` listed under ``One-sided names:`` (or another ``header``,
+    e.g. ``Signature differences:``) in a module docstring.
 
     The list is the paragraph that starts at that line (it ends at a blank or a less
     indented line). An entry is a line starting with a name (bare or in backticks) or
@@ -83,7 +90,7 @@ def one_sided_names(doc: str | None) -> dict[str, str]:
     """
     lines = (doc or "").splitlines()
     for i, line in enumerate(lines):
-        _, sep, rest = line.partition("One-sided names:")
+        _, sep, rest = line.partition(header)
         if not sep:
             continue
         paragraph = ([rest.strip()] if rest.strip() else []) + lines[i + 1:]
@@ -100,7 +107,7 @@ def one_sided_names(doc: str | None) -> dict[str, str]:
             m = _ENTRY.match(text) if depth == base else None
             inline = k == 0 and rest.strip() and "`" in m.group("names") if m else False
             if m and (m.group("bullet") or m.group("sep") or inline):
-                last = [n for n in re.findall(r"[A-Za-z_]\w*", m.group("names")) if n != "and"]
+                last = [n for n in re.findall(_IDENT, m.group("names")) if n != "and"]
                 for name in last:
                     found[name] = m.group("why").strip()
             else:
@@ -122,6 +129,9 @@ def test_one_sided_parser():
     why = "store flax variables as orbax (the torch side writes ``.pt``: ``save_state_dict``)."
     assert one_sided_names(doc) == {"save_variables": why, "load_variables": why}
     assert one_sided_names("no list here ``x``") == {}
+    doc = "T.\n\nSignature differences:\n  A.weights, f -- functional state here.\n"
+    assert one_sided_names(doc, "Signature differences:") == {"A.weights": "functional state here.",
+                                                               "f": "functional state here."}
 
 
 def test_every_module_has_a_twin():
@@ -296,6 +306,15 @@ def _own_public_methods(cls) -> dict[str, object]:
 def _signature_problems(rel: str) -> list[str]:
     jax_mod, torch_mod = _load("jax_impl", rel), _load("torch_ref", rel)
     problems = []
+    documented = one_sided_names(jax_mod.__doc__, "Signature differences:")  # allowance (d)
+    for qual, why in documented.items():
+        j, t = _resolve(jax_mod, qual), _resolve(torch_mod, qual)
+        if j is None or t is None:
+            problems.append(f"{rel}: 'Signature differences:' lists {qual!r}, not defined on both sides")
+        elif not _compare(qual, j, t):
+            problems.append(f"{rel}: 'Signature differences:' lists {qual!r} but the twins agree")
+        if len(re.findall(r"\w+", why)) < 2:
+            problems.append(f"{rel}: signature difference {qual!r} has no justification")
     for name in sorted(set(jax_mod.__all__) & set(torch_mod.__all__)):
         j, t = getattr(jax_mod, name), getattr(torch_mod, name)
         if j is t:
@@ -309,12 +328,23 @@ def _signature_problems(rel: str) -> list[str]:
             if flax:
                 jm.pop("setup", None)  # allowance (c)
             for meth in sorted(set(jm) & set(tm)):
-                problems += _compare(f"{label}.{meth}", jm[meth], tm[meth])
+                if f"{name}.{meth}" not in documented:
+                    problems += _compare(f"{label}.{meth}", jm[meth], tm[meth])
         elif inspect.isclass(j) or inspect.isclass(t):
             problems.append(f"{label}: a class on one side, not on the other")
-        elif callable(j) and callable(t):
+        elif callable(j) and callable(t) and name not in documented:
             problems += _compare(label, j, t)
     return problems
+
+
+def _resolve(mod, qual: str):
+    """``mod.name`` or ``mod.Class.method`` (None when absent)."""
+    obj = mod
+    for part in qual.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
 
 
 def test_signature_rules_themselves():

@@ -188,7 +188,7 @@ def test_torch_generator_device_and_start():
     g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
     drawn, _ = ts.pc_sample(sde, t_score(sde), (3, 2), dtype=torch.float64, generator=g())
     gen = g()
-    x_T = sde.prior_sampling(gen, (3, 2), torch.float64)
+    x_T = sde.prior_sampling((3, 2), torch.float64, generator=gen)
     given, _ = ts.pc_sample(sde, t_score(sde), (3, 2), x_T=x_T, generator=gen)
     torch.testing.assert_close(drawn, given, rtol=0, atol=0)
     assert drawn.device == torch.Generator().device

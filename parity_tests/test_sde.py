@@ -82,7 +82,7 @@ def test_prior_sampling_moments(kind):
     js, ts = _pair(kind)
     scale = 50.0 if kind == "ve" else 1.0
     xj = js.prior_sampling(jax.random.PRNGKey(0), (20000, 2), dtype=jnp.float64)
-    xt = ts.prior_sampling(torch.Generator().manual_seed(0), (20000, 2), dtype=torch.float64)
+    xt = ts.prior_sampling((20000, 2), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     for x in (to_np(xj), to_np(xt)):
         assert x.shape == (20000, 2)
         assert abs(x.mean()) < 5 * scale / np.sqrt(40000)

@@ -530,7 +530,7 @@ def _cases(S: Side):
               ("prior_sampling float shape", lambda: prior(key, (2.0,)), TypeError, ["shape[0]"]),
               ("prior_sampling shape int", lambda: prior(key, 4), TypeError, ["shape"])]
     else:
-        prior = lambda g, shape, dtype=torch.float32: vp.prior_sampling(g, shape, dtype)  # noqa: E731
+        prior = lambda g, shape, dtype=torch.float32: vp.prior_sampling(shape, dtype, generator=g)  # noqa: E731
         g = torch.Generator().manual_seed(0)
         c += [(f"prior_sampling bad generator #{i} ({type(b).__name__})", lambda b=b: prior(b, (2, 2)),
                TypeError, ["generator"]) for i, b in enumerate(S.bad_rng)]

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from spec.ncsn_configs import ACTIVATIONS, NCSNV2_CIFAR10, NCSNV2_NAMES, NCSNv2Config
-from spec.validate import check_choice, check_float, check_int
+from spec.validate import check_bool, check_choice, check_float, check_int
 
 NONLINEARITIES = ACTIVATIONS  # score_sde's config.model.nonlinearity values
 EMBEDDING_TYPES = ("positional", "fourier")
@@ -36,12 +36,6 @@ PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
 PROGRESSIVE_COMBINE = ("sum", "cat")
 ATTENTION_TYPES = ("ddpm",)
 NORMALIZATIONS = ("GroupNorm",)
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return bool(value)
 
 
 def _check_int_tuple(name: str, value, *, minimum: int, allow_empty: bool) -> tuple[int, ...]:
@@ -103,7 +97,7 @@ class ModelConfig:
         s = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
         s("image_size", check_int("image_size", self.image_size, minimum=1))
         s("num_channels", check_int("num_channels", self.num_channels, minimum=1))
-        s("centered", _check_bool("centered", self.centered))
+        s("centered", check_bool("centered", self.centered))
         s("nf", check_int("nf", self.nf, minimum=1))
         s("ch_mult", _check_int_tuple("ch_mult", self.ch_mult, minimum=1, allow_empty=False))
         s("num_res_blocks", check_int("num_res_blocks", self.num_res_blocks, minimum=1))
@@ -114,7 +108,7 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         s("dropout", dropout)
         for k in ("resamp_with_conv", "conditional", "scale_by_sigma"):
-            s(k, _check_bool(k, getattr(self, k)))
+            s(k, check_bool(k, getattr(self, k)))
         s("nonlinearity", _check_str_choice("nonlinearity", self.nonlinearity, NONLINEARITIES))
         s("normalization", _check_str_choice("normalization", self.normalization, NORMALIZATIONS))
         smin = check_float("sigma_min", self.sigma_min, positive=True)
@@ -236,8 +230,8 @@ class NCSNppConfig(ModelConfig):
     def __post_init__(self):
         super().__post_init__()
         s = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        s("fir", _check_bool("fir", self.fir))
-        s("skip_rescale", _check_bool("skip_rescale", self.skip_rescale))
+        s("fir", check_bool("fir", self.fir))
+        s("skip_rescale", check_bool("skip_rescale", self.skip_rescale))
         fk = _check_int_tuple("fir_kernel", self.fir_kernel, minimum=1, allow_empty=False)
         if len(fk) < 2:
             raise ValueError(f"fir_kernel must have at least 2 taps, got {fk}")
@@ -311,8 +305,8 @@ class MLPConfig:
         s("embedding_dim", e)
         s("fourier_scale", check_float("fourier_scale", self.fourier_scale, positive=True))
         s("nonlinearity", _check_str_choice("nonlinearity", self.nonlinearity, NONLINEARITIES))
-        s("conditional", _check_bool("conditional", self.conditional))
-        s("scale_by_sigma", _check_bool("scale_by_sigma", self.scale_by_sigma))
+        s("conditional", check_bool("conditional", self.conditional))
+        s("scale_by_sigma", check_bool("scale_by_sigma", self.scale_by_sigma))
 
     @property
     def num_layers(self) -> int:

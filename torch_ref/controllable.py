@@ -136,7 +136,7 @@ def _run(sde, score_fn, like, start, project, options, x_T, noise, generator):
     pred, corr, ts, score_fn, dtype, device, x_T, noise = _pc_prepare(
         sde, score_fn, tuple(like.shape), x_T, noise, like.dtype, generator, n_data=2, **options)
     if x_T is None:
-        x_T = sde.prior_sampling(generator, tuple(like.shape), dtype, like.device)
+        x_T = sde.prior_sampling(tuple(like.shape), dtype, generator=generator).to(like.device)
     out = pc_loop(sde, score_fn, start(x_T.to(like.device)), pred, corr, ts,
                   noise=None if noise is None else {k: v.to(like.device) for k, v in noise.items()},
                   project=project, n_data=2, denoise=options["denoise"], generator=generator)

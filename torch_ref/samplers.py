@@ -437,7 +437,7 @@ def pc_sample(sde, score_fn: ScoreFn, shape, *, predictor="reverse_diffusion",
         corrector=corrector, snr=snr, n_steps=n_steps, probability_flow=probability_flow,
         eps=eps, denoise=denoise)
     if x_T is None:
-        x_T = sde.prior_sampling(generator, check_shape(shape), dtype, device)
+        x_T = sde.prior_sampling(check_shape(shape), dtype, generator=generator).to(device)
     samples = pc_loop(sde, score_fn, x_T, pred, corr, ts, noise=noise, denoise=denoise,
                       generator=generator)
     return samples, pc_nfe(pred, corr, len(ts))

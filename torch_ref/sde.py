@@ -52,13 +52,15 @@ class _SDEMethods:
     def _table(self, name: str, like: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(getattr(self, name), dtype=like.dtype, device=like.device)
 
-    def prior_sampling(self, generator: torch.Generator | None, shape, dtype=torch.float32,
-                       device=None) -> torch.Tensor:
-        """Draw ``x_T`` of ``shape`` ``[B, ...]`` from the prior p_T (one normal draw from
-        ``generator``, None or a ``torch.Generator``)."""
+    def prior_sampling(self, shape, dtype=torch.float32, *,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``x_T`` of ``shape`` ``[B, ...]`` from the prior p_T: one normal draw from
+        ``generator`` (None: torch's global generator), on the generator's device (the CPU
+        without one); callers move it with ``.to(device)``."""
         generator = check_generator("generator", generator)
         shape = check_shape("shape", shape)
         dtype = resolve_dtype(dtype)
+        device = None if generator is None else generator.device
         z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
         return self.prior_from_noise(z)
 

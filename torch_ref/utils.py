@@ -2,36 +2,14 @@
 
 Twin: ``jax_impl/utils.py`` (same public names).
 
-The argument checks that used to live here moved to ``torch_ref/validate.py``. They are
-re-exported below only until every caller imports them from ``torch_ref.validate``
-(transitional; import from ``torch_ref.validate`` in new code).
+The argument checks live in ``torch_ref/validate.py``.
 """
 
 from __future__ import annotations
 
 import torch
 
-# Transitional re-exports (issue 7): callers still importing these from utils are being
-# switched to torch_ref.validate; remove once nobody imports them from here.
-from torch_ref.validate import (  # noqa: F401
-    check_array,
-    check_batch,
-    check_floating,
-    check_score_inputs,
-    check_time_range,
-    is_concrete,
-    resolve_dtype,
-)
-
-__all__ = [
-    "append_dims",
-    "check_array",
-    "check_batch",
-    "check_floating",
-    "check_score_inputs",
-    "check_time_range",
-    "resolve_dtype",
-]
+__all__ = ["append_dims"]
 
 
 def append_dims(c: torch.Tensor, ndim: int) -> torch.Tensor:

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_impl.models.layers import get_act  # one activation table per side (also re-exported)
-from jax_impl.utils import check_floating, is_concrete
+from jax_impl.validate import check_floating, is_concrete
 from spec.ncsn_configs import (  # noqa: F401  (re-exported: configs and layouts live once in spec)
     ACTIVATIONS,
     INSTANCE_NORM_EPS,

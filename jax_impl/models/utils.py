@@ -35,7 +35,9 @@ import jax
 import jax.numpy as jnp
 
 import spec
-from jax_impl.utils import append_dims, check_score_inputs
+from spec.validate import check_bool
+from jax_impl.utils import append_dims
+from jax_impl.validate import check_score_inputs
 from spec.convert import flatten_paths
 
 __all__ = [
@@ -109,8 +111,7 @@ def get_score_fn(sde, model_fn: ModelFn, *, continuous: bool) -> ScoreFn:
 
     ``rng`` is passed on to ``model_fn`` when given (dropout in training).
     """
-    if not isinstance(continuous, bool):
-        raise TypeError(f"continuous must be a bool, got {type(continuous).__name__}")
+    continuous = check_bool("continuous", continuous)
 
     def call(x, labels, rng):
         return model_fn(x, labels) if rng is None else model_fn(x, labels, rng)

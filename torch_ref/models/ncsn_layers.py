@@ -51,7 +51,7 @@ from spec.ncsn_configs import (  # noqa: F401  (re-exported: configs and layouts
     lookup_config,
 )
 from torch_ref.models.layers import get_act  # one activation table per side (also re-exported)
-from torch_ref.utils import check_floating
+from torch_ref.validate import check_floating
 
 __all__ = [
     "ACTIVATIONS",

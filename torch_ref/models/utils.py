@@ -18,7 +18,9 @@ from typing import Callable, Mapping
 import torch
 
 import spec
-from torch_ref.utils import append_dims, check_score_inputs
+from spec.validate import check_bool
+from torch_ref.utils import append_dims
+from torch_ref.validate import check_score_inputs
 
 __all__ = [
     "get_model_fn",
@@ -65,8 +67,7 @@ def _batch_t(x, t):
 
 def get_score_fn(sde, model_fn: ModelFn, *, continuous: bool) -> ScoreFn:
     """``score_fn(x, t) -> score [B, ...]`` for a VPSDE / subVPSDE / VESDE."""
-    if not isinstance(continuous, bool):
-        raise TypeError(f"continuous must be a bool, got {type(continuous).__name__}")
+    continuous = check_bool("continuous", continuous)
 
     if isinstance(sde, spec.VPSDEConfig):  # VP and sub-VP
         def score_fn(x, t):
