@@ -36,6 +36,7 @@ import logging
 import os
 import sys
 import threading
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Mapping
@@ -159,7 +160,9 @@ def _drop_orbax_leftovers() -> None:
     log.setLevel(logging.CRITICAL + 1)
     sys.unraisablehook = lambda *_: None
     try:
-        gc.collect()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "coroutine ... was never awaited"
+            gc.collect()
     finally:
         log.setLevel(level)
         sys.unraisablehook = hook

@@ -34,6 +34,9 @@ import pytest
 from jax_impl.checkpoint import CheckpointError, CheckpointManager
 
 ROOT = Path(__file__).resolve().parents[1]
+# orbax runs its I/O on private asyncio loops; a coroutine it abandons may be collected after
+# its loop closed ("Exception ignored ... Event loop is closed"), which is orbax's noise, not ours
+pytestmark = pytest.mark.filterwarnings("ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning")
 
 
 class _State(NamedTuple):

@@ -45,6 +45,9 @@ from spec.model_configs import MLPConfig
 from spec.train_config import EMAConfig, OptimConfig, RunConfig, TrainConfig, TrainingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+# orbax runs its I/O on private asyncio loops; a coroutine it abandons may be collected after
+# its loop closed ("Exception ignored ... Event loop is closed"), which is orbax's noise, not ours
+pytestmark = pytest.mark.filterwarnings("ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning")
 HELPER = Path(__file__).with_name("_train_subprocess.py")
 N_ITERS = 40
 
