@@ -16,7 +16,8 @@ trains ``config`` (a ``spec.RunConfig``) in ``workdir``:
   grad_norm`` of that step, ``steps_per_sec`` of training since the last line -- the time
   of checkpoints, snapshots and evaluation left out -- and the Unix ``time``), and ``{"step", "eval": {...}, "time"}`` every
   ``training.eval_freq`` steps when ``eval_fn(state, step) -> dict`` is given; on resume,
-  lines after the restored step (from the interrupted run) are dropped;
+  lines after the restored step (from the interrupted run) are dropped (all of them when
+  the interrupted run saved no checkpoint);
 - ``workdir/samples/step_<step>.png``: 64 samples from the first EMA parameters at every
   snapshot (the SDE's N steps of Euler-Maruyama for the continuous "sde" loss, of the
   reverse-diffusion predictor for "smld" / "ddpm", no corrector; ancestral DDPM for a
@@ -31,8 +32,8 @@ SIGINT / SIGTERM: the current step finishes, a checkpoint is saved, where it wen
 printed, and ``train`` returns normally (so a command line exits 0); a second signal exits
 at once (``KeyboardInterrupt``). The original handlers are restored on return.
 
-A NaN or Inf loss or parameter raises ``TrainingDivergedError`` naming the step; that state
-is never saved, so the last good checkpoint stays the latest.
+A NaN or Inf loss, gradient norm or parameter raises ``TrainingDivergedError`` naming the
+step; that state is never saved, so the last good checkpoint stays the latest.
 """
 
 from __future__ import annotations
@@ -270,8 +271,8 @@ def _save_samples_png(path: Path, samples: np.ndarray, *, centered: bool, title:
 # ------------------------------------------------------------------ the loop
 
 @jax.jit
-def _all_finite(loss, params):
-    ok = jnp.isfinite(loss)
+def _all_finite(loss, grad_norm, params):
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     for leaf in jax.tree_util.tree_leaves(params):
         if jnp.issubdtype(leaf.dtype, jnp.inexact):
             ok = ok & jnp.all(jnp.isfinite(leaf))
@@ -357,6 +358,8 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
             _trim_log(workdir / "log.jsonl", start)
             print(f"resumed from {ckpt.directory / str(start)} (step {start}, {resume_s:.2f} s)",
                   file=sys.stderr, flush=True)
+        else:
+            _trim_log(workdir / "log.jsonl", 0)  # a run stopped before its first checkpoint starts over
         step = int(state.step)
         log = _Log(workdir / "log.jsonl")
         if step >= stop_at:
@@ -388,10 +391,13 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
             batch = it.next()
             state, metrics = step_fn(state, batch)
             step += 1
-            ok, loss = jax.device_get((_all_finite(metrics["loss"], state.params), metrics["loss"]))
+            grad_norm = metrics.get("grad_norm", jnp.zeros(()))
+            ok, loss, gn = jax.device_get((_all_finite(metrics["loss"], grad_norm, state.params),
+                                           metrics["loss"], grad_norm))
             loss = float(loss)
             if not ok:
                 what = (f"the loss is {loss}" if not math.isfinite(loss)
+                        else f"the gradient norm is {float(gn)}" if not math.isfinite(float(gn))
                         else f"{_first_bad_leaf(state.params)} holds NaN or Inf")
                 last = ckpt.latest_step()
                 raise TrainingDivergedError(
@@ -403,7 +409,7 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
                 rate = (step - window_step) / max(now - window_t - paused, 1e-9)
                 window_t, window_step, paused = now, step, 0.0
                 log.write({"step": step, "loss": loss, "lr": float(metrics.get("lr", float("nan"))),
-                           "grad_norm": float(metrics.get("grad_norm", float("nan"))),
+                           "grad_norm": float(gn),
                            "steps_per_sec": rate, "time": time.time()})
             if progress and (now - postfix_t > 0.5 or step == stop_at):
                 postfix_t = now
