@@ -16,6 +16,7 @@ from spec.configs import (
     VPSDEConfig,
     subVPSDEConfig,
 )
+from spec.datasets import DataConfig
 from spec.schedules import (
     DiffusionTables,
     betas_for_alpha_bar,
@@ -28,14 +29,21 @@ from spec.schedules import (
     ve_discrete_sigmas,
     vp_discrete_betas,
 )
+from spec.train_config import EMAConfig, OptimConfig, RunConfig, TrainConfig, TrainingConfig
 
 __all__ = [
+    "DataConfig",
     "DiffusionConfig",
     "DiffusionTables",
+    "EMAConfig",
     "LossType",
     "ModelMeanType",
     "ModelVarType",
+    "OptimConfig",
+    "RunConfig",
     "SDEConfig",
+    "TrainConfig",
+    "TrainingConfig",
     "VESDEConfig",
     "VPSDEConfig",
     "subVPSDEConfig",
