@@ -22,8 +22,8 @@ trains ``config`` (a ``spec.RunConfig``) in ``workdir``:
   lines after the restored step (from the interrupted run) are dropped (all of them when
   the interrupted run saved no checkpoint);
 - ``workdir/samples/step_<step>.png``: 64 samples from the first EMA parameters at every
-  snapshot (``pc_sample`` with the reverse-diffusion predictor and no corrector for the
-  SDEs, ``ddpm_sample`` for a DiffusionConfig (clipped to [-1, 1] for images only),
+  snapshot (``pc_sample`` with no corrector: Euler-Maruyama for the continuous SDE loss,
+  the reverse-diffusion predictor for "smld" / "ddpm"; ``ddpm_sample`` for a DiffusionConfig (clipped to [-1, 1] for images only),
   ``ald_sample`` for ``anneal_dsm``; drawn from a generator seeded by (seed, step), so
   sampling never moves the training streams): a scatter for 2-D data, an image grid
   otherwise;
@@ -260,7 +260,10 @@ def _draw_samples(config, state, shape, *, generator=None) -> torch.Tensor:
         continuous = config.train.training.continuous and loss == "sde"
         sde = _sde(config.process)
         score_fn = get_score_fn(sde, model_fn, continuous=continuous)
-        out, _ = samplers.pc_sample(sde, score_fn, shape, predictor="reverse_diffusion",
+        # as the twin: the continuous SDE's generic reverse step works for any N; the discrete
+        # losses' own (DDPM / SMLD) reverse step for them
+        predictor = "euler_maruyama" if continuous else "reverse_diffusion"
+        out, _ = samplers.pc_sample(sde, score_fn, shape, predictor=predictor,
                                     corrector="none", generator=generator)
     return out
 
