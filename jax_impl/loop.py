@@ -222,15 +222,19 @@ def _make_sampler(config):
 
 
 def _scatter_image(points: np.ndarray, title: str, size: int = 320):
-    """A PIL image of 2-D points: white canvas, grid lines at the integers, a dot per point."""
+    """A PIL image of 2-D points: white canvas, grid lines at multiples of a power of ten
+    (at most ~20 lines, whatever the range: an untrained VE model's samples reach 1e2+),
+    a dot per point."""
     from PIL import Image, ImageDraw
 
     finite = points[np.all(np.isfinite(points), axis=1)]
     half = max(3.0, float(np.ceil(np.max(np.abs(finite))))) if len(finite) else 3.0
+    grid = 10.0 ** max(0, int(np.floor(np.log10(half / 3.0))))
     img = Image.new("RGB", (size, size + 20), "white")
     draw = ImageDraw.Draw(img)
     to_px = lambda v: (v + half) / (2 * half) * (size - 1)  # noqa: E731
-    for g in range(-int(half), int(half) + 1):
+    for k in range(-int(half // grid), int(half // grid) + 1):
+        g = k * grid
         p = to_px(g)
         colour = (150, 150, 150) if g == 0 else (225, 225, 225)
         draw.line([(p, 20), (p, size + 19)], fill=colour)
@@ -238,7 +242,7 @@ def _scatter_image(points: np.ndarray, title: str, size: int = 320):
     for x, y in finite:
         px, py = to_px(x), 20 + size - 1 - to_px(y)
         draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=(31, 119, 180))
-    draw.text((4, 4), f"{title}; grid step 1, range +-{half:g}", fill="black")
+    draw.text((4, 4), f"{title}; grid step {grid:g}, range +-{half:g}", fill="black")
     return img
 
 

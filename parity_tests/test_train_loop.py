@@ -335,3 +335,13 @@ def test_bad_arguments(tmp_path):
     (tmp_path / "bad" / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json.*not a readable JSON config"):
         _train(tmp_path / "bad")
+
+
+def test_snapshot_scatter_handles_any_range():
+    """An untrained VE model's samples reach 1e2..1e8: the scatter keeps ~20 grid lines
+    (it used to draw one line per integer and hang) and still draws a finite image."""
+    from jax_impl.loop import _scatter_image
+
+    pts = np.array([[1e8, -1e8], [0.5, 0.25], [np.nan, 1.0]])
+    img = _scatter_image(pts, "wide")
+    assert img.size == (320, 340)
