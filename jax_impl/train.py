@@ -40,7 +40,6 @@ micro-batch after updating it). Dropout masks come from one key per step (not pe
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Optional
 
 import flax.struct
@@ -230,28 +229,16 @@ def _check_run_config(run_config) -> RunConfig:
     return run_config
 
 
-@functools.lru_cache(maxsize=16)
-def _jitted_init(model, model_config):
-    """``key -> model.init(...)`` on the registry's example inputs, compiled once per
-    (module, config) (``registry.init_variables`` recompiles on every call)."""
-    inputs = registry.example_inputs(model_config)
-    return jax.jit(lambda key: model.init({"params": key}, *inputs))
-
-
 def create_train_state(rng, run_config: RunConfig, *, model=None, dtype=jnp.float32) -> TrainState:
     """A fresh state: variables from ``registry.init_variables`` (or ``model.init`` for a
     custom flax ``model`` taking ``(x, labels)``) cast to ``dtype``, the optimiser state,
-    EMA copies of the params, ``rng`` kept as the base key, an empty sampler history.
-
-    ``create_train_state(run_config, rng)`` (the arguments swapped) is accepted too."""
-    if isinstance(rng, RunConfig) and not isinstance(run_config, RunConfig):
-        rng, run_config = run_config, rng
+    EMA copies of the params, ``rng`` kept as the base key, an empty sampler history."""
     run_config = _check_run_config(run_config)
     base = _key_data(rng)
     init_key = jax.random.fold_in(base, 0x5EED)
     if model is None:
         model = registry.create_model(run_config.model)
-    variables = _jitted_init(model, run_config.model)(init_key)
+    variables = registry._compiled_init(model, run_config.model)(init_key)  # cached per (module, config)
     variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), dict(variables))
     params = variables.pop("params")
     state = TrainState(

@@ -91,10 +91,18 @@ def example_inputs(config, batch: int = 1, dtype=jnp.float32) -> tuple[jax.Array
     return x, jnp.ones((batch,), dtype)
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled_init(model, config):
+    """``key -> model.init(...)`` on ``example_inputs(config)``, compiled once per
+    (module, config): flax modules and configs are hashable."""
+    inputs = example_inputs(config)
+    return jax.jit(lambda key: model.init({"params": key}, *inputs))
+
+
 def init_variables(config, rng: jax.Array) -> dict:
-    """Freshly initialised variables (``'params'`` and, with Fourier features, ``'constants'``)."""
-    model = create_model(config)
-    return jax.jit(model.init)({"params": rng}, *example_inputs(config))
+    """Freshly initialised variables (``'params'`` and, with Fourier features, ``'constants'``);
+    the init program is compiled once per config."""
+    return _compiled_init(create_model(config), config)(rng)
 
 
 @functools.lru_cache(maxsize=32)
