@@ -54,7 +54,6 @@ step; that state is never saved, so the last good checkpoint stays the latest.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import os
@@ -230,15 +229,6 @@ def _ema_model(state, model: torch.nn.Module) -> torch.nn.Module:
     return copied
 
 
-def _sde(process):
-    from torch_ref import sde as sde_lib
-
-    classes = {spec.subVPSDEConfig: sde_lib.subVPSDE, spec.VPSDEConfig: sde_lib.VPSDE,
-               spec.VESDEConfig: sde_lib.VESDE}
-    cls = classes[type(process)]
-    return cls(**{f.name: getattr(process, f.name) for f in dataclasses.fields(process)})
-
-
 def _draw_samples(config, state, shape, *, generator=None) -> torch.Tensor:
     """``shape[0]`` samples (torch layout) from ``state``'s first EMA parameters with the
     sampler of the run's objective (PC for the SDEs, ancestral DDPM for a diffusion,
@@ -258,7 +248,8 @@ def _draw_samples(config, state, shape, *, generator=None) -> torch.Tensor:
                                       clip_denoised=len(shape) == 4, generator=generator)
     else:
         continuous = config.train.training.continuous and loss == "sde"
-        sde = _sde(config.process)
+        from torch_ref.train import _make_sde
+        sde = _make_sde(config.process)
         score_fn = get_score_fn(sde, model_fn, continuous=continuous)
         # as the twin: the continuous SDE's generic reverse step works for any N; the discrete
         # losses' own (DDPM / SMLD) reverse step for them
