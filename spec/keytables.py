@@ -211,7 +211,7 @@ def mlp_key_table(config: MLPConfig) -> KeyTable:
     widths = (config.data_dim,) + tuple(config.hidden_dims)
     for i in range(len(config.hidden_dims)):
         tb.dense(f"layers.{i}.", ("params", f"layers_{i}"), widths[i], widths[i + 1])
-    tb.dense("out.", ("params", "out"), widths[-1], config.data_dim)
+    tb.dense("out.", ("params", "out"), widths[-1], config.out_channels)  # D, or 2D with learn_sigma
     return tb.table()
 
 

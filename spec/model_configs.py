@@ -57,6 +57,14 @@ def _check_str_choice(name: str, value, choices) -> str:
     return lowered[low]
 
 
+def _check_learn_sigma(config) -> None:
+    """``learn_sigma`` and ``scale_by_sigma`` exclude each other: the learned variance is
+    improved-diffusion's (labels are timesteps), dividing by a noise level is SMLD's."""
+    if config.learn_sigma and config.scale_by_sigma:
+        raise ValueError("learn_sigma=True (eps and variance outputs of a learned-variance diffusion) "
+                         "cannot be combined with scale_by_sigma=True (SMLD: output / sigma)")
+
+
 def get_sigmas(sigma_min: float, sigma_max: float, num_scales: int) -> np.ndarray:
     """score_sde's ``utils.get_sigmas``: decreasing float64 ``[num_scales]``,
     ``exp(linspace(log sigma_max, log sigma_min, num_scales))``.
@@ -183,21 +191,35 @@ class DDPMConfig(ModelConfig):
 
     GroupNorm with 32 groups (eps 1e-6), so every channel count ``nf * m`` must be a
     multiple of 32.
+
+    ``learn_sigma`` (improved-diffusion's ``create_model`` option; not score_sde's, so
+    ``from_score_sde_config`` leaves it False): the final conv outputs ``2C`` channels,
+    ``eps`` then the variance values ``v`` of a ``model_var_type`` "learned" /
+    "learned_range" diffusion (``out_channels``). Default False: the official layout,
+    checkpoints and parameter counts are unchanged.
     """
 
     name: str = "ddpm"
     centered: bool = True
+    learn_sigma: bool = False
 
     _NAME = "ddpm"
 
     def __post_init__(self):
         super().__post_init__()
+        object.__setattr__(self, "learn_sigma", check_bool("learn_sigma", self.learn_sigma))
+        _check_learn_sigma(self)
         for m in self.ch_mult:
             if (self.nf * m) % 32:
                 raise ValueError(
                     f"nf * ch_mult must be a multiple of 32 (GroupNorm with 32 groups), "
                     f"got nf={self.nf}, ch_mult={self.ch_mult}"
                 )
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the output: ``C``, or ``2C`` (eps, v) with ``learn_sigma``."""
+        return 2 * self.num_channels if self.learn_sigma else self.num_channels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,6 +302,9 @@ class MLPConfig:
       nonlinearity: ``elu | relu | lrelu | swish``.
       conditional: if False the label is ignored.
       scale_by_sigma: divide the output by the label (use when the label is sigma).
+      learn_sigma: output ``[B, 2D]`` (eps, then the variance values v) for a
+        ``model_var_type`` "learned" / "learned_range" diffusion (improved-diffusion's
+        option name); default False: ``[B, D]``. Excludes ``scale_by_sigma``.
     """
 
     name: str = "mlp"
@@ -291,6 +316,7 @@ class MLPConfig:
     nonlinearity: str = "swish"
     conditional: bool = True
     scale_by_sigma: bool = False
+    learn_sigma: bool = False
 
     def __post_init__(self):
         if self.name != "mlp":
@@ -307,10 +333,17 @@ class MLPConfig:
         s("nonlinearity", _check_str_choice("nonlinearity", self.nonlinearity, NONLINEARITIES))
         s("conditional", check_bool("conditional", self.conditional))
         s("scale_by_sigma", check_bool("scale_by_sigma", self.scale_by_sigma))
+        s("learn_sigma", check_bool("learn_sigma", self.learn_sigma))
+        _check_learn_sigma(self)
 
     @property
     def num_layers(self) -> int:
         return len(self.hidden_dims)
+
+    @property
+    def out_channels(self) -> int:
+        """Width of the output: ``D``, or ``2D`` (eps, v) with ``learn_sigma``."""
+        return 2 * self.data_dim if self.learn_sigma else self.data_dim
 
     @property
     def temb_dim(self) -> int:

@@ -378,7 +378,10 @@ class RunConfig:
     DiffusionConfig, "anneal_dsm" an NCSN / NCSNv2 model and no process; the NCSN models
     take integer noise-level labels, so they train only with "anneal_dsm" or "smld"; the
     "loss-second-moment" sampler needs the "diffusion" loss; the SMLD labels index the
-    model's sigma ladder, so a VE process for "smld" must have N == model.num_scales.
+    model's sigma ladder, so a VE process for "smld" must have N == model.num_scales; a
+    DiffusionConfig with ``model_var_type`` "learned" / "learned_range" needs a model with
+    ``learn_sigma=True`` (MLPConfig / DDPMConfig: ``2C`` output channels, eps then v) and
+    ``learn_sigma=True`` needs such a process.
     """
 
     model: Any
@@ -450,10 +453,35 @@ class RunConfig:
         if loss == "smld" and hasattr(m, "num_scales") and m.num_scales != p.N:
             raise ValueError(f"RunConfig: the SMLD labels index the model's sigmas: "
                              f"model.num_scales={m.num_scales} must equal process.N={p.N}")
+        self._check_learned_variance()
         if self.train.training.schedule_sampler != "uniform" and loss != "diffusion":
             raise ValueError(f"RunConfig: training.schedule_sampler="
                              f"{self.train.training.schedule_sampler!r} needs the 'diffusion' loss, "
                              f"got {loss!r}")
+
+    def _check_learned_variance(self) -> None:
+        """A learned-variance process (``model_var_type`` LEARNED / LEARNED_RANGE) reads eps
+        and v from a ``2C``-channel output, so it needs ``model.learn_sigma=True``; such a model
+        needs that process (the other objectives read a ``C``-channel output)."""
+        from spec.configs import DiffusionConfig, ModelVarType
+
+        p, m = self.process, self.model
+        learned = isinstance(p, DiffusionConfig) and p.model_var_type in (
+            ModelVarType.LEARNED, ModelVarType.LEARNED_RANGE)
+        learn_sigma = bool(getattr(m, "learn_sigma", False))
+        if learned and not learn_sigma:
+            has = hasattr(m, "learn_sigma")
+            raise ValueError(
+                f"RunConfig: process.model_var_type={p.model_var_type.value!r} needs "
+                f"model.learn_sigma=True (a network with twice the data's channels: eps, then v)"
+                + ("" if has else f"; {type(m).__name__} has no learn_sigma option (use an MLPConfig "
+                                  "or DDPMConfig)"))
+        if learn_sigma and not learned:
+            got = (f"process.model_var_type={p.model_var_type.value!r}" if isinstance(p, DiffusionConfig)
+                   else f"process = {'None' if p is None else type(p).__name__}")
+            raise ValueError(
+                f"RunConfig: model.learn_sigma=True needs a DiffusionConfig process with "
+                f"process.model_var_type 'learned' or 'learned_range', got {got}")
 
     def to_dict(self) -> dict:
         """JSON-able: ``{"model": {"type": ..., ...}, "train": {...}, "data": {"type": ...},

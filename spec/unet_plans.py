@@ -124,7 +124,8 @@ def ddpm_plan(config) -> tuple[Block, ...]:
     [Dense(nf -> 4nf), Dense(4nf -> 4nf)] (conditional), conv3x3(C -> nf); per level
     ``num_res_blocks`` x (resnet [+ attn]) [+ downsample]; middle resnet, attn, resnet;
     per level (reversed) ``num_res_blocks + 1`` x resnet on ``concat(h, skip)``, ONE attn
-    at attention levels [+ upsample]; GroupNorm(32), conv3x3(-> C, init_scale 0).
+    at attention levels [+ upsample]; GroupNorm(32), conv3x3(-> ``out_channels``,
+    init_scale 0): C, or 2C (eps, v) with ``learn_sigma``.
     """
     p = _Plan()
     nf, C = config.nf, config.num_channels
@@ -147,7 +148,7 @@ def ddpm_plan(config) -> tuple[Block, ...]:
             p.add("upsample", in_ch, in_ch, "up", level=level, with_conv=config.resamp_with_conv)
     assert not hs_c
     p.add("group_norm", in_ch, in_ch, "output", groups=32)
-    p.add("conv3x3", in_ch, C, "output", init_scale=0.0)
+    p.add("conv3x3", in_ch, config.out_channels, "output", init_scale=0.0)
     return tuple(p.blocks)
 
 

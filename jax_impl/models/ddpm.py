@@ -13,8 +13,9 @@ Twin: ``torch_ref/models/ddpm.py`` (NCHW). Config: ``spec.model_configs.DDPMConf
 - up path, per level: ``num_res_blocks + 1`` x ResnetBlockDDPM on ``concat(h, skip)``,
   then ONE AttnBlock (score_sde's port; the TF original has one after every block),
   then Upsample except at level 0;
-- GroupNorm(32), act, ``conv3x3(-> C)``; with ``scale_by_sigma`` the output is divided
-  by ``sigmas[label]`` (integer labels).
+- GroupNorm(32), act, ``conv3x3(-> C)``, or ``conv3x3(-> 2C)`` (eps, then the variance
+  values v, split by ``GaussianDiffusion``) with improved-diffusion's ``learn_sigma``;
+  with ``scale_by_sigma`` the output is divided by ``sigmas[label]`` (integer labels).
 
 Attention is placed by level (the resolution ``image_size // 2**level`` of the config),
 which is what score_sde does for inputs of size ``image_size``; other sizes divisible by
@@ -50,7 +51,8 @@ __all__ = [
 
 
 class DDPM(nn.Module):
-    """``apply(variables, x [B, H, W, C], labels [B], train=False) -> [B, H, W, C]``.
+    """``apply(variables, x [B, H, W, C], labels [B], train=False) -> [B, H, W, C]``
+    (``[B, H, W, 2C]`` with ``config.learn_sigma``).
 
     ``train=True`` enables dropout and needs ``rngs={'dropout': key}``.
     """

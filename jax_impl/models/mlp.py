@@ -10,7 +10,7 @@ sigma; whatever the score adapter feeds)::
     temb   = temb_1(act(temb_0(e)))              # [B, 4E]
     h_0    = x
     h_l    = act(layers_l(h_{l-1}) + temb_proj_l(act(temb)))   l = 1..L
-    out    = out(h_L)                            # [B, D]
+    out    = out(h_L)                            # [B, D], or [B, 2D] = (eps, v) with learn_sigma
     out    = out / label   if scale_by_sigma
 
 Without ``conditional`` the label is ignored (no embedding, no ``temb_*`` layers).
@@ -39,7 +39,8 @@ def _dense(features: int, name: str | None = None) -> nn.Dense:
 
 
 class MLP(nn.Module):
-    """Time/noise-conditional MLP, ``apply(variables, x [B, D], labels [B]) -> [B, D]``."""
+    """Time/noise-conditional MLP, ``apply(variables, x [B, D], labels [B]) -> [B, D]``
+    (``[B, 2D]``: eps then v, with ``config.learn_sigma``)."""
 
     config: MLPConfig
 
@@ -54,7 +55,7 @@ class MLP(nn.Module):
             self.temb_1 = _dense(cfg.temb_dim)
             self.temb_proj = [_dense(w) for w in cfg.hidden_dims]
         self.layers = [_dense(w) for w in cfg.hidden_dims]
-        self.out = _dense(cfg.data_dim)
+        self.out = _dense(cfg.out_channels)
 
     def __call__(self, x: jax.Array, labels: jax.Array, train: bool = False) -> jax.Array:
         cfg = self.config

@@ -13,7 +13,8 @@ and ``parameters()`` is in the order of score_sde's EMA ``shadow_params``:
   Downsample except at the last level; middle: Resnet, Attn, Resnet;
 - up path, per level: ``num_res_blocks + 1`` x ResnetBlockDDPM on ``cat(h, skip)``, ONE
   AttnBlock, Upsample except at level 0;
-- GroupNorm(32), act, ``conv3x3(-> C)``; ``scale_by_sigma`` divides by ``sigmas[label]``
+- GroupNorm(32), act, ``conv3x3(-> C)`` (``-> 2C``, eps then v, with improved-diffusion's
+  ``learn_sigma``); ``scale_by_sigma`` divides by ``sigmas[label]``
   (cast to the output dtype; score_sde divides by the float64 buffer and so returns
   float64 there).
 
@@ -48,7 +49,8 @@ __all__ = [
 
 
 class DDPM(nn.Module):
-    """``forward(x [B, C, H, W], labels [B]) -> [B, C, H, W]``."""
+    """``forward(x [B, C, H, W], labels [B]) -> [B, C, H, W]`` (``[B, 2C, H, W]`` with
+    ``config.learn_sigma``)."""
 
     def __init__(self, config: DDPMConfig):
         super().__init__()

@@ -10,7 +10,7 @@ sigma; whatever the score adapter feeds)::
     temb   = temb_1(act(temb_0(e)))              # [B, 4E]
     h_0    = x
     h_l    = act(layers_l(h_{l-1}) + temb_proj_l(act(temb)))   l = 1..L
-    out    = out(h_L)                            # [B, D]
+    out    = out(h_L)                            # [B, D], or [B, 2D] = (eps, v) with learn_sigma
     out    = out / label   if scale_by_sigma
 
 Without ``conditional`` the label is ignored (no embedding, no ``temb_*`` layers).
@@ -33,7 +33,8 @@ __all__ = [
 
 
 class MLP(nn.Module):
-    """Time/noise-conditional MLP, ``forward(x [B, D], labels [B]) -> [B, D]``."""
+    """Time/noise-conditional MLP, ``forward(x [B, D], labels [B]) -> [B, D]``
+    (``[B, 2D]``: eps then v, with ``config.learn_sigma``)."""
 
     def __init__(self, config: MLPConfig):
         super().__init__()
@@ -48,7 +49,7 @@ class MLP(nn.Module):
             self.temb_proj = nn.ModuleList([ddpm_linear(cfg.temb_dim, w) for w in cfg.hidden_dims])
         widths = (cfg.data_dim,) + cfg.hidden_dims
         self.layers = nn.ModuleList([ddpm_linear(widths[i], widths[i + 1]) for i in range(cfg.num_layers)])
-        self.out = ddpm_linear(cfg.hidden_dims[-1], cfg.data_dim)
+        self.out = ddpm_linear(cfg.hidden_dims[-1], cfg.out_channels)
         self.act = get_act(cfg.nonlinearity)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
