@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from typing import Any, Mapping
+from typing import Optional, Any, Mapping
 
 import numpy as np
 
@@ -305,6 +305,12 @@ class MLPConfig:
       learn_sigma: output ``[B, 2D]`` (eps, then the variance values v) for a
         ``model_var_type`` "learned" / "learned_range" diffusion (improved-diffusion's
         option name); default False: ``[B, D]``. Excludes ``scale_by_sigma``.
+      image_size, num_channels: None (default): inputs are vectors ``[B, D]``. Set, the
+        MLP is a network on small images: it takes ``[B, image_size, image_size,
+        num_channels]`` (NHWC in JAX, NCHW in torch), flattens each image in NHWC order
+        to ``D = image_size^2 num_channels`` (so ``data_dim`` must equal that), and
+        returns images of the same layout (``2 num_channels`` channels, eps then v, with
+        ``learn_sigma``). The parameters are those of the vector MLP of width D.
     """
 
     name: str = "mlp"
@@ -317,6 +323,8 @@ class MLPConfig:
     conditional: bool = True
     scale_by_sigma: bool = False
     learn_sigma: bool = False
+    image_size: Optional[int] = None
+    num_channels: int = 1
 
     def __post_init__(self):
         if self.name != "mlp":
@@ -335,6 +343,13 @@ class MLPConfig:
         s("scale_by_sigma", check_bool("scale_by_sigma", self.scale_by_sigma))
         s("learn_sigma", check_bool("learn_sigma", self.learn_sigma))
         _check_learn_sigma(self)
+        s("num_channels", check_int("num_channels", self.num_channels, minimum=1))
+        if self.image_size is not None:
+            s("image_size", check_int("image_size", self.image_size, minimum=1))
+            pixels = self.image_size ** 2 * self.num_channels
+            if pixels != self.data_dim:
+                raise ValueError(f"MLPConfig: data_dim={self.data_dim} must equal image_size^2 * num_channels "
+                                 f"= {self.image_size}^2 * {self.num_channels} = {pixels} for an image MLP")
 
     @property
     def num_layers(self) -> int:

@@ -40,7 +40,9 @@ def _dense(features: int, name: str | None = None) -> nn.Dense:
 
 class MLP(nn.Module):
     """Time/noise-conditional MLP, ``apply(variables, x [B, D], labels [B]) -> [B, D]``
-    (``[B, 2D]``: eps then v, with ``config.learn_sigma``)."""
+    (``[B, 2D]``: eps then v, with ``config.learn_sigma``); with ``config.image_size``
+    images ``[B, H, W, C] -> [B, H, W, C]`` (``2C`` channels with learn_sigma), flattened
+    in NHWC order inside."""
 
     config: MLPConfig
 
@@ -61,7 +63,13 @@ class MLP(nn.Module):
         cfg = self.config
         x = jnp.asarray(x)
         labels = jnp.asarray(labels)
-        if x.ndim != 2 or x.shape[1] != cfg.data_dim:
+        image = None
+        if cfg.image_size is not None:
+            image = (cfg.image_size, cfg.image_size, cfg.num_channels)
+            if x.ndim != 4 or x.shape[1:] != image:
+                raise ValueError(f"x must have shape [B, {', '.join(map(str, image))}] (NHWC), got shape {x.shape}")
+            x = x.reshape(x.shape[0], cfg.data_dim)  # NHWC order
+        elif x.ndim != 2 or x.shape[1] != cfg.data_dim:
             raise ValueError(f"x must have shape [B, {cfg.data_dim}], got shape {x.shape}")
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise TypeError(f"x must have a floating dtype, got {x.dtype}")
@@ -84,4 +92,7 @@ class MLP(nn.Module):
         out = self.out(h)
         if cfg.scale_by_sigma:
             out = out / labels.astype(out.dtype)[:, None]
+        if image is not None:  # back to images; with learn_sigma eps's channels, then v's
+            parts = jnp.split(out, out.shape[1] // cfg.data_dim, axis=1)
+            out = jnp.concatenate([p.reshape(p.shape[0], *image) for p in parts], axis=-1)
         return out

@@ -82,7 +82,7 @@ def create_model(config):
 def example_inputs(config, batch: int = 1, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
     """Zero inputs of the right shape (NHWC images or ``[B, D]``) and labels ``[B]``: ones
     (a time or sigma) for MLP / DDPM / NCSN++, noise-level index 0 (int32) for NCSN / NCSNv2."""
-    if isinstance(config, MLPConfig):
+    if isinstance(config, MLPConfig) and config.image_size is None:
         x = jnp.zeros((batch, config.data_dim), dtype)
     else:
         x = jnp.zeros((batch, config.image_size, config.image_size, config.num_channels), dtype)

@@ -34,7 +34,9 @@ __all__ = [
 
 class MLP(nn.Module):
     """Time/noise-conditional MLP, ``forward(x [B, D], labels [B]) -> [B, D]``
-    (``[B, 2D]``: eps then v, with ``config.learn_sigma``)."""
+    (``[B, 2D]``: eps then v, with ``config.learn_sigma``); with ``config.image_size``
+    images ``[B, C, H, W] -> [B, C, H, W]`` (``2C`` channels with learn_sigma), flattened
+    in NHWC order inside (as the twin, so the weights are the same)."""
 
     def __init__(self, config: MLPConfig):
         super().__init__()
@@ -55,7 +57,14 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         labels = torch.as_tensor(labels, device=x.device)
-        if x.ndim != 2 or x.shape[1] != cfg.data_dim:
+        image = None
+        if cfg.image_size is not None:
+            image = (cfg.num_channels, cfg.image_size, cfg.image_size)
+            if x.ndim != 4 or tuple(x.shape[1:]) != image:
+                raise ValueError(f"x must have shape [B, {', '.join(map(str, image))}] (NCHW), got shape "
+                                 f"{tuple(x.shape)}")
+            x = x.permute(0, 2, 3, 1).reshape(x.shape[0], cfg.data_dim)  # NHWC order, as the twin
+        elif x.ndim != 2 or x.shape[1] != cfg.data_dim:
             raise ValueError(f"x must have shape [B, {cfg.data_dim}], got shape {tuple(x.shape)}")
         if not x.dtype.is_floating_point:
             raise TypeError(f"x must have a floating dtype, got {x.dtype}")
@@ -78,4 +87,8 @@ class MLP(nn.Module):
         out = self.out(h)
         if cfg.scale_by_sigma:
             out = out / labels.to(out.dtype)[:, None]
+        if image is not None:  # back to NCHW images; with learn_sigma eps's channels, then v's
+            C, H, W = image
+            parts = torch.split(out, cfg.data_dim, dim=1)
+            out = torch.cat([p.reshape(p.shape[0], H, W, C).permute(0, 3, 1, 2) for p in parts], dim=1)
         return out
