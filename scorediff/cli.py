@@ -1,0 +1,790 @@
+"""The ``scorediff`` command line: train, sample, evaluate and compare frameworks.
+
+    scorediff presets
+    scorediff train --preset digits/ddpm [--workdir DIR] [--set section.key=value ...] [--framework jax|torch]
+    scorediff sample --workdir DIR [--sampler NAME and its options] [--num N] [--seed S] [--out FILE.npz]
+    scorediff sample --checkpoint FILE --preset NAME [...]       (official score_sde / ncsnv2 weights)
+    scorediff evaluate --workdir DIR [--num N]                   (metrics.json)
+    scorediff likelihood --workdir DIR [--data FILE.npy] [--num N]   (bits/dim)
+    scorediff compare --workdir DIR                              (JAX vs PyTorch, same weights and noise)
+    scorediff convert IN OUT [--preset NAME]                     (.pth/.pt/.npz/.safetensors <-> orbax)
+
+Every command has ``--help``. Bad input (an unknown preset, override, sampler option, a
+missing or foreign file, a workdir of another preset) prints one line
+``scorediff <command>: error: ...`` and exits with status 2; ``SCOREDIFF_DEBUG=1`` shows
+the traceback instead. Ctrl-C during ``train`` finishes the step, saves a checkpoint and
+exits 0 (the loop's signal handling); a second Ctrl-C exits at once (status 130).
+
+This application imports ``jax_impl`` always and ``torch_ref`` (torch) only in the
+commands that need it: ``train --framework torch``, ``compare``, reading torch
+checkpoints, and ``convert`` of a ``.pth`` file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+# ----------------------------------------------------------------------------- parser
+
+def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
+    from scorediff.sampling import SAMPLERS
+
+    g = p.add_argument_group("sampler (defaults: the preset's)")
+    g.add_argument("--sampler", choices=SAMPLERS, help="which sampler (default: the preset's)")
+    g.add_argument("--steps", type=int, help="pc: N (continuous models); ode: fixed steps; ddpm: "
+                   "respaced steps; ddim: steps (default 50)")
+    g.add_argument("--predictor", help="pc: euler_maruyama | reverse_diffusion | ancestral_sampling | none")
+    g.add_argument("--corrector", help="pc: langevin | ald | none")
+    g.add_argument("--snr", type=float, help="pc: the corrector's signal-to-noise ratio")
+    g.add_argument("--n-steps", dest="n_steps", type=int, help="pc: corrector steps per predictor step")
+    g.add_argument("--method", help="ode: euler | heun | rk4 (fixed) | dopri5 | tsit5 (adaptive)")
+    g.add_argument("--rtol", type=float, help="ode: adaptive relative tolerance")
+    g.add_argument("--atol", type=float, help="ode: adaptive absolute tolerance")
+    g.add_argument("--n-steps-each", dest="n_steps_each", type=int, help="ald: Langevin steps per noise level")
+    g.add_argument("--step-lr", dest="step_lr", type=float, help="ald: the step size eps")
+    g.add_argument("--eta", type=float, help="ddim: 0 deterministic, 1 DDPM-like")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scorediff",
+        description="Train, sample, evaluate and compare score-based and diffusion models "
+                    "(JAX, with a PyTorch reference).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("presets", help="list the presets, one per line, name first",
+                       description="List the presets (name, then what it trains).")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("train", help="train a preset (resumes when the workdir has checkpoints)",
+                       description="Train a preset from scratch, or resume the run in --workdir.")
+    p.add_argument("--preset", help="a preset name (`scorediff presets`); optional when resuming")
+    p.add_argument("--workdir", help="the run directory (default: runs/<preset>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config field, e.g. --set training.n_iters=500 (repeatable)")
+    p.add_argument("--framework", choices=("jax", "torch"), default=None,
+                   help="train with JAX (default) or the PyTorch reference")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="sample a trained run (or an official checkpoint)",
+                       description="Draw samples with the jit-compiled sampler; writes FILE.npz "
+                                   "(key 'samples', NHWC or [N, D]) and FILE.png.")
+    p.add_argument("--workdir", help="a run directory made by `scorediff train`")
+    p.add_argument("--checkpoint", help="an official checkpoint file instead of a run (needs --preset)")
+    p.add_argument("--preset", help="the preset of --checkpoint")
+    p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="the sampling key (default 0)")
+    p.add_argument("--out", help="output .npz (default: WORKDIR/samples.npz, or ./samples.npz)")
+    p.add_argument("--trajectory", action="store_true", help="also draw one reverse trajectory "
+                   "(OUT's stem + _trajectory.png)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_sampler_flags(p)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("evaluate", help="sample quality next to the real-data and noise baselines",
+                       description="Sample a run and judge the samples (digits: Frechet distance and "
+                                   "classifier score in a digits classifier's feature space; 2-D: "
+                                   "sliced Wasserstein / energy distance to held-out data), beside "
+                                   "held-out real data and Gaussian noise; writes metrics.json.")
+    p.add_argument("--workdir", required=True, help="a run directory")
+    p.add_argument("--num", type=int, default=None, help="samples to judge (default: 359 for digits "
+                   "= the held-out count, 2000 for 2-D)")
+    p.add_argument("--seed", type=int, default=1, help="the sampling key (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_sampler_flags(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("likelihood", help="bits/dim of held-out data (probability-flow ODE, VLB)",
+                       description="Bits per dimension of data under the model: through the "
+                                   "probability-flow ODE (SDE models) or the variational bound "
+                                   "(diffusion models); 2-D data: the mean log-likelihood.")
+    p.add_argument("--workdir", required=True, help="a run directory")
+    p.add_argument("--data", help="a .npy / .npz of data in the run's layout (default: the held-out split)")
+    p.add_argument("--num", type=int, default=64, help="how many points (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="dequantisation / probe key (default 0)")
+    p.set_defaults(func=cmd_likelihood)
+
+    p = sub.add_parser("compare", help="the same weights and noise through JAX and PyTorch",
+                       description="Load a run's weights into jax_impl and torch_ref; report the "
+                                   "largest score difference on identical inputs, the largest sample "
+                                   "difference on identical noise, and each framework's sampling time.")
+    p.add_argument("--workdir", required=True, help="a run directory")
+    p.add_argument("--num", type=int, default=64, help="samples per run (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="the noise seed (default 0)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per framework (median; default 3)")
+    _add_sampler_flags(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("convert", help="convert checkpoints: .pth/.pt/.npz/.safetensors <-> orbax",
+                       description="Convert a checkpoint. IN/OUT: a .pth / .pt / .npz / .safetensors "
+                                   "file, or an orbax directory (a path without one of those suffixes; "
+                                   "needs --preset for the layout); IN may also be a run directory "
+                                   "(its latest EMA weights are exported).")
+    p.add_argument("src", metavar="IN")
+    p.add_argument("dst", metavar="OUT")
+    p.add_argument("--preset", help="the architecture, for orbax input or output")
+    p.add_argument("--run", help="orbax input: take the architecture from this run directory instead")
+    p.set_defaults(func=cmd_convert)
+    return parser
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def _sampler_overrides(args) -> dict:
+    from scorediff.sampling import SAMPLER_OPTIONS
+
+    return {k: getattr(args, k, None) for k in SAMPLER_OPTIONS if getattr(args, k, None) is not None}
+
+
+def _check_num(name: str, value: int, lo: int = 1) -> int:
+    if value is None or value < lo:
+        raise UsageError(f"{name} must be an integer >= {lo}, got {value}")
+    return value
+
+
+def _run_and_preset(workdir):
+    from scorediff import presets, runs
+
+    run = runs.load_run(workdir)
+    sampler = presets.get_preset(run.preset).sampler if run.preset in presets.PRESETS else _default_sampler(run.config)
+    return run, sampler
+
+
+def _default_sampler(config) -> dict:
+    loss = config.resolved_loss
+    if loss == "anneal_dsm":
+        return {"name": "ald"}
+    if loss == "diffusion":
+        return {"name": "ddpm"}
+    return {"name": "pc", "predictor": "euler_maruyama" if loss == "sde" else "reverse_diffusion",
+            "corrector": "none"}
+
+
+def _real_images(config, n: int):
+    """Held-out real examples (numpy, JAX layout) of the run's data."""
+    from spec.datasets import load_dataset
+
+    _, test = load_dataset(config.data)
+    return test[:n]
+
+
+def _write_sample_pictures(png: Path, samples, config, title: str) -> Path:
+    from scorediff import plots
+
+    if samples.ndim == 4:
+        real = _real_images(config, min(len(samples), 64)) if config.data is not None else None
+        return plots.image_grid(png, samples[:64], centered=_centered(config), title=title, real=real)
+    ref = _real_images(config, 5000) if config.data is not None else samples
+    return plots.scatter_over_density(png, samples, ref, title=title, density=_density(config))
+
+
+def _centered(config) -> bool:
+    if config.data is not None:
+        return bool(config.data.centered)
+    return bool(getattr(config.model, "centered", True))
+
+
+def _density(config):
+    if config.data is not None and config.data.dataset == "gmm":
+        from spec.oracles.gmm import demo_mixture
+
+        mix = demo_mixture()
+        return lambda pts: mix.log_prob(pts) if hasattr(mix, "log_prob") else None
+    return None
+
+
+# ----------------------------------------------------------------------------- presets
+
+def cmd_presets(args) -> int:
+    from scorediff.presets import PRESETS
+
+    width = max(len(n) for n in PRESETS)
+    for name, p in PRESETS.items():
+        _say(f"{name:<{width}}  {p.summary}")
+    return 0
+
+
+# ------------------------------------------------------------------------------- train
+
+def cmd_train(args) -> int:
+    from scorediff import plots, presets, runs
+    from scorediff.overrides import apply_overrides
+
+    record = None
+    workdir = Path(args.workdir) if args.workdir else None
+    if workdir is not None and workdir.exists() and not workdir.is_dir():
+        raise UsageError(f"--workdir {str(workdir)!r} is a file, not a directory")
+    if workdir is not None and workdir.is_dir():
+        record = runs.read_preset_record(workdir)
+        if record is None and (workdir / "config.json").exists():
+            raise UsageError(f"--workdir {str(workdir)!r} holds a run not made by `scorediff train` "
+                             f"(no preset.json); use a new directory")
+    name = args.preset or (record or {}).get("preset")
+    if name is None:
+        raise UsageError("--preset is required for a new run (`scorediff presets` lists them)")
+    preset = presets.get_preset(name)
+    if record is not None and record["preset"] != preset.name:
+        raise UsageError(f"--workdir {str(workdir)!r} holds a run of preset {record['preset']!r}, not "
+                         f"{preset.name!r}; resume it with --preset {record['preset']} or use a new directory")
+    overrides = list(args.overrides)
+    if record is not None and not overrides:
+        overrides = list(record.get("overrides", []))  # resuming: the run's own overrides
+    framework = args.framework or (record or {}).get("framework") or "jax"
+    if record is not None and record.get("framework", framework) != framework:
+        raise UsageError(f"--workdir {str(workdir)!r} was trained with --framework {record['framework']}; "
+                         f"its checkpoints cannot be resumed by {framework}")
+    config = apply_overrides(preset.run_config, overrides)
+    if config.data is None:
+        raise UsageError(f"preset {preset.name} has no built-in data: give yours, e.g. --set data.dataset=array "
+                         f"--set data.path=FILE.npy (images [N, H, W, C]) or data.dataset=folder")
+    if workdir is None:
+        workdir = Path("runs") / preset.name.replace("/", "_")
+    workdir.mkdir(parents=True, exist_ok=True)
+    if (workdir / "config.json").exists() and record is None:
+        raise UsageError(f"--workdir {str(workdir)!r} holds another run; use a new directory")
+    _check_same_config(workdir, config)
+    runs.write_preset_record(workdir, preset.name, overrides, framework)
+
+    tc = config.train.training
+    _say(f"train {preset.name} ({framework}): {type(config.model).__name__}, {config.resolved_loss} loss, "
+         f"{tc.n_iters} steps of batch {tc.batch_size}; run directory {workdir}")
+    if framework == "jax":
+        from jax_impl.loop import train
+    else:
+        from torch_ref.loop import train
+    t0 = time.perf_counter()
+    state = train(config, workdir, progress=not args.no_progress)
+    wall = time.perf_counter() - t0
+    step = int(state.step)
+    rows = plots.read_log(workdir)
+    if rows:
+        plots.loss_curve(workdir / "loss.png", rows, title=f"{preset.name}: training loss")
+    last = rows[-1]["loss"] if rows else float("nan")
+    _say(f"step {step}/{tc.n_iters} in {wall:.1f} s; last logged loss {last:.4g}; checkpoints in "
+         f"{workdir / 'checkpoints'}; loss curve {workdir / 'loss.png'}")
+    return 0
+
+
+def _check_same_config(workdir: Path, config) -> None:
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    from jax_impl.checkpoint import _config_differences  # noqa: PLC2701  (one dotted-diff helper)
+
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UsageError(f"{path}: not valid JSON") from None
+    diffs = _config_differences(saved, json.loads(json.dumps(config.to_dict())))
+    if diffs:
+        raise UsageError(f"--workdir {str(workdir)!r} was trained with another config ("
+                         f"{'; '.join(diffs[:4])}{' ...' if len(diffs) > 4 else ''}); "
+                         f"resume without --set, or use a new directory")
+
+
+# ------------------------------------------------------------------------------ sample
+
+def _official_model(checkpoint: str, preset_name: str | None):
+    from scorediff import presets
+
+    if not preset_name:
+        raise UsageError("--checkpoint needs --preset (the architecture of the checkpoint, e.g. "
+                         "cifar10/ncsnpp-continuous)")
+    preset = presets.get_preset(preset_name)
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UsageError(f"--checkpoint {checkpoint!r} does not exist" if not path.exists()
+                         else f"--checkpoint {checkpoint!r} is not a file")
+    from spec.ncsn_configs import NCSNConfig, NCSNv2Config
+
+    m = preset.run_config.model
+    if isinstance(m, NCSNConfig):
+        raise UsageError(f"--checkpoint: loading ermongroup/ncsn (v1) checkpoints is not supported; "
+                         f"preset {preset.name} trains from scratch")
+    if isinstance(m, NCSNv2Config):
+        from jax_impl.convert import from_ncsnv2
+        _, variables = from_ncsnv2(str(path), m)
+    else:
+        from jax_impl.convert import from_score_sde
+        _, variables = from_score_sde(str(path), m)
+    return preset, variables
+
+
+def cmd_sample(args) -> int:
+    import jax
+    import numpy as np
+
+    from scorediff import plots, sampling
+
+    _check_num("--num", args.num)
+    if args.checkpoint is not None:
+        if args.workdir is not None:
+            raise UsageError("give --workdir or --checkpoint, not both")
+        preset, variables = _official_model(args.checkpoint, args.preset)
+        config, default, step, where = preset.run_config, preset.sampler, None, Path(".")
+    else:
+        if args.workdir is None:
+            raise UsageError("--workdir (a trained run) or --checkpoint FILE --preset NAME is required")
+        if args.preset is not None:
+            raise UsageError("--preset goes with --checkpoint; a run directory knows its preset")
+        run, default = _run_and_preset(args.workdir)
+        from scorediff.runs import ema_variables
+        variables, step = ema_variables(run)
+        config, where = run.config, run.workdir
+    out = Path(args.out) if args.out else where / "samples.npz"
+    if out.suffix != ".npz":
+        raise UsageError(f"--out {str(out)!r}: the samples file must end in .npz")
+    if out.exists() and out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a directory")
+    plan = sampling.resolve(config, default, name=args.sampler, overrides=_sampler_overrides(args),
+                            num=args.num)
+    sampler = sampling.JaxSampler(plan, progress=not args.no_progress)
+    t0 = time.perf_counter()
+    x, nfe = sampler(variables, jax.random.key(args.seed))
+    wall = time.perf_counter() - t0
+    x = np.asarray(x)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.npz")
+    np.savez(tmp, samples=x, nfe=np.int64(nfe), sampler=np.str_(plan.describe()),
+             seed=np.int64(args.seed), step=np.int64(-1 if step is None else step))
+    os.replace(tmp, out)
+    png = _write_sample_pictures(out.with_suffix(".png"), x, config,
+                                 f"{plan.describe()} (NFE {nfe})" + ("" if step is None else f", step {step}"))
+    bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).sum())
+    _say(f"{len(x)} samples {tuple(x.shape[1:])} with {plan.describe()}: NFE {nfe}, compile "
+         f"{sampler.compile_s:.2f} s, {wall - sampler.compile_s:.2f} s sampling"
+         + (f"; {bad} samples are not finite" if bad else ""))
+    _say(f"wrote {out} and {png}")
+    if args.trajectory:
+        states, labels = sampling.jax_trajectory(plan, variables, args.seed)
+        tpng = out.with_name(out.stem + "_trajectory.png")
+        ref = _real_images(config, 2000) if (config.data is not None and states.ndim == 3) else None
+        plots.trajectory_strip(tpng, states, labels, centered=_centered(config),
+                               title=f"one reverse trajectory ({plan.describe()})", reference=ref)
+        _say(f"wrote {tpng}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- evaluate
+
+def _judge(config, samples, seed: int) -> dict:
+    from jax_impl import metrics
+
+    if config.data is None:
+        raise UsageError("evaluate needs the run's data (its config has none)")
+    if config.data.dataset == "digits":
+        return {"kind": "digits", **metrics.digits_report(samples, centered=config.data.centered, seed=seed)}
+    if not config.data.is_image:
+        return {"kind": "2d", **metrics.toy_report(samples, config.data, seed=seed)}
+    raise UsageError(f"evaluate: no built-in judge for data.dataset={config.data.dataset!r} (digits and "
+                     f"the 2-D sets have one); `scorediff likelihood` works for any data")
+
+
+def cmd_evaluate(args) -> int:
+    import jax
+    import numpy as np
+
+    from scorediff import plots, runs, sampling
+
+    run, default = _run_and_preset(args.workdir)
+    config = run.config
+    num = args.num if args.num is not None else (359 if config.data and config.data.dataset == "digits" else 2000)
+    _check_num("--num", num, 2)
+    variables, step = runs.ema_variables(run)
+    plan = sampling.resolve(config, default, name=args.sampler, overrides=_sampler_overrides(args), num=num)
+    sampler = sampling.JaxSampler(plan, progress=not args.no_progress)
+    t0 = time.perf_counter()
+    x, nfe = sampler(variables, jax.random.key(args.seed))
+    sample_s = time.perf_counter() - t0 - sampler.compile_s
+    x = np.asarray(x)
+    report = _judge(config, x, args.seed)
+    report.update({"step": step, "sampler": plan.describe(), "nfe": nfe, "num_samples": len(x),
+                   "sample_seconds": sample_s, "compile_seconds": sampler.compile_s})
+    if config.data.dataset == "gmm" and config.resolved_loss == "sde":
+        from jax_impl import metrics
+        from jax_impl.models import registry
+        from jax_impl.models.utils import get_score_fn
+        from jax_impl.train import _make_sde
+
+        model = registry.create_model(config.model)
+        sde = _make_sde(config.process)
+        score_fn = get_score_fn(sde, lambda x, t: model.apply(variables, x, t, train=False),
+                                continuous=bool(config.train.training.continuous))
+        report["likelihood"] = metrics.gmm_likelihood_report(jax.random.key(args.seed), sde, score_fn,
+                                                             config.data)
+    path = runs.update_metrics(run.workdir, "evaluate", report)
+    _print_report(report)
+    if x.ndim == 4:
+        plots.image_grid(run.workdir / "real_vs_generated.png", x[:64], centered=config.data.centered,
+                         title=f"generated ({plan.describe()})", real=_real_images(config, 64))
+    else:
+        _write_sample_pictures(run.workdir / "evaluate_samples.png", x, config, f"{plan.describe()}")
+    rows = plots.read_log(run.workdir)
+    if rows:
+        plots.loss_curve(run.workdir / "loss.png", rows, title="training loss")
+    _say(f"wrote {path}")
+    return 0
+
+
+def _print_report(r: dict) -> None:
+    if r.get("kind") == "digits":
+        b = r["baselines"]
+        _say(f"sample quality on {r['num_samples']} digits (classifier test accuracy "
+             f"{r.get('classifier_test_accuracy', float('nan')):.3f}):")
+        _say(f"  {'':22s} {'FD (lower is better)':>22s} {'classifier score':>18s}")
+        _say(f"  {'model samples':22s} {r['fd']:22.3f} {r['classifier_score']:18.3f}")
+        _say(f"  {'held-out real digits':22s} {b['real']['fd']:22.3f} {b['real']['classifier_score']:18.3f}")
+        _say(f"  {'Gaussian noise':22s} {b['noise']['fd']:22.3f} {b['noise']['classifier_score']:18.3f}")
+    else:
+        f = r["floor"]
+        _say(f"sample quality on {r['num_samples']} points, against held-out data:")
+        _say(f"  {'':22s} {'sliced W1':>12s} {'energy dist':>12s}")
+        _say(f"  {'model samples':22s} {r['sliced_wasserstein']:12.4f} {r['energy_distance']:12.4f}")
+        _say(f"  {'exact samples (floor)':22s} {f['sliced_wasserstein']:12.4f} {f['energy_distance']:12.4f}")
+        if "mean_log_density" in r:
+            _say(f"  exact mean log-density of the samples {r['mean_log_density']:.4f} "
+                 f"(exact samples: {f.get('mean_log_density', float('nan')):.4f})")
+        if "likelihood" in r:
+            lk = r["likelihood"]
+            _say(f"  model probability-flow log-likelihood of test points {lk['model_mean_loglik']:.4f} "
+                 f"(exact {lk['exact_mean_loglik']:.4f})")
+
+
+# -------------------------------------------------------------------------- likelihood
+
+def _load_points(path: str, config, num: int):
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--data {path!r} does not exist" if not p.exists() else f"--data {path!r} is not a file")
+    try:
+        if p.suffix == ".npz":
+            with np.load(p) as f:
+                keys = list(f.keys())
+                if len(keys) != 1 and "samples" not in keys:
+                    raise UsageError(f"--data {path!r} holds {keys}; give a file with one array or 'samples'")
+                a = f["samples" if "samples" in keys else keys[0]]
+        else:
+            a = np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--data {path!r}: not a numpy file ({e})") from None
+    a = np.asarray(a, np.float32)[:num]
+    from scorediff.sampling import _data_shape
+
+    want = _data_shape(config)
+    if a.shape[1:] != want:
+        raise UsageError(f"--data {path!r} has examples of shape {a.shape[1:]}; this run's are {want}")
+    return a
+
+
+def cmd_likelihood(args) -> int:
+    import jax
+    import numpy as np
+
+    from scorediff import runs
+    from spec.configs import DiffusionConfig
+
+    run = runs.load_run(args.workdir)
+    config = run.config
+    _check_num("--num", args.num)
+    x = _load_points(args.data, config, args.num) if args.data else _real_images(config, args.num)
+    variables, step = runs.ema_variables(run)
+    from jax_impl import metrics
+    from jax_impl.models import registry
+
+    model = registry.create_model(config.model)
+    model_fn = lambda x, t: model.apply(variables, x, t, train=False)  # noqa: E731
+    key = jax.random.key(args.seed)
+    out = {"step": step, "num_points": int(len(x))}
+    image = x.ndim == 4
+    levels = config.data.num_bins if (config.data is not None and image) else None
+    if isinstance(config.process, DiffusionConfig):
+        from jax_impl.diffusion import GaussianDiffusion
+
+        if not image:
+            raise UsageError("likelihood: the variational bound in bits/dim needs quantised images; this run "
+                             "is on 2-D points")
+        bpd = metrics.bits_per_dim_vlb(key, GaussianDiffusion(config.process), model_fn, jax.numpy.asarray(x),
+                                       num_levels=levels)
+        out["bits_per_dim_vlb"] = bpd
+        _say(f"bits/dim (variational bound, {config.process.num_timesteps} terms) on {len(x)} held-out "
+             f"images: {bpd:.4f}")
+    elif config.process is not None:
+        from jax_impl.models.utils import get_score_fn
+        from jax_impl.train import _make_sde
+
+        sde = _make_sde(config.process)
+        continuous = bool(config.train.training.continuous and config.resolved_loss == "sde")
+        score_fn = get_score_fn(sde, model_fn, continuous=continuous)
+        if image:
+            bpd = metrics.bits_per_dim_ode(key, sde, score_fn, jax.numpy.asarray(x), centered=_centered(config),
+                                           num_levels=levels)
+            out["bits_per_dim_ode"] = bpd
+            _say(f"bits/dim (probability-flow ODE, dopri5, {levels} levels) on {len(x)} held-out images: {bpd:.4f}")
+        else:
+            from jax_impl import ode
+
+            logp, _, _ = _ode_loglik(ode, key, sde, score_fn, jax.numpy.asarray(x))
+            out["mean_loglik_ode"] = float(np.mean(logp))
+            out["nats_per_dim"] = -float(np.mean(logp)) / x.shape[1]
+            _say(f"mean log-likelihood (probability-flow ODE) of {len(x)} held-out points: "
+                 f"{out['mean_loglik_ode']:.4f} nats ({out['nats_per_dim']:.4f} nats/dim)")
+    else:
+        raise UsageError("likelihood: an NCSN model (annealed Langevin) defines no likelihood; the SDE "
+                         "and diffusion presets do")
+    path = runs.update_metrics(run.workdir, "likelihood", out)
+    _say(f"wrote {path}")
+    return 0
+
+
+def _ode_loglik(ode, key, sde, score_fn, x):
+    import numpy as np
+
+    res = ode.likelihood(key, sde, score_fn, x)
+    logp = np.asarray(res[0] if isinstance(res, tuple) else res)
+    return logp, None, None
+
+
+# ----------------------------------------------------------------------------- compare
+
+def _torch_module(config, variables):
+    import torch
+
+    from jax_impl.convert import flax_to_torch_state_dict
+    from torch_ref.models import registry as tregistry
+
+    sd = flax_to_torch_state_dict(variables, config.model)
+    module = tregistry.create_model(config.model)
+    module.load_state_dict({k: torch.as_tensor(v) for k, v in sd.items()})
+    return module.eval()
+
+
+def cmd_compare(args) -> int:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    from scorediff import runs, sampling
+    from scorediff.sampling import _to_torch
+
+    _check_num("--num", args.num)
+    _check_num("--repeats", args.repeats)
+    run, default = _run_and_preset(args.workdir)
+    config = run.config
+    variables, step = runs.ema_variables(run)
+    module = _torch_module(config, variables)
+    from jax_impl.models import registry
+
+    model = registry.create_model(config.model)
+    # 1. the network on identical inputs: held-out data plus noise, labels across the range
+    rng = np.random.default_rng(args.seed)
+    x0 = _real_images(config, args.num) if config.data is not None else None
+    plan = sampling.resolve(config, default, name=args.sampler, overrides=_sampler_overrides(args), num=args.num)
+    shape = plan.shape
+    x0 = x0 if x0 is not None and len(x0) == shape[0] else rng.standard_normal(shape).astype(np.float32)
+    x_in = (x0 + 0.5 * rng.standard_normal(shape)).astype(np.float32)
+    labels = _labels(config, rng, shape[0])
+    out_j = np.asarray(jax.jit(lambda v, x, t: model.apply(v, x, t, train=False))(
+        variables, jnp.asarray(x_in), jnp.asarray(labels)))
+    with torch.no_grad():
+        out_t = module(_to_torch(x_in), torch.as_tensor(labels)).numpy()
+    if out_t.ndim == 4:
+        out_t = np.moveaxis(out_t, 1, -1)
+    net_diff = float(np.max(np.abs(out_j - out_t)))
+    net_scale = float(np.max(np.abs(out_j)))
+    # 2. the whole sampler on identical noise, timed
+    x_T, noise = sampling.draw_inputs(plan, args.seed)
+    jx = sampling.JaxSampler(plan)
+    jn = None if noise is None else (jax.tree_util.tree_map(jnp.asarray, noise))
+    xj, nfe = jx(variables, None, jnp.asarray(x_T), jn)
+    tj = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        jx(variables, None, jnp.asarray(x_T), jn)
+        tj.append(time.perf_counter() - t0)
+    ts = sampling.torch_sampler(plan)
+    xt, _ = ts(module, x_T, noise)  # warm-up
+    tt = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        xt, _ = ts(module, x_T, noise)
+        tt.append(time.perf_counter() - t0)
+    xj = np.asarray(xj)
+    sample_diff = float(np.nanmax(np.abs(xj - xt)))
+    result = {
+        "step": step, "sampler": plan.describe(), "nfe": nfe, "num_samples": shape[0],
+        "network_max_abs_diff": net_diff, "network_max_abs_output": net_scale,
+        "samples_max_abs_diff": sample_diff, "samples_max_abs": float(np.nanmax(np.abs(xj))),
+        "jax_compile_seconds": jx.compile_s, "jax_seconds": statistics.median(tj),
+        "torch_seconds": statistics.median(tt), "torch_over_jax": statistics.median(tt) / statistics.median(tj),
+        "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
+    }
+    path = runs.update_metrics(run.workdir, "compare", result)
+    _say(f"JAX vs PyTorch, same weights (step {step}), {type(config.model).__name__}:")
+    _say(f"  network output on identical inputs: max |jax - torch| = {net_diff:.3g} "
+         f"(max |output| {net_scale:.3g})")
+    _say(f"  {plan.describe()} (NFE {nfe}) on identical noise: max |jax - torch| = {sample_diff:.3g} "
+         f"(max |x| {result['samples_max_abs']:.3g})")
+    _say(f"  sampling {shape[0]} samples, median of {args.repeats}: JAX {result['jax_seconds']:.3f} s "
+         f"(+ {jx.compile_s:.2f} s compile once), torch eager {result['torch_seconds']:.3f} s "
+         f"({result['torch_over_jax']:.2f}x the JAX time)")
+    _say(f"wrote {path}")
+    return 0
+
+
+def _labels(config, rng, n: int):
+    import numpy as np
+
+    from spec.configs import DiffusionConfig, VESDEConfig
+    from spec.ncsn_configs import NCSNConfig, NCSNv2Config
+
+    m = config.model
+    if isinstance(m, (NCSNConfig, NCSNv2Config)):
+        return rng.integers(0, m.num_scales, n).astype(np.int32)
+    p = config.process
+    if isinstance(p, DiffusionConfig):
+        return rng.integers(0, p.steps, n).astype(np.float32)
+    if isinstance(p, VESDEConfig):
+        return np.exp(rng.uniform(np.log(p.sigma_min), np.log(p.sigma_max), n)).astype(np.float32)
+    return (rng.uniform(1e-3, 1.0, n) * 999).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- convert
+
+_FILE_SUFFIXES = (".pth", ".pt", ".npz", ".safetensors")
+
+
+def cmd_convert(args) -> int:
+    from pathlib import Path
+
+    src, dst = Path(args.src), Path(args.dst)
+    if not src.exists():
+        raise UsageError(f"IN {str(src)!r} does not exist")
+    if dst.exists():
+        raise UsageError(f"OUT {str(dst)!r} exists; converting never overwrites")
+    dst_is_file = dst.suffix in _FILE_SUFFIXES
+    if dst.suffix and not dst_is_file:
+        raise UsageError(f"OUT {str(dst)!r}: unknown suffix {dst.suffix!r}; use one of "
+                         f"{', '.join(_FILE_SUFFIXES)} or a directory name (orbax)")
+    if src.is_file():
+        if src.suffix not in _FILE_SUFFIXES:
+            raise UsageError(f"IN {str(src)!r}: unknown suffix {src.suffix!r}; expected one of "
+                             f"{', '.join(_FILE_SUFFIXES)}")
+        if dst_is_file:
+            from spec.checkpoints import convert_checkpoint_file
+
+            convert_checkpoint_file(str(src), str(dst))
+            _say(f"wrote {dst}")
+            return 0
+        preset = _need_preset(args, "an orbax OUT")
+        _, variables = _official_model(str(src), preset)
+        from jax_impl.convert import save_variables
+
+        save_variables(str(dst), variables)
+        _say(f"wrote orbax variables to {dst} ({preset}; EMA weights)")
+        return 0
+    # a directory: a run, or orbax variables
+    if (src / "config.json").exists():
+        from scorediff import runs
+
+        run = runs.load_run(src)
+        variables, step = runs.ema_variables(run)
+        config = run.config.model
+        what = f"run {src} (EMA weights of step {step})"
+    else:
+        from jax_impl.convert import load_variables
+
+        if args.run:
+            from scorediff import runs
+
+            config = runs.load_run(args.run).config.model
+        else:
+            from scorediff.presets import get_preset
+
+            config = get_preset(_need_preset(args, "an orbax IN (or --run DIR)")).run_config.model
+        variables = load_variables(str(src), config)
+        step = 0
+        what = f"orbax {src}"
+    if dst_is_file:
+        from jax_impl.convert import flax_to_torch_state_dict
+        from spec.checkpoints import save_checkpoint
+
+        sd = flax_to_torch_state_dict(variables, config)
+        if dst.suffix in (".pth", ".pt"):
+            import torch
+
+            tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+            torch.save({"model": {k: torch.as_tensor(v) for k, v in sd.items()}, "step": int(step)}, tmp)
+            os.replace(tmp, dst)
+        else:
+            save_checkpoint(str(dst), {"model": dict(sd), "step": int(step)})
+    else:
+        from jax_impl.convert import save_variables
+
+        save_variables(str(dst), variables)
+    _say(f"wrote {dst} from {what}")
+    return 0
+
+
+def _need_preset(args, what: str) -> str:
+    if not args.preset:
+        raise UsageError(f"{what} needs --preset NAME (the architecture; `scorediff presets`)")
+    return args.preset
+
+
+# -------------------------------------------------------------------------------- main
+
+def _user_errors():
+    errors = [UsageError, ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError,
+              IsADirectoryError, PermissionError]
+    try:
+        from jax_impl.checkpoint import CheckpointError
+        errors.append(CheckpointError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``scorediff`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"scorediff {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as e:
+        if os.environ.get("SCOREDIFF_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        msg = " ".join(str(msg).split())  # one line
+        print(f"scorediff {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
