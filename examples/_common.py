@@ -39,7 +39,8 @@ from jax_impl.train import create_train_state, make_train_step  # noqa: E402
 from spec.datasets import load_dataset  # noqa: E402
 from spec.model_configs import MLPConfig  # noqa: E402
 
-__all__ = ["FlatMLP", "parse_args", "fit", "quality", "ScatterFigure", "image_grid", "save"]
+__all__ = ["FlatMLP", "parse_args", "fit", "max_pairwise_distance", "quality", "describe", "scatter",
+           "image_grid", "loss_curve", "save", "done"]
 
 DEFAULT_OUT = "outputs/examples"
 
@@ -62,28 +63,26 @@ def parse_args(argv, description: str) -> argparse.Namespace:
 
 class FlatMLP(nn.Module):
     """The library's ``MLP`` on flattened images: ``x [B, H, W, C] -> [B, H*W*C] -> MLP ->
-    [B, H, W, C * heads]``.
+    [B, H, W, C]`` (``2C`` channels, eps then v, with ``config.learn_sigma``).
 
     Why: on this 2-core CPU the convolutional networks of the library (NCSN's RefineNet,
     the DDPM U-Net) take about 1-2 s per training step even at 8x8 (XLA:CPU runs a
     convolution on one core), so a few minutes of training would be a few hundred steps.
     An MLP over the 64 pixels of a digit trains thousands of steps in that time.
 
-    ``heads=2`` stacks two MLPs along the channel axis (improved DDPM's learned variance:
-    the eps half, then the variance-interpolation half, as improved-diffusion splits them).
     The data pipeline, losses and samplers all see ordinary NHWC images. Also accepts the
     ``[B, D]`` dummy input ``create_train_state`` initialises with.
     """
 
     config: MLPConfig
-    heads: int = 1
 
     @nn.compact
     def __call__(self, x, labels, train: bool = False):
-        flat = x.reshape(x.shape[0], -1)
-        outs = [MLP(self.config, name=f"mlp_{k}")(flat, labels, train).reshape(x.shape)
-                for k in range(self.heads)]
-        return outs[0] if self.heads == 1 else jnp.concatenate(outs, axis=-1)
+        out = MLP(self.config, name="mlp")(x.reshape(x.shape[0], -1), labels, train)
+        if not self.config.learn_sigma:
+            return out.reshape(x.shape)
+        d = self.config.data_dim                             # [eps (D), v (D)] -> channels
+        return jnp.concatenate([out[:, :d].reshape(x.shape), out[:, d:].reshape(x.shape)], axis=-1)
 
 
 # ------------------------------------------------------------------ training
@@ -111,6 +110,18 @@ def fit(run_config, steps: int, *, model=None, seed: int = 0, desc: str = "train
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
     losses = np.asarray(jax.device_get(losses), np.float64)
     return state, losses, time.perf_counter() - t0
+
+
+def max_pairwise_distance(x, chunk: int = 512) -> float:
+    """max_{i,j} ||x_i - x_j|| (Technique 1 of Song & Ermon 2020: sigma_1 is this distance),
+    computed exactly in chunks; ``x`` is ``[N, ...]``."""
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    sq = (x ** 2).sum(1)
+    best = 0.0
+    for i in range(0, len(x), chunk):
+        d2 = sq[i:i + chunk, None] + sq[None] - 2 * x[i:i + chunk] @ x.T
+        best = max(best, float(d2.max()))
+    return math.sqrt(max(best, 0.0))
 
 
 def flat_images(data_config):

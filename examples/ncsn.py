@@ -8,9 +8,11 @@ What we chose, and why: the 2-D Gaussian mixture ``gmm`` (three unequal, well se
 components, density known exactly) and the library's MLP, not the RefineNet on digits. On
 this 2-core CPU the RefineNet (``NCSNConfig``) takes over a second per step even on 8x8
 digits, so a few minutes would train a few hundred steps; the MLP trains thousands. The
-mixture also shows the point of the paper's Fig. 3: plain Langevin dynamics at one small
-noise level gets the mixture WEIGHTS wrong (it cannot cross the low-density gaps), while
-annealing from a large sigma to a small one recovers them.
+mixture also shows the point of the paper's Sec. 3.2.2 / Fig. 3: Langevin dynamics at one
+small noise level cannot cross the low-density gaps between modes, so its mode weights are
+those of the basins it started in, while annealing from a large sigma to a small one
+recovers the data's weights (here the basins happen to be of similar size, so the gap is
+a few percent; the figure prints both).
 
 The objective is the library's ``training.loss = "smld"`` on a discrete VE process: that
 IS NCSN's loss. ``VESDEConfig(sigma_min, sigma_max, N=L)`` holds the ladder, label i
@@ -72,10 +74,10 @@ def main(argv=None) -> dict:
     # --- the score function the sampler needs: score_fn(x, level) ----------------------
     # The label IS the level index (0 = sigma_1), as the loss fed it. EMA weights.
     model = registry.create_model(model_cfg)
-    params = state.ema[0]
+    variables = {"params": state.ema[0], **state.constants}  # the EMA weights
 
     def score_fn(x, level):
-        return model.apply({"params": params}, x, level)
+        return model.apply(variables, x, level)
 
     # --- annealed Langevin dynamics (Algorithm 1 of Song & Ermon 2019) ------------------
     # for i = 1..L: alpha_i = eps * sigma_i^2 / sigma_L^2, and T steps of
@@ -97,7 +99,7 @@ def main(argv=None) -> dict:
     # --- plain Langevin dynamics at the smallest level only, same start, same budget ----
     # A one-level ladder [sigma_L]; the network's label for it is L-1. Step 1e-3 (larger
     # than annealing's last one, so it can move at all): it converges inside each basin but
-    # cannot cross between modes, so the mode weights follow the basins, not the data.
+    # hardly crosses between modes, so the mode weights follow the basins, not the data.
     def score_at_sigma_L(x, level):
         return score_fn(x, level + (L - 1))
 
