@@ -118,7 +118,8 @@ def test_sample_writes_npz_png_and_trajectory(run2d, capsys, tmp_path):
 
 
 def test_evaluate_and_likelihood_write_metrics(run2d, capsys):
-    code, out, err = run_cli(capsys, "evaluate", "--workdir", str(run2d), "--num", "200", "--no-progress")
+    code, out, err = run_cli(capsys, "evaluate", "--workdir", str(run2d), "--num", "200", "--no-progress",
+                             "--likelihood-points", "16")
     assert code == 0, err
     m = json.loads((run2d / "metrics.json").read_text())["evaluate"]
     assert m["kind"] == "2d" and m["num_samples"] == 200
@@ -168,7 +169,7 @@ def test_convert_run_to_safetensors_and_orbax_both_ways(run2d, capsys, tmp_path)
 def test_digits_train_sample_evaluate_compare(tmp_path, capsys):
     wd = tmp_path / "digits"
     code, out, err = run_cli(capsys, "train", "--preset", "digits/ddpm", "--workdir", str(wd), "--no-progress",
-                             *TINY_DIGITS, "--set", "process.steps=20")
+                             *TINY_DIGITS, "--set", "process.steps=40")
     assert code == 0, err
     code, out, err = run_cli(capsys, "sample", "--workdir", str(wd), "--num", "9", "--trajectory", "--no-progress")
     assert code == 0, err

@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=None, help="samples to judge (default: 359 for digits "
                    "= the held-out count, 2000 for 2-D)")
     p.add_argument("--seed", type=int, default=1, help="the sampling key (default 1)")
+    p.add_argument("--likelihood-points", type=int, default=200, help="2-D mixture, SDE models: test "
+                   "points whose probability-flow log-likelihood is compared with the exact one (default 200)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_sampler_flags(p)
     p.set_defaults(func=cmd_evaluate)
@@ -245,8 +247,9 @@ def cmd_train(args) -> int:
         raise UsageError(f"--workdir {str(workdir)!r} holds a run of preset {record['preset']!r}, not "
                          f"{preset.name!r}; resume it with --preset {record['preset']} or use a new directory")
     overrides = list(args.overrides)
-    if record is not None and not overrides:
-        overrides = list(record.get("overrides", []))  # resuming: the run's own overrides
+    if record is not None:  # resuming: the run's own overrides, then any given now
+        overrides = list(record.get("overrides", [])) + [o for o in overrides
+                                                         if o not in record.get("overrides", [])]
     framework = args.framework or (record or {}).get("framework") or "jax"
     if record is not None and record.get("framework", framework) != framework:
         raise UsageError(f"--workdir {str(workdir)!r} was trained with --framework {record['framework']}; "
@@ -428,8 +431,9 @@ def cmd_evaluate(args) -> int:
         sde = _make_sde(config.process)
         score_fn = get_score_fn(sde, lambda x, t: model.apply(variables, x, t, train=False),
                                 continuous=bool(config.train.training.continuous))
-        report["likelihood"] = metrics.gmm_likelihood_report(jax.random.key(args.seed), sde, score_fn,
-                                                             config.data)
+        report["likelihood"] = metrics.gmm_likelihood_report(
+            jax.random.key(args.seed), sde, score_fn, config.data,
+            num_points=_check_num("--likelihood-points", args.likelihood_points))
     path = runs.update_metrics(run.workdir, "evaluate", report)
     _print_report(report)
     if x.ndim == 4:
