@@ -22,7 +22,7 @@ permutation, Gaussian pixel noise of std ``PIXEL_NOISE`` added to every batch (f
 step) and L2 weight decay ``WEIGHT_DECAY`` on the kernels. Every random number comes from
 ``numpy.random.default_rng(seed)`` in a fixed order, so the run is a pure function of
 ``seed`` (bit-identical on one machine; see ``parity_tests/test_metrics.py`` for the
-tolerance across BLAS builds). It takes a few seconds on one core.
+tolerance across BLAS builds). It takes about 6 s of one core (BLAS limited to one thread).
 
 Metrics oracles (float64): ``frechet_distance_numpy`` (the Frechet distance of the Gaussian
 fits, Heusel et al. 2017, with the matrix square root by symmetric eigendecomposition) and
