@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", help="a run directory made by `scorediff train`")
     p.add_argument("--checkpoint", help="an official checkpoint file instead of a run (needs --preset)")
     p.add_argument("--preset", help="the preset of --checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="with --checkpoint: override the preset's config (e.g. a smaller model.nf for "
+                        "a checkpoint of a modified architecture)")
     p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--seed", type=int, default=0, help="the sampling key (default 0)")
     p.add_argument("--out", help="output .npz (default: WORKDIR/samples.npz, or ./samples.npz)")
@@ -305,20 +308,22 @@ def _check_same_config(workdir: Path, config) -> None:
 
 # ------------------------------------------------------------------------------ sample
 
-def _official_model(checkpoint: str, preset_name: str | None):
+def _official_model(checkpoint: str, preset_name: str | None, overrides=()):
     from scorediff import presets
+    from scorediff.overrides import apply_overrides
 
     if not preset_name:
         raise UsageError("--checkpoint needs --preset (the architecture of the checkpoint, e.g. "
                          "cifar10/ncsnpp-continuous)")
     preset = presets.get_preset(preset_name)
+    config = apply_overrides(preset.run_config, list(overrides)) if overrides else preset.run_config
     path = Path(checkpoint)
     if not path.is_file():
         raise UsageError(f"--checkpoint {checkpoint!r} does not exist" if not path.exists()
                          else f"--checkpoint {checkpoint!r} is not a file")
     from spec.ncsn_configs import NCSNConfig, NCSNv2Config
 
-    m = preset.run_config.model
+    m = config.model
     if isinstance(m, NCSNConfig):
         raise UsageError(f"--checkpoint: loading ermongroup/ncsn (v1) checkpoints is not supported; "
                          f"preset {preset.name} trains from scratch")
@@ -328,7 +333,7 @@ def _official_model(checkpoint: str, preset_name: str | None):
     else:
         from jax_impl.convert import from_score_sde
         _, variables = from_score_sde(str(path), m)
-    return preset, variables
+    return preset, config, variables
 
 
 def cmd_sample(args) -> int:
@@ -341,13 +346,13 @@ def cmd_sample(args) -> int:
     if args.checkpoint is not None:
         if args.workdir is not None:
             raise UsageError("give --workdir or --checkpoint, not both")
-        preset, variables = _official_model(args.checkpoint, args.preset)
-        config, default, step, where = preset.run_config, preset.sampler, None, Path(".")
+        preset, config, variables = _official_model(args.checkpoint, args.preset, args.overrides)
+        default, step, where = preset.sampler, None, Path(".")
     else:
         if args.workdir is None:
             raise UsageError("--workdir (a trained run) or --checkpoint FILE --preset NAME is required")
-        if args.preset is not None:
-            raise UsageError("--preset goes with --checkpoint; a run directory knows its preset")
+        if args.preset is not None or args.overrides:
+            raise UsageError("--preset and --set go with --checkpoint; a run directory knows its config")
         run, default = _run_and_preset(args.workdir)
         from scorediff.runs import ema_variables
         variables, step = ema_variables(run)
@@ -457,6 +462,9 @@ def _print_report(r: dict) -> None:
         _say(f"  {'model samples':22s} {r['fd']:22.3f} {r['classifier_score']:18.3f}")
         _say(f"  {'held-out real digits':22s} {b['real']['fd']:22.3f} {b['real']['classifier_score']:18.3f}")
         _say(f"  {'Gaussian noise':22s} {b['noise']['fd']:22.3f} {b['noise']['classifier_score']:18.3f}")
+        if "mean_confidence" in r:
+            _say(f"  the classifier's mean confidence on the samples {r['mean_confidence']:.3f}; classes "
+                 f"0-9: {r.get('class_histogram')}")
     else:
         f = r["floor"]
         _say(f"sample quality on {r['num_samples']} points, against held-out data:")
@@ -701,7 +709,7 @@ def cmd_convert(args) -> int:
             _say(f"wrote {dst}")
             return 0
         preset = _need_preset(args, "an orbax OUT")
-        _, variables = _official_model(str(src), preset)
+        _, _, variables = _official_model(str(src), preset)
         from jax_impl.convert import save_variables
 
         save_variables(str(dst), variables)
