@@ -28,7 +28,10 @@ Objectives (``RunConfig.resolved_loss``), every per-example loss averaged over t
 "ddpm" (discrete labels ~ U{0..N-1}), "anneal_dsm" (NCSN: labels ~ U{0..L-1}, the model's
 sigmas, anneal power 2) and "diffusion" (``GaussianDiffusion.training_losses``, t from the
 schedule sampler, loss ``mean(w_t L_t)``, the loss-second-moment history updated with the
-unweighted losses of the whole batch in example order).
+unweighted losses of the whole batch in example order). With a learned-variance process
+(``model_var_type`` "learned" / "learned_range") the model has ``learn_sigma=True`` (RunConfig
+checks it) and its ``2C`` output (last axis here, axis 1 in torch: eps, then v) is split by
+``GaussianDiffusion``; the hybrid loss ``L_simple + L_vlb`` trains v through the vb term only.
 
 Deliberate differences from the official code: with ``microbatch`` improved-diffusion sums the
 gradients of the micro-batch means (the step grows with the number of micro-batches); here
