@@ -441,7 +441,7 @@ def test_train_step_parity_improved_diffusion_hybrid_importance_sampled():
     T = 10
     process = spec.DiffusionConfig(steps=T, noise_schedule="cosine", model_var_type="learned_range",
                                    loss_type="mse")
-    cfg = _run_config(MLPConfig(), process, ["training.schedule_sampler=loss-second-moment",
+    cfg = _run_config(MLPConfig(learn_sigma=True), process, ["training.schedule_sampler=loss-second-moment",
                                              "optim.optimizer=AdamW", "optim.weight_decay=0.01",
                                              "optim.lr_anneal_steps=100", "model.ema_warmup=false",
                                              "optim.grad_clip=-1"])

@@ -131,7 +131,7 @@ def test_run_config_round_trip_and_auto_loss():
         (MLPConfig(), spec.VPSDEConfig(N=10), "ddpm", ["training.continuous=false"]),
         (MLPConfig(), spec.VESDEConfig(N=10), "smld", ["training.continuous=false"]),
         (MLPConfig(), spec.subVPSDEConfig(), "sde", ["training.continuous=false"]),
-        (MLPConfig(), spec.DiffusionConfig(steps=10, noise_schedule="cosine", model_var_type="learned_range",
+        (MLPConfig(learn_sigma=True), spec.DiffusionConfig(steps=10, noise_schedule="cosine", model_var_type="learned_range",
                                            loss_type="rescaled_mse"), "diffusion",
          ["training.schedule_sampler=loss-second-moment"]),
         (NCSNConfig(ngf=8, num_scales=3, image_size=8, num_channels=1), None, "anneal_dsm", []),
