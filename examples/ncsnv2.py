@@ -4,15 +4,15 @@ Models"): the paper's five techniques, applied to 8x8 digits.
     python examples/ncsnv2.py [--out DIR] [--tiny]
 
   1. sigma_1 = the largest Euclidean distance between two training points;
-  2. a geometric ladder whose ratio gamma makes neighbouring noise levels overlap (Eq. (3));
+  2. a geometric ladder whose ratio gamma makes neighbouring noise levels overlap;
   3. the noise-conditional score s(x, sigma) = s(x) / sigma (the output divided by sigma);
   4. T steps per level and a step size eps that make the Langevin samples' variance match
-     the next level (Proposition 3 / Eq. (4)), plus the final denoising step x + sigma_L^2 s;
+     the next level (Proposition 3), plus the final denoising step x + sigma_L^2 s;
   5. an exponential moving average of the weights (rate 0.999).
 
 What we chose, and why: the digits (D = 64). Techniques 1, 2 and 4 are statements about
-high-dimensional data: in 2-D, Eq. (3) holds for every gamma (there is no ladder to choose),
-while for D = 64 it gives gamma ~ 1.36. The network is the library's MLP over the 64 pixels
+high-dimensional data: in 2-D, Technique 2's condition holds for every gamma (there is no
+ladder to choose), while for D = 64 it gives gamma ~ 1.36. The network is the library's MLP over the 64 pixels
 (``_common.FlatMLP``): NCSNv2's RefineNet takes over a second per step on this 2-core CPU
 even at 8x8, the MLP milliseconds.
 
@@ -21,7 +21,7 @@ log-uniformly between sigma_L and sigma_1 rather than from the L ladder points, 
 network fed sigma itself (Fourier features of log sigma) so that Technique 3's 1/sigma
 scaling applies. The library's discrete SMLD loss feeds the integer level instead, which
 a 1/sigma output layer cannot use; the objective is otherwise the same weighted denoising
-score matching (Eq. (1) of Song & Ermon 2020 with lambda(sigma) = sigma^2).
+score matching of Song & Ermon 2020, Sec. 2.1, with lambda(sigma) = sigma^2.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def technique_2_gamma(D: int) -> float:
 
 
 def technique_4_eps(gamma: float, sigma_L: float, T: int) -> tuple[float, float]:
-    """eps making Eq. (4), the variance ratio s_T^2 / sigma_i^2 after T Langevin steps,
+    """eps making Proposition 3's variance ratio s_T^2 / sigma_i^2 after T Langevin steps,
         (1 - eps/sigma_L^2)^{2T} (gamma^2 - 2 eps / (sigma_L^2 - sigma_L^2 (1 - eps/sigma_L^2)^2))
           + 2 eps / (sigma_L^2 - sigma_L^2 (1 - eps/sigma_L^2)^2),
     as close to 1 as possible (a grid over u = eps / sigma_L^2 in (0, 1)). Returns (eps, ratio)."""
@@ -88,11 +88,11 @@ def main(argv=None) -> dict:
     # --- Technique 1: sigma_1 = max_{i,j} ||x_i - x_j|| ---------------------------------
     sigma_1 = C.max_pairwise_distance(train_x)
     sigma_L = 0.01
-    # --- Technique 2: gamma = sigma_{i-1} / sigma_i from Eq. (3), L from sigma_1 / sigma_L --
+    # --- Technique 2: gamma = sigma_{i-1} / sigma_i from its condition, L from sigma_1 / sigma_L
     gamma = technique_2_gamma(D)
     L = int(math.ceil(math.log(sigma_1 / sigma_L) / math.log(gamma))) + 1
     sigmas = geometric_sigmas(sigma_1, sigma_L, L)            # ratio <= gamma: enough overlap
-    # --- Technique 4: T steps per level (as many as we can afford), eps from Eq. (4) ------
+    # --- Technique 4: T steps per level (as many as we can afford), eps from Prop. 3 -----
     T = 2 if tiny else 20
     eps, ratio = technique_4_eps(float(sigmas[0] / sigmas[1]), sigma_L, T)
     print(f"NCSNv2 on 8x8 digits (D={D}): sigma_1 = {sigma_1:.2f} (T1), gamma = {gamma:.3f} -> "

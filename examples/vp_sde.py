@@ -103,7 +103,7 @@ def main(argv=None) -> dict:
     x_ode = np.asarray(x_ode)
     ode_s = time.perf_counter() - t0
 
-    # --- exact log-likelihood through the probability-flow ODE (Sec. 4.3, Eq. (39)) -----
+    # --- exact log-likelihood through the probability-flow ODE (Sec. 4.3, App. D.2) ------
     # log p_0(x_0) = log p_T(x_T) + int_0^T div f~(x_t, t) dt, integrated from the data to
     # the prior with the exact divergence (2-D: two Jacobian columns).
     mix = demo_mixture()
