@@ -312,7 +312,9 @@ def test_int_nan_inf_tensors_are_rejected_naming_the_key():
 
 def test_load_variables_damaged_or_other_config(tmp_path):
     cfg = CFG["ddpm"]
-    variables = jreg.init_variables(cfg, jax.random.PRNGKey(0))
+    # The model's variables (structure checked against registry.variable_shapes by the
+    # converter), from a torch model: no init program to compile.
+    variables = jconv.torch_to_flax_variables(_perturbed(cfg, 8).state_dict(), cfg)
     good = tmp_path / "good"
     jconv.save_variables(good, variables)
     with pytest.raises(FileNotFoundError, match="missing.*does not exist"):
