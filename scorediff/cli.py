@@ -375,7 +375,7 @@ def cmd_sample(args) -> int:
              seed=np.int64(args.seed), step=np.int64(-1 if step is None else step))
     os.replace(tmp, out)
     png = _write_sample_pictures(out.with_suffix(".png"), x, config,
-                                 f"{plan.describe()} (NFE {nfe})" + ("" if step is None else f", step {step}"))
+                                 f"generated: {plan.describe()}\nNFE {nfe}" + ("" if step is None else f", step {step}"))
     bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).sum())
     _say(f"{len(x)} samples {tuple(x.shape[1:])} with {plan.describe()}: NFE {nfe}, compile "
          f"{sampler.compile_s:.2f} s, {wall - sampler.compile_s:.2f} s sampling"
@@ -386,7 +386,7 @@ def cmd_sample(args) -> int:
         tpng = out.with_name(out.stem + "_trajectory.png")
         ref = _real_images(config, 2000) if (config.data is not None and states.ndim == 3) else None
         plots.trajectory_strip(tpng, states, labels, centered=_centered(config),
-                               title=f"one reverse trajectory ({plan.describe()})", reference=ref)
+                               title=f"one reverse trajectory, noise to data: {plan.describe()}", reference=ref)
         _say(f"wrote {tpng}")
     return 0
 
@@ -443,7 +443,7 @@ def cmd_evaluate(args) -> int:
     _print_report(report)
     if x.ndim == 4:
         plots.image_grid(run.workdir / "real_vs_generated.png", x[:64], centered=config.data.centered,
-                         title=f"generated ({plan.describe()})", real=_real_images(config, 64))
+                         title=f"generated: {plan.describe()}\nNFE {nfe}, step {step}", real=_real_images(config, 64))
     else:
         _write_sample_pictures(run.workdir / "evaluate_samples.png", x, config, f"{plan.describe()}")
     rows = plots.read_log(run.workdir)

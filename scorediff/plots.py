@@ -61,12 +61,12 @@ def _tile(images: np.ndarray, cols: int | None = None) -> np.ndarray:
 def _show(ax, canvas: np.ndarray, title: str) -> None:
     ax.imshow(canvas[..., 0] if canvas.shape[-1] == 1 else canvas, cmap="gray", vmin=0, vmax=1,
               interpolation="nearest")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=9)
     ax.axis("off")
 
 
 def image_grid(path, samples: np.ndarray, *, centered: bool = True, title: str = "samples",
-               real: np.ndarray | None = None, real_title: str = "real (held out)") -> Path:
+               real: np.ndarray | None = None, real_title: str = "real (held out)\n") -> Path:
     """Write a grid of ``samples`` ``[N, H, W, C]`` (and, with ``real``, a grid of real
     images beside it) to ``path``."""
     plt = _plt()

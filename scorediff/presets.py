@@ -87,9 +87,9 @@ def _digits_unet() -> DDPMConfig:
                       num_res_blocks=1, attn_resolutions=(4,), dropout=0.0)
 
 
-_DIGITS_STEPS = "training.n_iters=20000"
+_DIGITS_STEPS = "training.n_iters=8000"
 _DIGITS_BATCH = "training.batch_size=128"
-_DIGITS_SNAP = "training.snapshot_freq=5000"
+_DIGITS_SNAP = "training.snapshot_freq=2000"
 
 _digits = {
     "digits/ddpm": Preset(
