@@ -66,7 +66,14 @@ def tiny_config(**training) -> RunConfig:
 
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """JAX's persistent compilation cache for this module (and its subprocesses); restored after."""
+    """JAX's persistent compilation cache for this module (and its subprocesses); restored after.
+
+    The session's cache (``parity_tests/conftest.py``) when there is one: jax reads its cache
+    directory once per process, so the subprocesses must get the directory this process uses."""
+    session_cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if session_cache:
+        yield Path(session_cache)
+        return
     cache = tmp_path_factory.mktemp("jax_cache")
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
              "jax_persistent_cache_min_entry_size_bytes")
