@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from jax_impl.models import ncsn as jncsn
 from jax_impl.models import ncsn_layers as jl
 from jax_impl.models import ncsnv2 as jv2
+from parity_tests import netutils
 from parity_tests.helpers import to_np
 from spec import ncsn_configs
 from torch_ref.convert import flatten_paths, flax_to_torch, torch_to_flax
@@ -66,6 +67,19 @@ def n_params(tree) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
+def jit_fast(fn):
+    """``jax.jit(fn)``, compiled on the first call with ``netutils.FAST_COMPILE`` (less XLA
+    optimisation effort, the same float32 / float64 ops); later calls take the same shapes."""
+    compiled = []
+
+    def call(*args):
+        if not compiled:
+            compiled.append(netutils.compile_fast(fn, *args))
+        return compiled[0](*args)
+
+    return call
+
+
 def fwd_and_grad(model):
     """jit(variables, x, y, w) -> (out, d/dx sum(out * w)) in one compilation."""
 
@@ -73,7 +87,7 @@ def fwd_and_grad(model):
         out, vjp = jax.vjp(lambda xx: model.apply(variables, xx, y), x)
         return out, vjp(w)[0]
 
-    return jax.jit(f)
+    return jit_fast(f)
 
 
 # -------------------------------------------------------------- one copy of the data
@@ -322,7 +336,7 @@ def test_network_parity_float64(case, with_grad, np_rng):
         out, grad = fwd_and_grad(jmodel)(v64, jnp.asarray(nhwc(x)), jnp.asarray(y), jnp.asarray(nhwc(w)))
         assert max_rel(nchw(np.asarray(grad)), want_grad) < 1e-10
     else:
-        out = jax.jit(jmodel.apply)(v64, jnp.asarray(nhwc(x)), jnp.asarray(y))
+        out = jit_fast(jmodel.apply)(v64, jnp.asarray(nhwc(x)), jnp.asarray(y))
     assert out.dtype == jnp.float64
     assert max_rel(nchw(np.asarray(out)), want_out) < 1e-10
 
