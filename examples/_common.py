@@ -166,7 +166,8 @@ def quality(samples, data_config) -> dict:
 
 def describe(q: dict) -> str:
     extra = f", noise {q['noise']:.4g}" if math.isfinite(q["noise"]) else ""
-    return f"{q['metric']} {q['value']:.4g} (held-out real data {q['real']:.4g}{extra})"
+    ref = "an exact sample" if q["metric"] == "sliced_wasserstein" else "held-out real data"
+    return f"{q['metric']} {q['value']:.4g} ({ref} {q['real']:.4g}{extra})"
 
 
 # ------------------------------------------------------------------ figures

@@ -57,9 +57,9 @@ def main(argv=None) -> dict:
     # The network sees sigma(t) (score_sde's VE convention) through Gaussian Fourier
     # features of log sigma, and its output is divided by sigma (NCSN++'s scale_by_sigma,
     # Technique 3 of NCSNv2: ||score|| ~ 1/sigma).
-    model_cfg = MLPConfig(data_dim=2, hidden_dims=(128, 128, 128), embedding_type="fourier",
+    model_cfg = MLPConfig(data_dim=2, hidden_dims=(256, 256, 256), embedding_type="fourier",
                           scale_by_sigma=True)
-    steps, batch = (5, 32) if tiny else (3000, 256)
+    steps, batch = (5, 32) if tiny else (6000, 256)
     train_cfg = spec.TrainConfig().with_overrides([
         f"training.batch_size={batch}", "training.continuous=true",   # loss "auto" -> "sde"
         "optim.lr=1e-3", "optim.warmup=100", "model.ema_rate=0.999"])
