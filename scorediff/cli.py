@@ -283,8 +283,8 @@ def cmd_train(args) -> int:
     rows = plots.read_log(workdir)
     if rows:
         plots.loss_curve(workdir / "loss.png", rows, title=f"{preset.name}: training loss")
-    last = rows[-1]["loss"] if rows else float("nan")
-    _say(f"step {step}/{tc.n_iters} in {wall:.1f} s; last logged loss {last:.4g}; checkpoints in "
+    last = f"last logged loss {rows[-1]['loss']:.4g}" if rows else "no loss logged yet (training.log_freq)"
+    _say(f"step {step}/{tc.n_iters} in {wall:.1f} s; {last}; checkpoints in "
          f"{workdir / 'checkpoints'}; loss curve {workdir / 'loss.png'}")
     return 0
 

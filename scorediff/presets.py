@@ -8,12 +8,15 @@ command line (DESIGN rule 7): the library itself takes the typed configs.
 Three families:
 
 * ``digits/*``: sklearn's 8x8 digits (built in, 1438 training images, grey, in [-1, 1]),
-  one preset per seed model and SDE, sized to train in minutes on a 2-core CPU. The
-  score / noise networks are MLPs on the flattened 64-pixel image except where the seed
-  model IS its network (NCSN's RefineNet, NCSNv2, the DDPM U-Net): XLA:CPU runs a
-  convolution on one core and a small U-Net step on 8x8 digits took ~0.6 s of CPU on this
-  machine against ~13 ms for a 3 x 256 MLP, so within minutes an MLP sees ~50x more
-  examples (the main job's choice, ``MAIN_JOB_PRESET``, is measured in the README).
+  one preset per seed model and SDE, sized to train in minutes on a 2-core CPU. Their
+  score / noise networks are MLPs on the flattened 64-pixel image: XLA:CPU runs a
+  convolution on one core, and a small U-Net step on 8x8 digits took ~0.6 s of CPU on
+  this machine against ~26 ms for the 3 x 512 MLP, so within minutes an MLP sees ~20x
+  more examples (the main job's choice, ``MAIN_JOB_PRESET``, is measured in the README).
+  NCSN's and NCSNv2's methods (the SMLD loss on their sigma ladders, annealed Langevin)
+  run on that MLP; their own networks (``digits/ncsn-refinenet``, ``digits/ncsnv2-net``)
+  and the DDPM U-Net (``digits/ddpm-unet``) are presets too, slow on a CPU (compiling
+  the RefineNet's training step takes minutes).
 * ``2d/*``: the built-in 2-D Gaussian mixture (its density is known, so samples and
   likelihoods are judged exactly), one preset per seed model and SDE, about a minute each.
 * ``cifar10/*``: score_sde's and ncsnv2's official CIFAR-10 configurations (networks with
@@ -121,7 +124,25 @@ _digits = {
         {"name": "ddpm", "steps": 100}),
     "digits/ncsn": Preset(
         "digits/ncsn",
-        "NCSN (Song & Ermon 2019): RefineNet (ngf 16), 10 geometric sigmas 1 -> 0.01; annealed Langevin, 100 steps/level",
+        "NCSN's method (Song & Ermon 2019): 10 geometric sigmas 1 -> 0.01, SMLD (DSM) loss, MLP; annealed Langevin 100 steps/level",
+        RunConfig(model=_digits_mlp(), data=DIGITS,
+                  train=_train(*_CPU, _DIGITS_STEPS, _DIGITS_BATCH, _DIGITS_SNAP, "optim.lr=1e-3",
+                               "model.ema_rate=0.999", "training.continuous=False", "training.loss=smld",
+                               "training.sde=vesde"),
+                  process=VESDEConfig(sigma_min=0.01, sigma_max=1.0, N=10)),
+        {"name": "ald", "n_steps_each": 100, "step_lr": 2e-5}),
+    "digits/ncsnv2": Preset(
+        "digits/ncsnv2",
+        "NCSNv2's recipe (Song & Ermon 2020): 24 sigmas 10 -> 0.01 (techniques 1-2), SMLD loss, MLP; ALD 5 steps/level, eps 2.5e-5",
+        RunConfig(model=_digits_mlp(), data=DIGITS,
+                  train=_train(*_CPU, _DIGITS_STEPS, _DIGITS_BATCH, _DIGITS_SNAP, "optim.lr=1e-3",
+                               "model.ema_rate=0.999", "training.continuous=False", "training.loss=smld",
+                               "training.sde=vesde"),
+                  process=VESDEConfig(sigma_min=0.01, sigma_max=10.0, N=24)),
+        {"name": "ald", "n_steps_each": 5, "step_lr": 2.5e-5}),
+    "digits/ncsn-refinenet": Preset(
+        "digits/ncsn-refinenet",
+        "NCSN with its own network: RefineNet (ngf 16) at 8x8, anneal DSM, 10 sigmas 1 -> 0.01; slow to compile on a CPU",
         RunConfig(model=NCSNConfig(ngf=16, num_scales=10, sigma_min=0.01, sigma_max=1.0,
                                    image_size=8, num_channels=1, centered=True),
                   data=DIGITS,
@@ -129,9 +150,9 @@ _digits = {
                                "training.snapshot_freq=500", "optim.lr=1e-3", "optim.warmup=0",
                                "model.ema_rate=0.99")),
         {"name": "ald", "n_steps_each": 100, "step_lr": 2e-5}),
-    "digits/ncsnv2": Preset(
-        "digits/ncsnv2",
-        "NCSNv2 (Song & Ermon 2020): NCSNv2 net (ngf 16), 24 sigmas 10 -> 0.01 by techniques 1-2; 5 steps/level",
+    "digits/ncsnv2-net": Preset(
+        "digits/ncsnv2-net",
+        "NCSNv2 with its own network (ngf 16) at 8x8, anneal DSM, 24 sigmas 10 -> 0.01; slow to compile on a CPU",
         RunConfig(model=NCSNv2Config(ngf=16, num_scales=24, sigma_min=0.01, sigma_max=10.0,
                                      image_size=8, num_channels=1, centered=True),
                   data=DIGITS,
