@@ -16,7 +16,7 @@ PYTEST_WORKERS ?= -n 2
 PYTEST_ARGS ?=
 # The main job: which preset, and where its run directory goes (a second `make run` resumes
 # it: training is skipped when finished, the rest runs again).
-PRESET  ?= digits/ddpm
+PRESET  ?= digits/improved-ddpm
 RUN_DIR ?= outputs/main
 SCOREDIFF := $(VENV)/bin/scorediff
 

@@ -97,13 +97,14 @@ _DIGITS_SNAP = "training.snapshot_freq=2000"
 _digits = {
     "digits/ddpm": Preset(
         "digits/ddpm",
-        "DDPM (Ho et al. 2020): linear betas, T=1000, L_simple, MLP eps-net; ancestral sampling, 1000 steps",
+        "DDPM (Ho et al. 2020): linear betas, T=1000, L_simple, MLP eps-net; DDIM 100 steps (ancestral: --sampler ddpm)",
         RunConfig(model=_digits_mlp(), data=DIGITS,
                   train=_train(*_CPU, _DIGITS_STEPS, _DIGITS_BATCH, _DIGITS_SNAP, "optim.lr=1e-3",
                                "model.ema_rate=0.999"),
                   process=DiffusionConfig(steps=1000, noise_schedule="linear",
                                           model_var_type="fixed_large")),
-        {"name": "ddpm"}),
+        # measured: FD 10.3 with DDIM 100 against 23.7 with 1000 ancestral steps (3000 steps)
+        {"name": "ddim", "steps": 100}),
     "digits/ddpm-unet": Preset(
         "digits/ddpm-unet",
         "DDPM with score_sde's U-Net at 8x8 (nf 32, 2 levels): VP discrete, DDPM loss; ~0.5 s/step on a CPU",
@@ -115,13 +116,15 @@ _digits = {
         {"name": "pc", "predictor": "ancestral_sampling", "corrector": "none"}),
     "digits/improved-ddpm": Preset(
         "digits/improved-ddpm",
-        "improved DDPM (Nichol & Dhariwal 2021): cosine schedule, learned variances, hybrid loss; 100 respaced steps",
+        "improved DDPM (Nichol & Dhariwal 2021): cosine schedule, learned variances, hybrid loss, MLP; DDIM 100 steps",
         RunConfig(model=_digits_mlp(learn_sigma=True), data=DIGITS,
                   train=_train(*_CPU, _DIGITS_STEPS, _DIGITS_BATCH, _DIGITS_SNAP, "optim.lr=1e-3",
                                "optim.optimizer=AdamW", "model.ema_rate=0.999"),
                   process=DiffusionConfig(steps=1000, noise_schedule="cosine",
                                           model_var_type="learned_range", loss_type="rescaled_mse")),
-        {"name": "ddpm", "steps": 100}),
+        # measured (README, "The main job"): DDIM's 100 deterministic steps beat the 100-step
+        # (and the 1000-step) ancestral sampler with the learned variances on this short run
+        {"name": "ddim", "steps": 100}),
     "digits/ncsn": Preset(
         "digits/ncsn",
         "NCSN's method (Song & Ermon 2019): 10 geometric sigmas 1 -> 0.01, SMLD (DSM) loss, MLP; annealed Langevin 100 steps/level",
@@ -313,7 +316,7 @@ _cifar = {
 PRESETS: Mapping[str, Preset] = {**_digits, **_2d, **_cifar}
 
 #: the preset ``make run`` trains (see the README's "The main job" for the measurements)
-MAIN_JOB_PRESET = "digits/ddpm"
+MAIN_JOB_PRESET = "digits/improved-ddpm"
 
 
 def preset_names() -> tuple[str, ...]:
