@@ -171,12 +171,14 @@ def test_digits_train_sample_evaluate_compare(tmp_path, capsys):
     code, out, err = run_cli(capsys, "train", "--preset", "digits/ddpm", "--workdir", str(wd), "--no-progress",
                              *TINY_DIGITS, "--set", "process.steps=40")
     assert code == 0, err
-    code, out, err = run_cli(capsys, "sample", "--workdir", str(wd), "--num", "9", "--trajectory", "--no-progress")
+    code, out, err = run_cli(capsys, "sample", "--workdir", str(wd), "--num", "9", "--trajectory", "--no-progress",
+                             "--steps", "10")
     assert code == 0, err
     with np.load(wd / "samples.npz") as f:
         assert f["samples"].shape == (9, 8, 8, 1)
     assert (wd / "samples.png").exists() and (wd / "samples_trajectory.png").exists()
-    code, out, err = run_cli(capsys, "evaluate", "--workdir", str(wd), "--num", "32", "--no-progress")
+    code, out, err = run_cli(capsys, "evaluate", "--workdir", str(wd), "--num", "32", "--no-progress",
+                             "--sampler", "ddpm", "--steps", "10")
     assert code == 0, err
     m = json.loads((wd / "metrics.json").read_text())["evaluate"]
     assert m["kind"] == "digits"
