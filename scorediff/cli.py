@@ -468,9 +468,12 @@ def _print_report(r: dict) -> None:
     else:
         f = r["floor"]
         _say(f"sample quality on {r['num_samples']} points, against held-out data:")
-        _say(f"  {'':22s} {'sliced W1':>12s} {'energy dist':>12s}")
+        _say(f"  {'':22s} {'sliced W2':>12s} {'energy dist':>12s}")
         _say(f"  {'model samples':22s} {r['sliced_wasserstein']:12.4f} {r['energy_distance']:12.4f}")
-        _say(f"  {'exact samples (floor)':22s} {f['sliced_wasserstein']:12.4f} {f['energy_distance']:12.4f}")
+        sd = r.get("floor_std", {})
+        _say(f"  {'exact samples (floor)':22s} {f['sliced_wasserstein']:12.4f} {f['energy_distance']:12.4f}"
+             + (f"   (mean of exact draws; std {sd['sliced_wasserstein']:.4f}, {sd['energy_distance']:.4f})"
+                if sd else ""))
         if "mean_log_density" in r:
             _say(f"  exact mean log-density of the samples {r['mean_log_density']:.4f} "
                  f"(exact samples: {f.get('mean_log_density', float('nan')):.4f})")
