@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "= the held-out count, 2000 for 2-D)")
     p.add_argument("--seed", type=int, default=1, help="the sampling key (default 1)")
     p.add_argument("--likelihood-points", type=int, default=200, help="2-D mixture, SDE models: test "
-                   "points whose probability-flow log-likelihood is compared with the exact one (default 200)")
+                   "points whose probability-flow log-likelihood is compared with the exact one (default 200; 0: skip)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_sampler_flags(p)
     p.set_defaults(func=cmd_evaluate)
@@ -426,7 +426,7 @@ def cmd_evaluate(args) -> int:
     report = _judge(config, x, args.seed)
     report.update({"step": step, "sampler": plan.describe(), "nfe": nfe, "num_samples": len(x),
                    "sample_seconds": sample_s, "compile_seconds": sampler.compile_s})
-    if config.data.dataset == "gmm" and config.resolved_loss == "sde":
+    if config.data.dataset == "gmm" and config.resolved_loss == "sde" and args.likelihood_points != 0:
         from jax_impl import metrics
         from jax_impl.models import registry
         from jax_impl.models.utils import get_score_fn
@@ -438,7 +438,7 @@ def cmd_evaluate(args) -> int:
                                 continuous=bool(config.train.training.continuous))
         report["likelihood"] = metrics.gmm_likelihood_report(
             jax.random.key(args.seed), sde, score_fn, config.data,
-            num_points=_check_num("--likelihood-points", args.likelihood_points))
+            num_points=_check_num("--likelihood-points", args.likelihood_points))  # 0 skips it
     path = runs.update_metrics(run.workdir, "evaluate", report)
     _print_report(report)
     if x.ndim == 4:
