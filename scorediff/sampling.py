@@ -125,6 +125,10 @@ def resolve(config: RunConfig, default: Mapping[str, Any], *, name: str | None =
             raise ValueError(f"--steps {opts['steps']}: the model was trained on the discrete "
                              f"{config.process.N}-step ladder (training.continuous=False); only "
                              f"a continuous model samples on another grid")
+    if name in ("ddpm", "ddim") and "steps" in opts and not isinstance(opts["steps"], bool) \
+            and int(opts["steps"]) > config.process.steps:
+        raise ValueError(f"--steps {opts['steps']}: the diffusion has {config.process.steps} steps; "
+                         f"{name} can keep at most that many")
     for key in ("steps", "n_steps", "n_steps_each"):
         if key in opts and (isinstance(opts[key], bool) or int(opts[key]) < 1):
             raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, got {opts[key]}")
