@@ -423,7 +423,15 @@ def cmd_evaluate(args) -> int:
     x, nfe = sampler(variables, jax.random.key(args.seed))
     sample_s = time.perf_counter() - t0 - sampler.compile_s
     x = np.asarray(x)
+    clipped = None
+    if x.ndim == 4:  # images are judged as images: clipped to the data range, as score_sde
+        lo, hi = (-1.0, 1.0) if config.data.centered else (0.0, 1.0)  # quantises before its FID
+        finite = np.isfinite(x)
+        clipped = float(np.mean(finite & ((x < lo) | (x > hi))))
+        x = np.where(finite, np.clip(x, lo, hi), x)
     report = _judge(config, x, args.seed)
+    if clipped is not None:
+        report["clipped_pixel_fraction"] = clipped
     report.update({"step": step, "sampler": plan.describe(), "nfe": nfe, "num_samples": len(x),
                    "sample_seconds": sample_s, "compile_seconds": sampler.compile_s})
     if config.data.dataset == "gmm" and config.resolved_loss == "sde" and args.likelihood_points != 0:
