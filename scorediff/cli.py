@@ -212,7 +212,7 @@ def _density(config):
         from spec.oracles.gmm import demo_mixture
 
         mix = demo_mixture()
-        return lambda pts: mix.log_prob(pts) if hasattr(mix, "log_prob") else None
+        return mix.log_prob
     return None
 
 
@@ -566,7 +566,7 @@ def cmd_likelihood(args) -> int:
         else:
             from jax_impl import ode
 
-            logp, _, _ = _ode_loglik(ode, key, sde, score_fn, jax.numpy.asarray(x))
+            logp = np.asarray(ode.likelihood(key, sde, score_fn, jax.numpy.asarray(x))[0])
             out["mean_loglik_ode"] = float(np.mean(logp))
             out["nats_per_dim"] = -float(np.mean(logp)) / x.shape[1]
             _say(f"mean log-likelihood (probability-flow ODE) of {len(x)} held-out points: "
@@ -579,25 +579,14 @@ def cmd_likelihood(args) -> int:
     return 0
 
 
-def _ode_loglik(ode, key, sde, score_fn, x):
-    import numpy as np
-
-    res = ode.likelihood(key, sde, score_fn, x)
-    logp = np.asarray(res[0] if isinstance(res, tuple) else res)
-    return logp, None, None
-
-
 # ----------------------------------------------------------------------------- compare
 
 def _torch_module(config, variables):
-    import torch
-
-    from jax_impl.convert import flax_to_torch_state_dict
+    from torch_ref.convert import flax_to_torch_state_dict
     from torch_ref.models import registry as tregistry
 
-    sd = flax_to_torch_state_dict(variables, config.model)
     module = tregistry.create_model(config.model)
-    module.load_state_dict({k: torch.as_tensor(v) for k, v in sd.items()})
+    module.load_state_dict(flax_to_torch_state_dict(variables, config.model))
     return module.eval()
 
 
@@ -698,8 +687,6 @@ _FILE_SUFFIXES = (".pth", ".pt", ".npz", ".safetensors")
 
 
 def cmd_convert(args) -> int:
-    from pathlib import Path
-
     src, dst = Path(args.src), Path(args.dst)
     if not src.exists():
         raise UsageError(f"IN {str(src)!r} does not exist")

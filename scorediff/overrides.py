@@ -21,12 +21,12 @@ re-checked as a whole (``RunConfig``). Errors name the override: ``ValueError`` 
 from __future__ import annotations
 
 import dataclasses
-import enum
+import types
 import typing
 from typing import Any, Sequence
 
 from spec.datasets import DataConfig
-from spec.train_config import EMAConfig, RunConfig, TrainConfig
+from spec.train_config import EMAConfig, RunConfig, TrainConfig, _parse_value
 
 __all__ = ["apply_overrides", "parse_overrides"]
 
@@ -49,8 +49,7 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, str, str]]:
 
 def _unwrap_optional(typ):
     args = typing.get_args(typ)
-    if typing.get_origin(typ) in (typing.Union, getattr(__import__("types"), "UnionType", None)) \
-            and type(None) in args:
+    if typing.get_origin(typ) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
         return (rest[0] if len(rest) == 1 else Any), True
     return typ, False
@@ -58,34 +57,17 @@ def _unwrap_optional(typ):
 
 def _parse(dotted: str, text: str, typ):
     typ, optional = _unwrap_optional(typ)
-    low = text.strip().lower()
-    if optional and low in ("none", "null", ""):
+    if optional and text.strip().lower() in ("none", "null", ""):
         return None
-    if typ is bool:
-        if low in ("true", "1", "yes"):
-            return True
-        if low in ("false", "0", "no"):
-            return False
-        raise ValueError(f"--set {dotted}={text}: not a bool (true/false)")
-    if typ is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError(f"--set {dotted}={text}: not an integer") from None
-    if typ is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"--set {dotted}={text}: not a number") from None
+    if typ in (bool, int, float):  # the training sections' own parser
+        return _parse_value(f"--set {dotted}", text, typ)
     origin = typing.get_origin(typ)
     if typ is tuple or origin is tuple:
         args = typing.get_args(typ)
         elem = args[0] if args else float
         parts = [p for p in text.strip().strip("()[]").split(",") if p.strip()]
         return tuple(_parse(dotted, p.strip(), elem if elem is not Ellipsis else float) for p in parts)
-    if isinstance(typ, type) and issubclass(typ, enum.Enum):
-        return text  # the configs coerce their enums from the value's name, with their own error
-    return text
+    return text  # strings; enums are coerced from their names by the configs, with their own error
 
 
 def _replace(dotted_section: str, obj, fields: dict[str, str]):
