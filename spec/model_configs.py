@@ -311,6 +311,11 @@ class MLPConfig:
         to ``D = image_size^2 num_channels`` (so ``data_dim`` must equal that), and
         returns images of the same layout (``2 num_channels`` channels, eps then v, with
         ``learn_sigma``). The parameters are those of the vector MLP of width D.
+      num_classes: 0 (default): unconditional. K > 0: class-conditional, called with the
+        class labels as ``y=`` (int ``[B]`` in ``[0, K)``); a learned ``[K, 4E]`` class
+        embedding is added to the label features (improved-diffusion's ``label_emb``).
+        For classifier-free guidance one of the K classes serves as the null class
+        (``jax_impl.guidance``).
     """
 
     name: str = "mlp"
@@ -325,6 +330,7 @@ class MLPConfig:
     learn_sigma: bool = False
     image_size: Optional[int] = None
     num_channels: int = 1
+    num_classes: int = 0
 
     def __post_init__(self):
         if self.name != "mlp":
@@ -344,6 +350,10 @@ class MLPConfig:
         s("learn_sigma", check_bool("learn_sigma", self.learn_sigma))
         _check_learn_sigma(self)
         s("num_channels", check_int("num_channels", self.num_channels, minimum=1))
+        s("num_classes", check_int("num_classes", self.num_classes, minimum=0))
+        if self.num_classes and not self.conditional:
+            raise ValueError("MLPConfig: num_classes > 0 needs conditional=True (the class embedding is "
+                             "added to the label features)")
         if self.image_size is not None:
             s("image_size", check_int("image_size", self.image_size, minimum=1))
             pixels = self.image_size ** 2 * self.num_channels
