@@ -11,6 +11,10 @@ transposed, and 2-D batches ``[B, 2]`` are equal as they are.
   ``batch_at(step)``, iteration) are ``jax.Array`` NHWC; it also accepts ``jax.Array`` data.
   The ``state`` dict is the same JSON-able position on both sides, so a run may even
   resume in the other framework;
+* ``load_labels(config) -> (y_train, y_test)``: :func:`spec.datasets.load_labels` re-exported
+  (int64 numpy, aligned with ``load_dataset``); given to ``BatchIterator(..., labels=y)`` the
+  batches are ``(x, y)`` with ``y`` int32 ``jax.Array`` ``[B]``; ``shard_index`` / ``shard_count``
+  give a process its rows of the global batch (see the spec iterator);
 * ``to_framework(batch, dtype=None)``: a numpy batch ``[B, H, W, C]`` / ``[B, D]`` as a
   ``jax.Array`` (NHWC kept; ``dtype`` None keeps float32).
 """
@@ -21,12 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from spec import datasets as _spec
-from spec.datasets import DataConfig
+from spec.datasets import DataConfig, load_labels
 
 __all__ = [
     "BatchIterator",
     "DataConfig",
     "load_dataset",
+    "load_labels",
     "to_framework",
 ]
 
@@ -59,5 +64,13 @@ class BatchIterator(_spec.BatchIterator):
         return np.asarray(data)
 
     @staticmethod
+    def _labels_from_framework(labels):
+        return np.asarray(labels)
+
+    @staticmethod
     def _to_framework(batch):
         return to_framework(batch)
+
+    @staticmethod
+    def _labels_to_framework(y):
+        return jnp.asarray(np.asarray(y), dtype=jnp.int32)

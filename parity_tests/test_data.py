@@ -519,3 +519,161 @@ def test_jax_and_torch_batches_are_the_same_numbers():
     for to_framework in (jdata.to_framework, tdata.to_framework):
         with pytest.raises(TypeError, match="float"):
             to_framework(np.zeros((2, 2), np.int32))
+
+
+# --- class labels and per-process shards -------------------------------------------------------
+
+
+def test_digit_labels_are_aligned_with_the_split():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    cfg = DataConfig("digits")
+    (train, test), (y_train, y_test) = load_dataset(cfg), sd.load_labels(cfg)
+    assert y_train.dtype == np.int64 and y_train.shape == (1438,) and y_test.shape == (359,)
+    train_idx, test_idx = sd.split_indices(1797, 0.2)
+    for x, y, idx in ((train, y_train, train_idx), (test, y_test, test_idx)):
+        np.testing.assert_array_equal(y, bunch.target[idx])
+        np.testing.assert_allclose(x[..., 0], bunch.images[idx] / 8.0 - 1.0, atol=1e-6)
+    assert set(np.unique(y_train)) == set(range(10))
+    capped = DataConfig("digits", num_train=10, num_test=5, test_fraction=0.5, num_channels=3)
+    y10, y5 = sd.load_labels(capped)
+    tr, te = sd.split_indices(1797, 0.5)
+    np.testing.assert_array_equal(y10, bunch.target[tr[:10]])
+    np.testing.assert_array_equal(y5, bunch.target[te[:5]])
+
+
+def test_toy_labels_are_the_mixture_components():
+    for name, k in sd.TOY_COMPONENTS.items():
+        cfg = DataConfig(name, num_train=4000, num_test=1000, seed=2)
+        (train, test), (y_train, y_test) = load_dataset(cfg), sd.load_labels(cfg)
+        assert y_train.shape == (4000,) and y_test.shape == (1000,) and y_train.dtype == np.int64
+        assert set(np.unique(y_train)) == set(range(k))
+        # the same points, from the same random numbers
+        x, c = sd.make_toy_data(name, 300, np.random.default_rng(5), return_components=True)
+        np.testing.assert_array_equal(x, sd.make_toy_data(name, 300, np.random.default_rng(5)))
+        assert c.shape == (300,)
+    # each label is the component the point lies in
+    x, c = sd.make_toy_data("gmm", 500, np.random.default_rng(1), return_components=True)
+    _, ref = demo_mixture().sample(np.random.default_rng(1), 500)
+    np.testing.assert_array_equal(c, ref)
+    x, c = sd.make_toy_data("rings", 2000, np.random.default_rng(1), return_components=True)
+    r = np.linalg.norm(x, axis=1) * math.sqrt(30 / 128 + 0.02**2)
+    np.testing.assert_array_equal(np.argmin(np.abs(r[:, None] - np.array([0.25, 0.5, 0.75, 1.0])), axis=1), c)
+    x, c = sd.make_toy_data("checkerboard", 2000, np.random.default_rng(1), return_components=True)
+    b = np.floor(x / (math.sqrt(3.0) / 2.0)).astype(int) + 2  # column, row 0..3
+    np.testing.assert_array_equal(c // 2, b[:, 0])
+    assert len({(cc, row) for cc, row in zip(c, b[:, 1])}) == 8  # one square per label
+    x, c = sd.make_toy_data("moons", 2000, np.random.default_rng(1), return_components=True)
+    std_y = math.sqrt(9 / 16 - 1 / math.pi + 0.05**2)
+    upper_y = x[c == 0, 1] * std_y + 0.25  # sin t + noise, >= -0.2
+    assert upper_y.min() > -0.25 and (x[c == 1, 1] * std_y + 0.25).max() < 0.75
+    with pytest.raises(ValueError, match="'swiss_roll' has no class labels"):
+        sd.load_labels(DataConfig("swiss_roll"))
+    with pytest.raises(ValueError, match="not a mixture"):
+        sd.make_toy_data("swiss_roll", 4, np.random.default_rng(0), return_components=True)
+
+
+def test_user_array_labels(tmp_path):
+    img = _images(n=10)
+    labels = np.arange(10) % 3
+    np.savez(tmp_path / "l.npz", images=img, labels=labels)
+    np.savez(tmp_path / "y.npz", y=labels.astype(np.uint8), images=img)
+    for name in ("l.npz", "y.npz"):
+        cfg = DataConfig("array", path=str(tmp_path / name), test_fraction=0.3)
+        (train, test), (y_train, y_test) = load_dataset(cfg), sd.load_labels(cfg)  # no array_key needed
+        tr, te = sd.split_indices(10, 0.3)
+        np.testing.assert_array_equal(y_train, labels[tr])
+        np.testing.assert_array_equal(y_test, labels[te])
+        np.testing.assert_allclose(train, img[tr] / 127.5 - 1.0, atol=1e-6)
+        assert y_train.dtype == np.int64
+    np.save(tmp_path / "u8.npy", img)
+    np.savez(tmp_path / "none.npz", images=img)
+    np.savez(tmp_path / "float.npz", images=img, labels=labels.astype(np.float32))
+    np.savez(tmp_path / "short.npz", images=img, labels=labels[:9])
+    np.savez(tmp_path / "neg.npz", images=img, labels=labels - 1)
+    for name, words in (("u8.npy", "a .npy file holds no class labels"),
+                        ("none.npz", "holds no class labels: no array 'labels' or 'y'"),
+                        ("float.npz", "must be integers [N]; got dtype float32"),
+                        ("short.npz", "hold 9 entries but it holds 10 images"),
+                        ("neg.npz", "must be >= 0")):
+        with pytest.raises(ValueError) as info:
+            sd.load_labels(DataConfig("array", path=str(tmp_path / name)))
+        msg = str(info.value)
+        assert msg.startswith("data.path") and name in msg and words in msg, msg
+    (tmp_path / "imgs").mkdir()
+    with pytest.raises(ValueError, match="'folder' has no class labels"):
+        sd.load_labels(DataConfig("folder", path=str(tmp_path / "imgs")))
+    with pytest.raises(TypeError, match="DataConfig"):
+        sd.load_labels("digits")
+
+
+def test_labelled_batches_and_shards_union_to_the_global_batch():
+    cfg = DataConfig("digits", random_flip=True, uniform_dequantization=True, num_train=100)
+    train, _ = load_dataset(cfg)
+    y_train, _ = sd.load_labels(cfg)
+    plain = BatchIterator.from_config(cfg, train, 24)
+    labelled = BatchIterator.from_config(cfg, train, 24, labels=y_train)
+    shards = [BatchIterator.from_config(cfg, train, 24, labels=y_train, shard_index=i, shard_count=4)
+              for i in range(4)]
+    assert shards[0].local_batch_size == 6 and labelled.local_batch_size == 24
+    # unaugmented rows tell which example each is: its label must be that example's
+    raw = BatchIterator(train, 24, labels=y_train)
+    for step in range(6):  # 6 * 24 = 144 > 100: crosses an epoch boundary
+        x = plain.next()
+        xl, yl = labelled.next()
+        assert yl.dtype == np.int64 and yl.shape == (24,)
+        np.testing.assert_array_equal(x, xl)  # labels do not change x
+        parts = [s.next() for s in shards]
+        np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), x)
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), yl)
+        rx, ry = raw.next()
+        rows = [int(np.flatnonzero((train == r).all(axis=(1, 2, 3)))[0]) for r in rx]
+        np.testing.assert_array_equal(ry, y_train[rows])
+        np.testing.assert_array_equal(ry, yl)
+        assert all(s.state == labelled.state for s in shards)
+    np.testing.assert_array_equal(shards[3].batch_at(9)[0], labelled.batch_at(9)[0][18:])
+    # a state saved by the 1-shard iterator restores in any shard of another count
+    state = json.loads(json.dumps(labelled.state))
+    expect_x, expect_y = labelled.next()
+    for count in (1, 2, 3):
+        got = [BatchIterator.restore(train, 24, state, random_flip=True, uniform_dequantization=True,
+                                     num_bins=17, labels=y_train, shard_index=i, shard_count=count).next()
+               for i in range(count)]
+        np.testing.assert_array_equal(np.concatenate([g[0] for g in got]), expect_x)
+        np.testing.assert_array_equal(np.concatenate([g[1] for g in got]), expect_y)
+
+
+def test_label_and_shard_argument_errors():
+    x = _toy(12)
+    with pytest.raises(ValueError, match=r"batch_size=6 \(the global batch\) is not divisible by shard_count=4"):
+        BatchIterator(x, 6, shard_count=4)
+    with pytest.raises(ValueError, match="shard_index=2 is out of range for shard_count=2"):
+        BatchIterator(x, 4, shard_index=2, shard_count=2)
+    for kw, exc, words in ((dict(shard_count=0), ValueError, "shard_count"),
+                           (dict(shard_index=-1), ValueError, "shard_index"),
+                           (dict(shard_count=1.5), TypeError, "shard_count"),
+                           (dict(labels=np.zeros(11, np.int64)), ValueError, "labels hold 11 entries"),
+                           (dict(labels=np.zeros(12, np.float32)), TypeError, "integer"),
+                           (dict(labels=np.zeros((12, 1), np.int64)), TypeError, "labels")):
+        with pytest.raises(exc) as info:
+            BatchIterator(x, 4, **kw)
+        assert words in str(info.value)
+
+
+def test_jax_and_torch_labelled_shards_are_the_same_numbers():
+    cfg = DataConfig("digits", num_train=40)
+    y_train, _ = jdata.load_labels(cfg)
+    assert tdata.load_labels is sd.load_labels
+    jit = jdata.BatchIterator.from_config(cfg, jdata.load_dataset(cfg)[0], 8, labels=y_train,
+                                          shard_index=1, shard_count=2)
+    tit = tdata.BatchIterator.from_config(cfg, tdata.load_dataset(cfg)[0], 8,
+                                          labels=torch.as_tensor(y_train), shard_index=1, shard_count=2)
+    (jx, jy), (tx, ty) = jit.next(), tit.next()
+    assert jy.dtype == np.int32 and ty.dtype == torch.int64
+    assert tuple(jx.shape) == (4, 8, 8, 1) and tuple(tx.shape) == (4, 1, 8, 8)
+    np.testing.assert_array_equal(np.asarray(jy), ty.numpy())
+    sx, sy = BatchIterator(np.asarray(jdata.load_dataset(cfg)[0]), 8, labels=y_train).next()
+    np.testing.assert_array_equal(np.asarray(jy), sy[4:])
+    np.testing.assert_array_equal(np.asarray(jx), sx[4:])
+    np.testing.assert_array_equal(np.asarray(jx), tx.permute(0, 2, 3, 1).numpy())

@@ -66,6 +66,13 @@ in [0, 1] and ``K = num_bins`` levels (256 for 8-bit data, 17 for digits; score_
 
 (the bound 1 is reached only by float32 rounding of ``u`` close to 1).
 
+Class labels (:func:`load_labels`, for class-conditional models): int64 arrays aligned row
+for row with :func:`load_dataset`'s splits: the digit of each digits image, the mixture
+component of each 2-D point (gmm, moons, checkerboard, rings), or a user ``.npz``'s integer
+array ``labels`` (or ``y``) beside its images (the images are then found without
+``array_key``). :class:`BatchIterator` takes them as ``labels=`` and yields ``(x, y)``; its
+``shard_index`` / ``shard_count`` give each process its rows of the global batch.
+
 Only numpy and the standard library are imported at module import; scikit-learn (digits)
 and Pillow (image folders, resizing) are imported inside the functions that need them.
 """
@@ -89,11 +96,13 @@ __all__ = [
     "IMAGE_DATASETS",
     "IMAGE_SUFFIXES",
     "SPLIT_SEED",
+    "TOY_COMPONENTS",
     "TOY_DATASETS",
     "BatchIterator",
     "DataConfig",
     "dequantize",
     "load_dataset",
+    "load_labels",
     "make_toy_data",
     "split_indices",
 ]
@@ -107,6 +116,8 @@ ARRAY_SUFFIXES = (".npy", ".npz")
 SPLIT_SEED = 20_240_601
 DIGITS_NUM_IMAGES = 1797
 DIGITS_LEVELS = 17  # values 0..16
+# The names a user .npz may give its class labels (load_labels reads the first present).
+LABEL_KEYS = ("labels", "y")
 
 # Stream tags of the numpy SeedSequences, so no two purposes share random numbers.
 _TAG_GENERATE, _TAG_PERMUTE, _TAG_AUGMENT = 0, 1, 2
@@ -245,15 +256,30 @@ def _toy_rng(seed: int, dataset: str, split: str) -> np.random.Generator:
     return np.random.default_rng([seed, _TAG_GENERATE, TOY_DATASETS.index(dataset), _SPLITS[split]])
 
 
-def make_toy_data(dataset: str, n: int, rng: np.random.Generator) -> np.ndarray:
+# The 2-D sets that are mixtures, and their number of components (the labels of load_labels).
+TOY_COMPONENTS = {"gmm": 3, "moons": 2, "checkerboard": 8, "rings": 4}
+
+
+def make_toy_data(dataset: str, n: int, rng: np.random.Generator, *, return_components: bool = False):
     """``n`` points ``[n, 2]`` (float32) of the 2-D set ``dataset`` drawn from ``rng``
-    (definitions and scales in the module docstring)."""
+    (definitions and scales in the module docstring).
+
+    With ``return_components`` also the component each point was drawn from, int64 ``[n]``
+    (the same points, from the same random numbers): gmm's mixture component (0..2), the
+    moon (0 upper, 1 lower), the checkerboard square ``2 * column + k`` (0..7; column 0..3
+    from the left, k the square's draw within the column) and the ring (0..3, inner to
+    outer). The swiss roll is one curve, not a mixture: ``ValueError``."""
     check_choice("dataset", dataset, TOY_DATASETS)
     n = check_int("n", n, minimum=1)
+    return_components = check_bool("return_components", return_components)
+    if return_components and dataset not in TOY_COMPONENTS:
+        raise ValueError(f"dataset={dataset!r} is not a mixture (one curve): it has no component "
+                         f"labels; the mixtures are {sorted(TOY_COMPONENTS)}")
+    components = None
     if dataset == "gmm":
         from spec.oracles.gmm import demo_mixture
 
-        x, _ = demo_mixture().sample(rng, n)
+        x, components = demo_mixture().sample(rng, n)
     elif dataset == "moons":
         noise = 0.05
         upper = rng.random(n) < 0.5
@@ -264,6 +290,7 @@ def make_toy_data(dataset: str, n: int, rng: np.random.Generator) -> np.ndarray:
         mean = np.array([0.5, 0.25])
         var = np.array([0.75, 9.0 / 16.0 - 1.0 / math.pi]) + noise**2
         x = (pts - mean) / np.sqrt(var)
+        components = np.where(upper, 0, 1)
     elif dataset == "swiss_roll":
         noise = 0.25
         t = rng.uniform(1.5 * math.pi, 4.5 * math.pi, n)
@@ -273,16 +300,24 @@ def make_toy_data(dataset: str, n: int, rng: np.random.Generator) -> np.ndarray:
         x = (pts - mean) / np.sqrt(second - mean**2 + noise**2)
     elif dataset == "checkerboard":
         x1 = rng.uniform(-2.0, 2.0, n)
-        x2 = rng.random(n) - 2.0 * rng.integers(0, 2, n) + np.mod(np.floor(x1), 2.0)
+        u = rng.random(n)  # drawn before k (the order of the original one-line expression)
+        k = rng.integers(0, 2, n)
+        x2 = u - 2.0 * k + np.mod(np.floor(x1), 2.0)
         x = np.stack([x1, x2], axis=1) * (math.sqrt(3.0) / 2.0)
+        components = 2 * (np.floor(x1).astype(np.int64) + 2) + k
     else:  # rings
         noise = 0.02
         radii = np.array([0.25, 0.5, 0.75, 1.0])
-        r = radii[rng.integers(0, len(radii), n)]
+        ring = rng.integers(0, len(radii), n)
+        r = radii[ring]
         theta = rng.uniform(0.0, 2.0 * math.pi, n)
         pts = np.stack([r * np.cos(theta), r * np.sin(theta)], axis=1) + noise * rng.standard_normal((n, 2))
         x = pts / math.sqrt(np.mean(radii**2) / 2.0 + noise**2)
-    return np.ascontiguousarray(x, dtype=np.float32)
+        components = ring
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if return_components:
+        return x, np.ascontiguousarray(components, dtype=np.int64)
+    return x
 
 
 # --- reading user files ------------------------------------------------------------------------
@@ -301,6 +336,9 @@ def _read_array(path: Path, array_key: str | None) -> np.ndarray:
                 if not keys:
                     _fail(path, "the .npz archive holds no arrays")
                 if array_key is None:
+                    images = [k for k in keys if k not in LABEL_KEYS]
+                    if len(keys) > 1 and len(images) == 1:
+                        keys = images  # one image array beside its labels
                     if len(keys) != 1:
                         _fail(path, f"the .npz archive holds {len(keys)} arrays {keys}; "
                                     f"choose one with data.array_key")
@@ -479,11 +517,23 @@ def load_dataset(config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     if config.image_size is not None and config.dataset != "folder":
         unit = _resize_unit(unit, config.image_size)
 
-    train_idx, test_idx = split_indices(len(unit), test_fraction)
+    parts = []
+    for idx in _capped_split(config, len(unit), test_fraction):
+        x = unit[idx]
+        if config.centered:
+            x = np.float32(2.0) * x - np.float32(1.0)
+        parts.append(np.ascontiguousarray(x, dtype=np.float32))
+    return parts[0], parts[1]
+
+
+def _capped_split(config: DataConfig, num_examples: int, test_fraction: float):
+    """``(train_idx, test_idx)`` of :func:`split_indices`, each cut to ``num_train`` /
+    ``num_test`` (errors name the field)."""
+    train_idx, test_idx = split_indices(num_examples, test_fraction)
     if len(train_idx) == 0:
         raise ValueError(f"data.test_fraction={test_fraction} leaves no training images of "
-                         f"the {len(unit)} in {config.path or config.dataset!r}")
-    parts = []
+                         f"the {num_examples} in {config.path or config.dataset!r}")
+    out = []
     for name, idx in (("num_train", train_idx), ("num_test", test_idx)):
         cap = getattr(config, name)
         if cap is not None:
@@ -491,11 +541,87 @@ def load_dataset(config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
                 raise ValueError(f"data.{name}={cap} is larger than the {len(idx)} images of "
                                  f"that split of {config.path or config.dataset!r}")
             idx = idx[:cap]
-        x = unit[idx]
-        if config.centered:
-            x = np.float32(2.0) * x - np.float32(1.0)
-        parts.append(np.ascontiguousarray(x, dtype=np.float32))
-    return parts[0], parts[1]
+        out.append(idx)
+    return out
+
+
+# --- class labels --------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _load_digit_targets() -> np.ndarray:
+    """The digit (0..9) of each of the 1797 images ``[1797]`` int64 (read-only)."""
+    from sklearn.datasets import load_digits
+
+    target = np.asarray(load_digits().target, dtype=np.int64)
+    target.setflags(write=False)
+    return target
+
+
+def _read_labels(path: Path, num_images: int) -> np.ndarray:
+    """The ``labels`` (or ``y``) array of a user ``.npz``: int64 ``[num_images]``, >= 0."""
+    if not path.name.lower().endswith(".npz"):
+        _fail(path, f"a .npy file holds no class labels; store the images and an integer array "
+                    f"{LABEL_KEYS[0]!r} (or {LABEL_KEYS[1]!r}) [N] together in one .npz")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            key = next((k for k in LABEL_KEYS if k in archive.files), None)
+            if key is None:
+                _fail(path, f"holds no class labels: no array {LABEL_KEYS[0]!r} or "
+                            f"{LABEL_KEYS[1]!r} in the archive (it holds {list(archive.files)})")
+            y = archive[key]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        if str(e).startswith("data.path"):
+            raise
+        _fail(path, f"cannot read its labels ({type(e).__name__}: {e})")
+    if y.dtype.kind not in "ui" or y.ndim != 1:
+        _fail(path, f"its labels {key!r} must be integers [N]; got dtype {y.dtype}, shape {y.shape}")
+    if len(y) != num_images:
+        _fail(path, f"its labels {key!r} hold {len(y)} entries but it holds {num_images} images")
+    if len(y) and int(y.min()) < 0:
+        _fail(path, f"its labels {key!r} must be >= 0 (class indices); the smallest is {int(y.min())}")
+    return y.astype(np.int64)
+
+
+def load_labels(config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The class labels ``(y_train, y_test)``, int64 ``[N_train]`` / ``[N_test]``, aligned row
+    for row with :func:`load_dataset`'s ``(train, test)`` (the same split and caps).
+
+    digits: the digit 0..9 (scikit-learn's ``target``); the 2-D mixtures (``TOY_COMPONENTS``:
+    gmm, moons, checkerboard, rings): the component each point was drawn from
+    (:func:`make_toy_data`'s ``return_components``); ``"array"``: the ``.npz``'s integer array
+    ``labels`` (or ``y``) ``[N]`` beside the images. The swiss roll, image folders, ``.npy``
+    files and archives without labels raise ``ValueError`` naming the dataset / file."""
+    if not isinstance(config, DataConfig):
+        raise TypeError(f"config must be a spec.datasets.DataConfig, got {type(config).__name__}")
+    if config.dataset in TOY_DATASETS:
+        if config.dataset not in TOY_COMPONENTS:
+            raise ValueError(f"data.dataset={config.dataset!r} has no class labels: it is one curve, "
+                             f"not a mixture (labelled 2-D sets: {', '.join(sorted(TOY_COMPONENTS))})")
+        n_train = 10_000 if config.num_train is None else config.num_train
+        n_test = 5_000 if config.num_test is None else config.num_test
+        _, y_train = make_toy_data(config.dataset, n_train, _toy_rng(config.seed, config.dataset, "train"),
+                                   return_components=True)
+        _, y_test = make_toy_data(config.dataset, n_test, _toy_rng(config.seed, config.dataset, "test"),
+                                  return_components=True)
+        return y_train, y_test
+    if config.dataset == "digits":
+        y = _load_digit_targets()
+        test_fraction = 0.2 if config.test_fraction is None else config.test_fraction
+    elif config.dataset == "array":
+        if Path(config.path).is_dir():
+            _fail(config.path, "is a directory; data.dataset='array' reads a .npy/.npz file")
+        path = check_file("data.path", config.path)
+        if not path.name.lower().endswith(ARRAY_SUFFIXES):
+            _fail(path, "must be a .npy or .npz file")
+        num_images = len(_read_array(path, config.array_key)) if path.name.lower().endswith(".npz") else 0
+        y = _read_labels(path, num_images)
+        test_fraction = 0.0 if config.test_fraction is None else config.test_fraction
+    else:  # folder
+        raise ValueError(f"data.dataset='folder' has no class labels (an image folder is unlabelled; "
+                         f"data.path={config.path!r}); for labels store the images and an integer "
+                         f"array 'labels' [N] in a .npz and use data.dataset='array'")
+    return tuple(np.ascontiguousarray(y[idx]) for idx in _capped_split(config, len(y), test_fraction))
 
 
 # --- augmentation and the iterator ---------------------------------------------------------
@@ -528,15 +654,28 @@ class BatchIterator:
     example at ``index`` of ``epoch`` (first the flip, then the noise), so they do not depend
     on the batch size or on where a run resumed.
 
+    ``labels`` (int ``[N]``, e.g. from :func:`load_labels`): every batch is a tuple ``(x,
+    y)`` with ``y`` the labels of ``x``'s examples (int64 here; the twins give int32 JAX /
+    int64 torch); without, a bare ``x`` as always.
+
+    Per-process shards: ``batch_size`` is always the GLOBAL batch ``B``; with ``shard_count
+    > 1`` the iterator yields only the rows ``[shard_index * B / shard_count, (shard_index +
+    1) * B / shard_count)`` of each global batch (``local_batch_size`` rows). Every shard
+    walks the same permutation and draws each example's augmentation from that example's
+    own Generator, so the shards of all processes, concatenated in ``shard_index`` order,
+    are exactly the 1-process batch. ``B % shard_count != 0`` raises ``ValueError`` naming
+    ``batch_size``.
+
     ``state`` is a JSON-able dict ``{"epoch", "index", "seed", "num_examples",
-    "batch_size"}`` (the next example's position and what it refers to);
-    :meth:`set_state` / :meth:`restore` continue exactly where the saved iterator was, so
-    a resumed run sees the batches an uninterrupted run would. ``batch_at(k)`` is batch
-    ``k`` without moving the iterator.
+    "batch_size"}`` (the next example's GLOBAL position and what it refers to; the same in
+    every shard); :meth:`set_state` / :meth:`restore` continue exactly where the saved
+    iterator was, so a resumed run sees the batches an uninterrupted run would, with any
+    number of shards. ``batch_at(k)`` is batch ``k`` without moving the iterator.
     """
 
     def __init__(self, data, batch_size: int, *, seed: int = 0, random_flip: bool = False,
-                 uniform_dequantization: bool = False, num_bins: int = 256, centered: bool = True):
+                 uniform_dequantization: bool = False, num_bins: int = 256, centered: bool = True,
+                 labels=None, shard_index: int = 0, shard_count: int = 1):
         data = self._from_framework(data)
         data = np.asarray(data)
         if data.dtype.kind != "f":
@@ -557,6 +696,25 @@ class BatchIterator:
         if (self.random_flip or self.uniform_dequantization) and self.data.ndim != 4:
             raise ValueError(f"random_flip and uniform_dequantization apply to images "
                              f"[N, H, W, C]; got data of shape {self.data.shape}")
+        self.labels = None
+        if labels is not None:
+            y = np.asarray(self._labels_from_framework(labels))
+            if y.dtype.kind not in "ui" or y.ndim != 1:
+                raise TypeError(f"labels must be an integer array [N] (class indices), got "
+                                f"dtype {y.dtype} and shape {y.shape}")
+            if len(y) != self.num_examples:
+                raise ValueError(f"labels hold {len(y)} entries but data holds {self.num_examples} "
+                                 f"examples; they must be aligned row for row")
+            self.labels = np.ascontiguousarray(y, dtype=np.int64)
+        self.shard_count = check_int("shard_count", shard_count, minimum=1)
+        self.shard_index = check_int("shard_index", shard_index, minimum=0)
+        if self.shard_index >= self.shard_count:
+            raise ValueError(f"shard_index={self.shard_index} is out of range for "
+                             f"shard_count={self.shard_count} (0..{self.shard_count - 1})")
+        if self.batch_size % self.shard_count:
+            raise ValueError(f"batch_size={self.batch_size} (the global batch) is not divisible by "
+                             f"shard_count={self.shard_count}: every shard takes the same number of rows")
+        self.local_batch_size = self.batch_size // self.shard_count
         self._position = 0
         self._perms: dict[int, np.ndarray] = {}
         self._keys: dict[int, np.ndarray] = {}
@@ -564,14 +722,17 @@ class BatchIterator:
         self._philox = self._philox_rng = None
 
     @classmethod
-    def from_config(cls, config: DataConfig, data, batch_size: int, *, seed: int | None = None):
+    def from_config(cls, config: DataConfig, data, batch_size: int, *, seed: int | None = None,
+                    labels=None, shard_index: int = 0, shard_count: int = 1):
         """The iterator ``config`` asks for (its flips, dequantisation, number of levels and
-        range); ``seed`` defaults to ``config.seed``."""
+        range); ``seed`` defaults to ``config.seed``; ``labels`` / ``shard_index`` /
+        ``shard_count`` as in the constructor."""
         if not isinstance(config, DataConfig):
             raise TypeError(f"config must be a spec.datasets.DataConfig, got {type(config).__name__}")
         return cls(data, batch_size, seed=config.seed if seed is None else seed,
                    random_flip=config.random_flip, uniform_dequantization=config.uniform_dequantization,
-                   num_bins=config.num_bins, centered=config.centered)
+                   num_bins=config.num_bins, centered=config.centered, labels=labels,
+                   shard_index=shard_index, shard_count=shard_count)
 
     # framework hooks (the twins convert here)
     @staticmethod
@@ -579,8 +740,22 @@ class BatchIterator:
         return data
 
     @staticmethod
+    def _labels_from_framework(labels):
+        return labels
+
+    @staticmethod
     def _to_framework(batch):
         return batch
+
+    @staticmethod
+    def _labels_to_framework(y):
+        return y
+
+    def _output(self, batch: np.ndarray, idx: np.ndarray):
+        """The framework batch ``x``, or ``(x, y)`` when the iterator has labels."""
+        if self.labels is None:
+            return self._to_framework(batch)
+        return self._to_framework(batch), self._labels_to_framework(self.labels[idx])
 
     # order
     def permutation(self, epoch: int) -> np.ndarray:
@@ -594,19 +769,22 @@ class BatchIterator:
             self._perms[epoch] = perm
         return perm
 
-    def _batch_from(self, position: int) -> np.ndarray:
+    def _batch_from(self, position: int) -> tuple[np.ndarray, np.ndarray]:
+        """This shard's rows of the global batch starting at stream ``position``: the
+        examples ``[local_batch_size, ...]`` and their indices into ``data``."""
         n = self.num_examples
-        positions = np.arange(position, position + self.batch_size)
+        start = position + self.shard_index * self.local_batch_size
+        positions = np.arange(start, start + self.local_batch_size)
         epochs, indices = positions // n, positions % n
-        idx = np.empty(self.batch_size, np.int64)
+        idx = np.empty(self.local_batch_size, np.int64)
         for e in np.unique(epochs):
             sel = epochs == e
             idx[sel] = self.permutation(int(e))[indices[sel]]
         batch = self.data[idx]
         if self.random_flip or self.uniform_dequantization:
-            flip = np.zeros(self.batch_size, bool)
+            flip = np.zeros(self.local_batch_size, bool)
             u = np.empty(batch.shape, np.float32) if self.uniform_dequantization else None
-            for j in range(self.batch_size):
+            for j in range(self.local_batch_size):
                 rng = self._reuse_example_rng(int(epochs[j]), int(indices[j]))
                 flip[j] = rng.random() < 0.5
                 if u is not None:
@@ -615,7 +793,7 @@ class BatchIterator:
                 batch[flip] = batch[flip][:, :, ::-1]
             if u is not None:
                 batch = dequantize(batch, u, num_bins=self.num_bins, centered=self.centered)
-        return batch
+        return batch, idx
 
     def example_rng(self, epoch: int, index: int) -> np.random.Generator:
         """The Generator of the example at position ``index`` of ``epoch``: Philox with the
@@ -648,10 +826,11 @@ class BatchIterator:
         return self._philox_rng
 
     def next(self):
-        """The next batch ``[batch_size, ...]`` (the iterator advances by one batch)."""
-        batch = self._batch_from(self._position)
+        """The next batch ``[local_batch_size, ...]`` (``batch_size`` unless sharded), or
+        ``(x, y)`` with labels; the iterator advances by one global batch."""
+        batch, idx = self._batch_from(self._position)
         self._position += self.batch_size
-        return self._to_framework(batch)
+        return self._output(batch, idx)
 
     def __iter__(self):
         return self
@@ -662,7 +841,7 @@ class BatchIterator:
     def batch_at(self, step: int):
         """Batch number ``step`` of the stream (counted from the start), without moving."""
         step = check_int("step", step, minimum=0)
-        return self._to_framework(self._batch_from(step * self.batch_size))
+        return self._output(*self._batch_from(step * self.batch_size))
 
     # state
     @property
@@ -702,14 +881,15 @@ class BatchIterator:
     @classmethod
     def restore(cls, data, batch_size: int, state: dict, *, seed: int | None = None,
                 random_flip: bool = False, uniform_dequantization: bool = False, num_bins: int = 256,
-                centered: bool = True):
+                centered: bool = True, labels=None, shard_index: int = 0, shard_count: int = 1):
         """A new iterator over ``data`` positioned at ``state`` (see :meth:`set_state`);
-        ``seed`` defaults to the state's."""
+        ``seed`` defaults to the state's; the shard may differ from the saving run's."""
         if seed is None:
             if not isinstance(state, dict) or "seed" not in state:
                 raise ValueError("state must be a dict from BatchIterator.state (with a 'seed')")
             seed = state["seed"]
         it = cls(data, batch_size, seed=seed, random_flip=random_flip,
-                 uniform_dequantization=uniform_dequantization, num_bins=num_bins, centered=centered)
+                 uniform_dequantization=uniform_dequantization, num_bins=num_bins, centered=centered,
+                 labels=labels, shard_index=shard_index, shard_count=shard_count)
         it.set_state(state)
         return it

@@ -11,6 +11,10 @@ transposed, and 2-D batches ``[B, 2]`` are equal as they are.
   ``batch_at(step)``, iteration) are ``torch.Tensor`` (images NCHW); it also accepts
   tensors as data (images NCHW, as :func:`load_dataset` returns them). The ``state`` dict
   is the same JSON-able position on both sides;
+* ``load_labels(config) -> (y_train, y_test)``: :func:`spec.datasets.load_labels` re-exported
+  (int64 numpy, aligned with ``load_dataset``); given to ``BatchIterator(..., labels=y)`` the
+  batches are ``(x, y)`` with ``y`` int64 ``torch.Tensor`` ``[B]``; ``shard_index`` / ``shard_count``
+  give a process its rows of the global batch (see the spec iterator);
 * ``to_framework(batch, dtype=None)``: a numpy batch ``[B, H, W, C]`` as a contiguous
   ``torch.Tensor`` ``[B, C, H, W]`` (``[B, D]`` kept; ``dtype`` None keeps float32).
 """
@@ -21,12 +25,13 @@ import numpy as np
 import torch
 
 from spec import datasets as _spec
-from spec.datasets import DataConfig
+from spec.datasets import DataConfig, load_labels
 
 __all__ = [
     "BatchIterator",
     "DataConfig",
     "load_dataset",
+    "load_labels",
     "to_framework",
 ]
 
@@ -73,5 +78,13 @@ class BatchIterator(_spec.BatchIterator):
         return _to_numpy(data)
 
     @staticmethod
+    def _labels_from_framework(labels):
+        return _to_numpy(labels)
+
+    @staticmethod
     def _to_framework(batch):
         return to_framework(batch)
+
+    @staticmethod
+    def _labels_to_framework(y):
+        return torch.as_tensor(np.asarray(y), dtype=torch.int64)
