@@ -29,6 +29,7 @@ from spec.schedules import (
     ve_discrete_sigmas,
     vp_discrete_betas,
 )
+from spec.unet_model import UNetModelConfig
 from spec.train_config import EMAConfig, OptimConfig, RunConfig, TrainConfig, TrainingConfig
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "SDEConfig",
     "TrainConfig",
     "TrainingConfig",
+    "UNetModelConfig",
     "VESDEConfig",
     "VPSDEConfig",
     "subVPSDEConfig",

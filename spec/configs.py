@@ -6,7 +6,8 @@ N=1000)``); ``jax_impl.sde`` and ``torch_ref.sde`` subclass them and add the for
 the data is defined once and validated once. Configs are hashable and can be static
 arguments of ``jax.jit``.
 
-``DiffusionConfig`` mirrors improved-diffusion's ``create_gaussian_diffusion`` arguments.
+``DiffusionConfig`` mirrors improved-diffusion's ``create_gaussian_diffusion`` arguments;
+``DiffusionConfig.from_improved_diffusion_args(flags)`` maps the official flags onto it.
 """
 
 from __future__ import annotations
@@ -210,6 +211,46 @@ class DiffusionConfig:
         # Validate the schedule and the respacing string now, not at first use.
         self.base_betas  # noqa: B018
         self.use_timesteps  # noqa: B018
+
+    @classmethod
+    def from_improved_diffusion_args(cls, flags) -> "DiffusionConfig":
+        """The process of improved-diffusion's ``create_gaussian_diffusion`` for ``flags``.
+
+        ``flags``: a dict of ``model_and_diffusion_defaults()`` keys (the network keys are
+        accepted and ignored; ``spec.UNetModelConfig.from_improved_diffusion_args`` reads
+        them). Missing keys take the official defaults (``rescale_timesteps=True``,
+        ``rescale_learned_sigmas=True``, ...); unknown keys raise ``ValueError`` naming them;
+        strings of the official command line (``"True"``, ``"4000"``) are parsed. Mapping, as
+        the official code:
+
+        - ``diffusion_steps`` -> ``steps``; ``noise_schedule``; ``timestep_respacing``
+          (``""`` keeps every step);
+        - loss: ``use_kl`` -> RESCALED_KL, else ``rescale_learned_sigmas`` -> RESCALED_MSE,
+          else MSE;
+        - mean: ``predict_xstart`` -> START_X, else EPSILON;
+        - variance: ``learn_sigma`` -> LEARNED_RANGE, else ``sigma_small`` -> FIXED_SMALL,
+          else FIXED_LARGE;
+        - ``rescale_timesteps``.
+        """
+        from spec.unet_model import check_improved_diffusion_flags
+
+        f = check_improved_diffusion_flags(flags)
+        if f["use_kl"]:
+            loss = LossType.RESCALED_KL
+        elif f["rescale_learned_sigmas"]:
+            loss = LossType.RESCALED_MSE
+        else:
+            loss = LossType.MSE
+        if f["learn_sigma"]:
+            var = ModelVarType.LEARNED_RANGE
+        else:
+            var = ModelVarType.FIXED_SMALL if f["sigma_small"] else ModelVarType.FIXED_LARGE
+        return cls(
+            steps=f["diffusion_steps"], noise_schedule=f["noise_schedule"],
+            timestep_respacing=f["timestep_respacing"],
+            model_mean_type=ModelMeanType.START_X if f["predict_xstart"] else ModelMeanType.EPSILON,
+            model_var_type=var, loss_type=loss, rescale_timesteps=f["rescale_timesteps"],
+        )
 
     @property
     def use_timesteps(self) -> tuple[int, ...]:

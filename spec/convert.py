@@ -10,7 +10,7 @@ is guessed from names or ranks.
   values; ``KeyError`` (missing / unexpected keys) or ``ValueError`` / ``TypeError``
   naming the key otherwise.
 - ``torch_to_flax(state_dict, table)`` -> nested ``{collection: {module: {leaf: array}}}``
-  (conv kernels OIHW -> HWIO, dense (out, in) -> (in, out)); ``flax_to_torch(variables,
+  (conv kernels OIHW -> HWIO, 1-D conv kernels OIK -> KIO, dense (out, in) -> (in, out)); ``flax_to_torch(variables,
   table)`` -> the flat OrderedDict in state_dict order (derived buffers first). The round
   trip is exact (a transpose permutes the same values).
 - ``score_sde_state_dict(checkpoint, config, weights)``: the official-named state_dict of
@@ -163,7 +163,8 @@ def check_state_dict(
 
 
 # (kernel kind, rank, torch layout, flax layout, permutation torch -> flax)
-_RELAYOUT = {"conv": ("conv", 4, "OIHW", "HWIO", (2, 3, 1, 0)), "dense": ("dense", 2, "(out, in)", "(in, out)", (1, 0))}
+_RELAYOUT = {"conv": ("conv", 4, "OIHW", "HWIO", (2, 3, 1, 0)), "conv1d": ("conv1d", 3, "OIK", "KIO", (2, 1, 0)),
+             "dense": ("dense", 2, "(out, in)", "(in, out)", (1, 0))}
 
 
 def _relayout(array: np.ndarray, km: KeyMap, *, to_flax: bool) -> np.ndarray:

@@ -8,6 +8,8 @@ A ``KeyTable`` lists, for every tensor, a ``KeyMap``: the torch key, the flax pa
 change between them,
 
   ``"conv"``   torch OIHW  <-> flax HWIO   (2-D convolution kernels)
+  ``"conv1d"`` torch OIK   <-> flax KIO    (1-D convolution kernels: improved-diffusion's
+               attention ``qkv`` / ``proj_out``)
   ``"dense"``  torch (out, in) <-> flax (in, out)
   ``"same"``   identical layout (biases, norm scales, embeddings)
 
@@ -23,6 +25,10 @@ in ``model.parameters()`` order (the order of score_sde's EMA ``shadow_params``)
   ``spec.unet_plans`` -- the same plan both model constructors walk;
 - ``refinenet_key_table`` (``ncsn_key_table``, ``ncsnv2_key_table``): NCSN v1 / NCSNv2,
   walking ``spec.ncsn_configs.REFINENET_PLANS``;
+- ``improved_unet_key_table``: improved-diffusion's ``UNetModel`` (``models/unet.py``),
+  walking ``spec.unet_model.unet_model_plan``; torch keys are the official ones, flax paths
+  the torch key with every ``.<index>`` joined by ``_`` (``input_blocks.1.0.in_layers.0.weight``
+  -> ``input_blocks_1_0/in_layers_0/scale``);
 - ``key_table(config)`` dispatches on the config type.
 
 Buffers a network holds but the flax side recomputes from the config (score_sde's and
@@ -39,6 +45,7 @@ import numpy as np
 
 from spec.model_configs import DDPMConfig, MLPConfig, ModelConfig, NCSNppConfig
 from spec.ncsn_configs import NCSN_PLAN, REFINENET_PLANS, NCSNConfig, NCSNv2Config
+from spec.unet_model import UNetLayer, UNetModelConfig, unet_model_plan
 from spec.unet_plans import Block, ddpm_plan, ncsnpp_plan
 
 __all__ = [
@@ -48,6 +55,7 @@ __all__ = [
     "check_table",
     "derived_buffers",
     "ddpm_key_table",
+    "improved_unet_key_table",
     "key_table",
     "mlp_key_table",
     "ncsn_key_table",
@@ -57,7 +65,7 @@ __all__ = [
     "refinenet_key_table",
 ]
 
-LAYOUTS = ("conv", "dense", "same")
+LAYOUTS = ("conv", "conv1d", "dense", "same")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +93,12 @@ class KeyMap:
 
     @property
     def flax_shape(self) -> tuple[int, ...] | None:
-        """The flax leaf's shape (HWIO for conv, (in, out) for dense)."""
+        """The flax leaf's shape (HWIO for conv, KIO for conv1d, (in, out) for dense)."""
         if self.shape is None or self.layout == "same":
             return self.shape
         if self.layout == "conv":
             return self.shape[2:] + (self.shape[1], self.shape[0])
-        return self.shape[::-1]
+        return self.shape[::-1]  # dense (out, in) -> (in, out); conv1d (O, I, K) -> (K, I, O)
 
 
 KeyTable = tuple[KeyMap, ...]
@@ -338,8 +346,70 @@ def ncsnv2_key_table(config: NCSNv2Config) -> KeyTable:
     return refinenet_key_table(config.name, conditional=False, ngf=config.ngf, num_channels=config.num_channels)
 
 
+# ------------------------------------------------------------ improved-diffusion UNetModel
+
+
+def _unet_layer_entries(tb: _Table, t: str, f: tuple, layer: UNetLayer, emb_dim: int, scale_shift: bool) -> None:
+    """The tensors of one ``UNetLayer`` under torch prefix ``t`` / flax path ``f``, in the
+    official registration order."""
+    if layer.kind == "conv":
+        tb.conv(t, f, layer.in_ch, layer.out_ch, 3)
+    elif layer.kind == "res":
+        i, o = layer.in_ch, layer.out_ch
+        tb.group_norm(t + "in_layers.0.", f + ("in_layers_0",), i)
+        tb.conv(t + "in_layers.2.", f + ("in_layers_2",), i, o, 3)
+        tb.dense(t + "emb_layers.1.", f + ("emb_layers_1",), emb_dim, 2 * o if scale_shift else o)
+        tb.group_norm(t + "out_layers.0.", f + ("out_layers_0",), o)
+        tb.conv(t + "out_layers.3.", f + ("out_layers_3",), o, o, 3)
+        if i != o:
+            tb.conv(t + "skip_connection.", f + ("skip_connection",), i, o, 1)
+    elif layer.kind == "attn":
+        c = layer.in_ch
+        tb.group_norm(t + "norm.", f + ("norm",), c)
+        for name, out in (("qkv", 3 * c), ("proj_out", c)):
+            tb.add(f"{t}{name}.weight", f + (name, "kernel"), "conv1d", (out, c, 1))
+            tb.add(f"{t}{name}.bias", f + (name, "bias"), "same", (out,))
+    elif layer.with_conv:  # down: ``op`` conv, up: ``conv`` (average pooling / nearest have no tensors)
+        name = "op" if layer.kind == "down" else "conv"
+        tb.conv(f"{t}{name}.", f + (name,), layer.in_ch, layer.out_ch, 3)
+
+
+def improved_unet_key_table(config: UNetModelConfig) -> KeyTable:
+    """Key table of improved-diffusion's ``UNetModel(config)`` (``models/unet.py``): the
+    official state_dict keys in order (``time_embed``, ``label_emb``, ``input_blocks``,
+    ``middle_block``, ``output_blocks``, ``out``), from ``spec.unet_model.unet_model_plan``.
+
+    Flax paths: the torch key with each ``.<index>`` joined by ``_`` (``time_embed.0`` ->
+    ``time_embed_0``, ``input_blocks.4.1.qkv`` -> ``input_blocks_4_1/qkv``); leaves
+    ``weight`` -> ``kernel`` (conv / linear), ``scale`` (GroupNorm), ``embedding``
+    (``label_emb``).
+    """
+    if not isinstance(config, UNetModelConfig):
+        raise TypeError(f"config must be a UNetModelConfig, got {type(config).__name__}")
+    plan = unet_model_plan(config)
+    mc, emb = config.model_channels, config.time_embed_dim
+    tb = _Table()
+    tb.dense("time_embed.0.", ("params", "time_embed_0"), mc, emb)
+    tb.dense("time_embed.2.", ("params", "time_embed_2"), emb, emb)
+    if config.num_classes:
+        tb.add("label_emb.weight", ("params", "label_emb", "embedding"), "same", (config.num_classes, emb))
+    ss = config.use_scale_shift_norm
+    blocks = [(f"input_blocks.{i}.", f"input_blocks_{i}", b) for i, b in enumerate(plan.input_blocks)]
+    blocks.append(("middle_block.", "middle_block", plan.middle_block))
+    blocks += [(f"output_blocks.{i}.", f"output_blocks_{i}", b) for i, b in enumerate(plan.output_blocks)]
+    for t, f, block in blocks:
+        for j, layer in enumerate(block):
+            _unet_layer_entries(tb, f"{t}{j}.", ("params", f"{f}_{j}"), layer, emb, ss)
+    tb.group_norm("out.0.", ("params", "out_0"), plan.out_ch)
+    tb.conv("out.2.", ("params", "out_2"), plan.out_ch, config.out_channels, 3)
+    return tb.table()
+
+
 def key_table(config) -> KeyTable:
-    """The key table of the network a config describes (MLP, DDPM, NCSN++, NCSN, NCSNv2)."""
+    """The key table of the network a config describes (MLP, DDPM, NCSN++, NCSN, NCSNv2,
+    improved-diffusion's UNetModel)."""
+    if isinstance(config, UNetModelConfig):
+        return improved_unet_key_table(config)
     if isinstance(config, MLPConfig):
         return mlp_key_table(config)
     if isinstance(config, DDPMConfig):
@@ -351,7 +421,7 @@ def key_table(config) -> KeyTable:
     if isinstance(config, NCSNv2Config):
         return ncsnv2_key_table(config)
     raise TypeError(f"no key table for config type {type(config).__name__}; expected MLPConfig, "
-                    "DDPMConfig, NCSNppConfig, NCSNConfig or NCSNv2Config")
+                    "DDPMConfig, NCSNppConfig, NCSNConfig, NCSNv2Config or UNetModelConfig")
 
 
 def derived_buffers(config) -> dict[str, np.ndarray]:
