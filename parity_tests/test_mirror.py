@@ -33,14 +33,23 @@ Every ``jax_impl`` module has a ``torch_ref`` twin of the same relative path, an
       one-sided names) is not compared; a listed name must exist on both sides and its
       signatures must really differ, so a stale entry fails.
 
+ONE-SIDED MODULES: a module without a twin is allowed when its own docstring has a
+paragraph that starts at a line ``One-sided module:`` and justifies it (at least five words:
+why the other framework has no counterpart), e.g. ``jax_impl/sharding.py`` (``jax.sharding``
+meshes). The rule is checked both ways: a module without a twin and without that paragraph
+fails, and so does a stale paragraph in a module that has a twin, or one with no
+justification (``one_sided_module``). A one-sided module still needs a well-formed
+``__all__``; the pair tests below cover only the modules present on both sides.
+
 Imports only (no compute). Pairs are discovered from the file tree, so a new module pair is
 covered automatically; the package ``__init__.py`` files (no public names of their own)
 are skipped. There is no exception list: the application (``scorediff``) lives outside
-both packages, and one-sided names are documented where they are defined.
+both packages, and one-sided names and modules are documented where they are defined.
 """
 
 from __future__ import annotations
 
+import ast
 import enum
 import importlib
 import inspect
@@ -63,8 +72,32 @@ def _modules(side: str) -> set[str]:
     return names
 
 
+def _docstring(side: str, rel: str) -> str:
+    """A module's docstring read from its source (no import)."""
+    return ast.get_docstring(ast.parse((ROOT / side / f"{rel}.py").read_text())) or ""
+
+
+def one_sided_module(doc: str | None) -> str | None:
+    """The justification of a ``One-sided module:`` paragraph in a module docstring (the
+    text after the header up to the next blank line, whitespace collapsed), or None when
+    the docstring has no such paragraph."""
+    lines = (doc or "").splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith("One-sided module:"):
+            text = [line.strip().removeprefix("One-sided module:")]
+            for more in lines[i + 1:]:
+                if not more.strip():
+                    break
+                text.append(more.strip())
+            return " ".join(" ".join(text).split())
+    return None
+
+
 JAX_MODULES = _modules("jax_impl")
-PAIRS = sorted(JAX_MODULES)
+TORCH_MODULES = _modules("torch_ref")
+PAIRS = sorted(JAX_MODULES & TORCH_MODULES)
+ONE_SIDED = sorted([("jax_impl", rel) for rel in JAX_MODULES - TORCH_MODULES]
+                   + [("torch_ref", rel) for rel in TORCH_MODULES - JAX_MODULES])
 
 
 def _load(side: str, rel: str):
@@ -134,9 +167,41 @@ def test_one_sided_parser():
                                                                "f": "functional state here."}
 
 
-def test_every_module_has_a_twin():
-    assert JAX_MODULES == _modules("torch_ref")
+def test_one_sided_module_parser():
+    doc = ("Title.\n\nOne-sided module: JAX only; ``jax.sharding`` meshes have no\n"
+           "  torch counterpart here.\n\nMore text.\n")
+    assert one_sided_module(doc) == "JAX only; ``jax.sharding`` meshes have no torch counterpart here."
+    assert one_sided_module("T.\n\nOne-sided module:\n  why it is so.\n") == "why it is so."
+    assert one_sided_module("T.\n\nOne-sided names:\n- f: why.\n") is None
+    assert one_sided_module(None) is None
+
+
+def test_every_module_has_a_twin_or_is_documented_one_sided():
+    problems = []
+    for side, rel in ONE_SIDED:
+        twin = "torch_ref" if side == "jax_impl" else "jax_impl"
+        why = one_sided_module(_docstring(side, rel))
+        if why is None:
+            problems.append(f"{side}/{rel}.py has no twin {twin}/{rel}.py and its docstring has no "
+                            f"'One-sided module:' paragraph saying why")
+        elif len(re.findall(r"\w+", why)) < 5:
+            problems.append(f"{side}/{rel}.py: 'One-sided module:' has no justification ({why!r})")
+    for rel in PAIRS:
+        for side in ("jax_impl", "torch_ref"):
+            if one_sided_module(_docstring(side, rel)) is not None:
+                problems.append(f"{side}/{rel}.py says 'One-sided module:' but has a twin (stale)")
+    assert not problems, "\n".join(problems)
     assert len(PAIRS) >= 24
+
+
+@pytest.mark.parametrize("side,rel", ONE_SIDED, ids=[f"{s}/{r}" for s, r in ONE_SIDED])
+def test_one_sided_module_all_is_well_formed(side, rel):
+    mod = _load(side, rel)
+    exported = getattr(mod, "__all__", None)
+    assert isinstance(exported, list) and exported, f"{mod.__name__} has no __all__"
+    assert len(exported) == len(set(exported)), f"duplicates in {mod.__name__}.__all__"
+    missing = [n for n in exported if not hasattr(mod, n)]
+    assert not missing, f"{mod.__name__}.__all__ lists undefined names {missing}"
 
 
 @pytest.mark.parametrize("rel", PAIRS)
