@@ -16,8 +16,12 @@ in ``spec.checkpoints``; ``save_checkpoint`` writes them) load without torch ins
 - ``torch_to_flax`` / ``flax_to_torch``: the same for any key table, in numpy.
 - ``from_score_sde(checkpoint, config, weights="ema")`` -> ``(model, variables)`` with
   ``model.apply(variables, x_nhwc, labels)`` the official network's output (NHWC);
-  ``from_ncsnv2`` likewise for ermongroup/ncsnv2 checkpoints.
-- ``score_sde_state_dict`` / ``ncsnv2_state_dict``: the validated numpy state_dicts.
+  ``from_ncsnv2`` likewise for ermongroup/ncsnv2 checkpoints;
+  ``from_improved_diffusion(checkpoint, config)`` for openai/improved-diffusion's ``.pt``
+  files (``config``: a ``UNetModelConfig`` or the flags dict), ``model.apply(variables,
+  x_nhwc, t)`` (``y=`` labels for class-conditional models).
+- ``score_sde_state_dict`` / ``ncsnv2_state_dict`` / ``improved_diffusion_state_dict``: the
+  validated numpy state_dicts.
 
 One-sided names: ``save_variables`` / ``load_variables`` store flax variables as an orbax
 checkpoint directory (needs jax / orbax); the torch side writes ``.pt`` files instead
@@ -40,9 +44,11 @@ from jax_impl.models.ncsnv2 import from_ncsnv2
 from spec.checkpoints import load_checkpoint, save_checkpoint
 from spec.convert import (
     WEIGHTS,
+    as_unet_model_config,
     check_state_dict,
     flatten_paths,
     flax_to_torch,
+    improved_diffusion_state_dict,
     ncsnv2_state_dict,
     score_sde_state_dict,
     strip_prefix,
@@ -69,8 +75,10 @@ __all__ = [
     "save_checkpoint",
     "score_sde_state_dict",
     "ncsnv2_state_dict",
+    "improved_diffusion_state_dict",
     "from_score_sde",
     "from_ncsnv2",
+    "from_improved_diffusion",
     "save_variables",
     "load_variables",
 ]
@@ -116,6 +124,32 @@ def from_score_sde(checkpoint, config, *, weights: str = "ema", dtype=np.float32
     state_dict = score_sde_state_dict(checkpoint, config, weights=weights)
     variables = torch_to_flax_variables(state_dict, config, dtype=dtype)
     return registry.create_model(config), variables
+
+
+def from_improved_diffusion(checkpoint, config, *, dtype=np.float32):
+    """``(model, variables)`` for an openai/improved-diffusion checkpoint.
+
+    Args:
+      checkpoint: a path -- the official ``.pt`` (``model*.pt`` / ``ema_<rate>_*.pt``; torch
+        is imported inside the reader only) or ``.npz`` / ``.safetensors`` with the same keys
+        (no torch) -- or a state_dict (see ``spec.convert.improved_diffusion_state_dict``).
+      config: a ``UNetModelConfig`` or the dict of improved-diffusion flags the model was
+        trained with (``MODEL_FLAGS``; missing keys take ``model_and_diffusion_defaults()``).
+      dtype: parameter dtype (float32 by default).
+
+    Returns:
+      The flax ``UNetModel`` and its variables: ``model.apply(variables, x [B, H, W, C],
+      t [B])`` (and ``y=`` int ``[B]`` for a class-conditional model) is the official
+      network's output, NHWC.
+
+    Raises:
+      KeyError naming missing / unexpected keys, ValueError / TypeError naming a bad shape,
+      dtype or value, a bad config or an unreadable file.
+    """
+    cfg = as_unet_model_config(config)
+    state_dict = improved_diffusion_state_dict(checkpoint, cfg)
+    variables = torch_to_flax_variables(state_dict, cfg, dtype=dtype)
+    return registry.create_model(cfg), variables
 
 
 # ------------------------------------------------------------------- orbax directories

@@ -16,6 +16,10 @@ is guessed from names or ranks.
 - ``score_sde_state_dict(checkpoint, config, weights)``: the official-named state_dict of
   a score_sde_pytorch checkpoint (``model``, ``ema.shadow_params`` in trainable-parameter
   order, ``step``), EMA substituted for ``weights="ema"``.
+- ``improved_diffusion_state_dict(checkpoint, config)``: the validated state_dict of an
+  openai/improved-diffusion ``.pt`` (``model*.pt`` or ``ema_<rate>_*.pt``: a bare
+  ``UNetModel`` state_dict, official key names), for a ``UNetModelConfig`` or the flags
+  dict (``as_unet_model_config``).
 - ``ncsnv2_state_dict(checkpoint, config, weights)``: the same for an ermongroup/ncsnv2
   checkpoint (``[model, optimizer, epoch, step(, ema)]`` or its dict form), with the
   ``sigmas`` buffer checked against (or filled from) the config.
@@ -34,10 +38,13 @@ import numpy as np
 from spec.checkpoints import load_checkpoint, to_numpy
 from spec.keytables import KeyMap, check_table, derived_buffers, key_table
 from spec.ncsn_configs import NCSNv2Config
+from spec.unet_model import UNetModelConfig
 from spec.validate import check_choice
 
 __all__ = [
     "WEIGHTS",
+    "as_unet_model_config",
+    "improved_diffusion_state_dict",
     "check_state_dict",
     "flatten_paths",
     "flax_to_torch",
@@ -405,3 +412,41 @@ def ncsnv2_state_dict(checkpoint: Any, config: Any, *, weights: str | None = Non
                 f"{sig_cfg[0]}/{sig_cfg[-1]}")
         sig_cfg = sig
     return collections.OrderedDict([("sigmas", sig_cfg)] + [(km.torch_key, out[km.torch_key]) for km in table])
+
+
+def as_unet_model_config(config: Any) -> UNetModelConfig:
+    """A ``UNetModelConfig`` as it is, or the flags dict of improved-diffusion
+    (``model_and_diffusion_defaults()`` keys) through ``UNetModelConfig.from_improved_diffusion_args``."""
+    if isinstance(config, UNetModelConfig):
+        return config
+    if isinstance(config, Mapping):
+        return UNetModelConfig.from_improved_diffusion_args(config)
+    raise TypeError("config must be a UNetModelConfig or a dict of improved-diffusion flags "
+                    f"(model_and_diffusion_defaults() keys), got {type(config).__name__}")
+
+
+def improved_diffusion_state_dict(checkpoint: Any, config: Any) -> "collections.OrderedDict[str, np.ndarray]":
+    """The validated state_dict (numpy, official key order) of an improved-diffusion checkpoint.
+
+    Args:
+      checkpoint: a path -- the official ``.pt`` (``model*.pt``, or ``ema_<rate>_*.pt`` for
+        the EMA weights; both are bare ``UNetModel`` state_dicts; reading needs torch) or
+        ``.npz`` / ``.safetensors`` holding the same keys (no torch needed) -- or the
+        state_dict itself (arrays or tensors; a ``module.`` prefix is stripped; a dict
+        ``{"model": state_dict}`` is accepted too).
+      config: a ``UNetModelConfig`` or the flags dict it was trained with (missing keys:
+        the official defaults).
+
+    Raises:
+      KeyError naming missing or unexpected keys; ValueError / TypeError naming a
+      mis-shaped, non-floating or non-finite tensor, a bad config; the file errors of
+      ``spec.checkpoints.read_checkpoint``.
+    """
+    cfg = as_unet_model_config(config)  # a bad config fails before any file is read
+    table = key_table(cfg)
+    ckpt = load_checkpoint(checkpoint)
+    if _is_full_checkpoint(ckpt):
+        ckpt = ckpt["model"]
+    if not isinstance(ckpt, Mapping):
+        raise TypeError(f"an improved-diffusion checkpoint holds a state_dict, got {type(ckpt).__name__}")
+    return check_state_dict(strip_prefix(ckpt), table, what="improved-diffusion state_dict")

@@ -13,9 +13,11 @@ and turns their numpy results into torch tensors:
   NaN / Inf tensors rejected naming the key; the round trip is exact.
 - ``torch_to_flax`` / ``flax_to_torch``: the same for any key table (``flax_to_torch``
   returns tensors).
-- ``score_sde_state_dict`` / ``ncsnv2_state_dict``: validated state_dicts (tensors) of
-  official checkpoints; ``from_score_sde`` / ``from_ncsnv2``: the torch module (eval
-  mode) with those weights. Checkpoints may be ``.pth`` / ``.pt`` / ``.npz`` /
+- ``score_sde_state_dict`` / ``ncsnv2_state_dict`` / ``improved_diffusion_state_dict``:
+  validated state_dicts (tensors) of official checkpoints; ``from_score_sde`` /
+  ``from_ncsnv2`` / ``from_improved_diffusion``: the torch module (eval mode) with those
+  weights (improved-diffusion's ``UNetModel`` has the official key names, so its state_dict
+  loads with no renaming). Checkpoints may be ``.pth`` / ``.pt`` / ``.npz`` /
   ``.safetensors`` files (layout in ``spec.checkpoints``) or the objects they hold.
 - ``load_checkpoint`` / ``save_checkpoint``: read any format into numpy containers,
   write ``.npz`` / ``.safetensors``.
@@ -59,8 +61,10 @@ __all__ = [
     "save_checkpoint",
     "score_sde_state_dict",
     "ncsnv2_state_dict",
+    "improved_diffusion_state_dict",
     "from_score_sde",
     "from_ncsnv2",
+    "from_improved_diffusion",
     "save_state_dict",
     "load_state_dict",
 ]
@@ -129,6 +133,30 @@ def from_ncsnv2(checkpoint, config, *, weights: str | None = None) -> torch.nn.M
     from torch_ref.models.ncsnv2 import from_ncsnv2 as _from_ncsnv2
 
     return _from_ncsnv2(checkpoint, config, weights=weights)
+
+
+def improved_diffusion_state_dict(checkpoint, config) -> "collections.OrderedDict[str, torch.Tensor]":
+    """``spec.convert.improved_diffusion_state_dict`` as torch tensors: the validated
+    state_dict of an improved-diffusion checkpoint (path, or the state_dict itself)."""
+    return _to_torch(_convert.improved_diffusion_state_dict(checkpoint, config))
+
+
+def from_improved_diffusion(checkpoint, config, *, dtype=torch.float32) -> torch.nn.Module:
+    """The ``UNetModel`` (NCHW, eval mode) with an openai/improved-diffusion checkpoint's weights.
+
+    ``checkpoint``: the official ``.pt`` (``model*.pt`` / ``ema_<rate>_*.pt``), ``.npz`` /
+    ``.safetensors`` with the same keys, or a state_dict; ``config``: a ``UNetModelConfig``
+    or the flags dict (missing keys take the official defaults); ``dtype``: the parameter
+    dtype. ``model(x, t)`` (``y=`` labels for class-conditional models) is the official
+    network's output. Errors name missing / unexpected / mis-shaped keys.
+    """
+    from torch_ref.models.registry import create_model
+
+    cfg = _convert.as_unet_model_config(config)
+    state_dict = improved_diffusion_state_dict(checkpoint, cfg)
+    model = create_model(cfg)
+    model.load_state_dict(state_dict, strict=True)
+    return model.to(dtype).eval()
 
 
 def save_state_dict(path, state_dict_or_module) -> None:

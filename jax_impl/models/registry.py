@@ -23,8 +23,10 @@ from jax_impl.models.mlp import MLP
 from jax_impl.models.ncsn import CondRefineNetDilated
 from jax_impl.models.ncsnpp import NCSNpp
 from jax_impl.models.ncsnv2 import NCSNv2
+from jax_impl.models.unet import UNetModel
 from spec.model_configs import PRESETS, DDPMConfig, MLPConfig, NCSNppConfig
 from spec.ncsn_configs import NCSNV2_NAMES, NCSNConfig, NCSNv2Config
+from spec.unet_model import IMPROVED_DIFFUSION_PRESETS, UNetModelConfig
 from spec.validate import check_choice
 
 __all__ = [
@@ -43,6 +45,7 @@ MODELS = types.MappingProxyType({
     "ncsnpp": (NCSNppConfig, NCSNpp),
     "ncsn": (NCSNConfig, CondRefineNetDilated),
     **{name: (NCSNv2Config, NCSNv2) for name in NCSNV2_NAMES},
+    "improved_unet": (UNetModelConfig, UNetModel),
 })
 
 
@@ -59,12 +62,15 @@ def get_config_class(name: str):
 
 
 def config_from_name(name: str, **overrides):
-    """A preset (``PRESETS`` key, e.g. ``'ve/cifar10_ncsnpp_continuous'``) or a model name
-    with default fields, with ``overrides`` applied."""
+    """A preset (``PRESETS`` key, e.g. ``'ve/cifar10_ncsnpp_continuous'``, or
+    ``spec.unet_model.IMPROVED_DIFFUSION_PRESETS`` key, e.g. ``'improved/cifar10_uncond'``) or
+    a model name with default fields, with ``overrides`` applied."""
     import dataclasses
 
     if name in PRESETS:
         return dataclasses.replace(PRESETS[name], **overrides)
+    if name in IMPROVED_DIFFUSION_PRESETS:
+        return dataclasses.replace(IMPROVED_DIFFUSION_PRESETS[name], **overrides)
     config_cls = get_config_class(name)
     if config_cls is NCSNv2Config:
         overrides = {"name": name, **overrides}
@@ -81,7 +87,8 @@ def create_model(config):
 
 def example_inputs(config, batch: int = 1, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
     """Zero inputs of the right shape (NHWC images or ``[B, D]``) and labels ``[B]``: ones
-    (a time or sigma) for MLP / DDPM / NCSN++, noise-level index 0 (int32) for NCSN / NCSNv2."""
+    (a time or sigma) for MLP / DDPM / NCSN++ / improved-diffusion's UNetModel, noise-level
+    index 0 (int32) for NCSN / NCSNv2. (Class-conditional models also take ``y``.)"""
     if isinstance(config, MLPConfig) and config.image_size is None:
         x = jnp.zeros((batch, config.data_dim), dtype)
     else:
@@ -91,12 +98,20 @@ def example_inputs(config, batch: int = 1, dtype=jnp.float32) -> tuple[jax.Array
     return x, jnp.ones((batch,), dtype)
 
 
+def _example_kwargs(config, batch: int = 1) -> dict:
+    """``{'y': zeros int32 [B]}`` for a class-conditional config (``num_classes > 0``), else ``{}``."""
+    if getattr(config, "num_classes", 0) > 0:
+        return {"y": jnp.zeros((batch,), jnp.int32)}
+    return {}
+
+
 @functools.lru_cache(maxsize=16)
 def _compiled_init(model, config):
-    """``key -> model.init(...)`` on ``example_inputs(config)``, compiled once per
-    (module, config): flax modules and configs are hashable."""
-    inputs = example_inputs(config)
-    return jax.jit(lambda key: model.init({"params": key}, *inputs))
+    """``key -> model.init(...)`` on ``example_inputs(config)`` (and class labels ``y`` for a
+    class-conditional config), compiled once per (module, config): flax modules and configs
+    are hashable."""
+    inputs, kwargs = example_inputs(config), _example_kwargs(config)
+    return jax.jit(lambda key: model.init({"params": key}, *inputs, **kwargs))
 
 
 def init_variables(config, rng: jax.Array) -> dict:
@@ -108,7 +123,8 @@ def init_variables(config, rng: jax.Array) -> dict:
 @functools.lru_cache(maxsize=32)
 def _variable_shapes(config) -> dict:
     model = create_model(config)
-    return jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)}, *example_inputs(config)))
+    inputs, kwargs = example_inputs(config), _example_kwargs(config)
+    return jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)}, *inputs, **kwargs))
 
 
 def variable_shapes(config) -> dict:

@@ -15,12 +15,14 @@ import torch
 
 from spec.model_configs import PRESETS, DDPMConfig, MLPConfig, NCSNppConfig
 from spec.ncsn_configs import NCSNV2_NAMES, NCSNConfig, NCSNv2Config
+from spec.unet_model import IMPROVED_DIFFUSION_PRESETS, UNetModelConfig
 from spec.validate import check_choice
 from torch_ref.models.ddpm import DDPM
 from torch_ref.models.mlp import MLP
 from torch_ref.models.ncsn import CondRefineNetDilated
 from torch_ref.models.ncsnpp import NCSNpp
 from torch_ref.models.ncsnv2 import NCSNv2
+from torch_ref.models.unet import UNetModel
 
 __all__ = [
     "MODELS",
@@ -38,6 +40,7 @@ MODELS = types.MappingProxyType({
     "ncsnpp": (NCSNppConfig, NCSNpp),
     "ncsn": (NCSNConfig, CondRefineNetDilated),
     **{name: (NCSNv2Config, NCSNv2) for name in NCSNV2_NAMES},
+    "improved_unet": (UNetModelConfig, UNetModel),
 })
 
 
@@ -54,9 +57,12 @@ def get_config_class(name: str):
 
 
 def config_from_name(name: str, **overrides):
-    """A preset (``PRESETS`` key) or a model name with default fields, with ``overrides``."""
+    """A preset (``PRESETS`` or ``spec.unet_model.IMPROVED_DIFFUSION_PRESETS`` key) or a model
+    name with default fields, with ``overrides``."""
     if name in PRESETS:
         return dataclasses.replace(PRESETS[name], **overrides)
+    if name in IMPROVED_DIFFUSION_PRESETS:
+        return dataclasses.replace(IMPROVED_DIFFUSION_PRESETS[name], **overrides)
     config_cls = get_config_class(name)
     if config_cls is NCSNv2Config:
         overrides = {"name": name, **overrides}
