@@ -23,6 +23,17 @@ Twin: ``torch_ref/train.py`` (torch.optim, the same EMA rule, the same step).
   ``step_key = fold_in(rng or state.rng, step)``, so the draws do not depend on how the
   batch is sharded over devices.
 
+Class-conditional models (``num_classes = K > 0``, ``spec.train_config``): every batch is a
+pair ``(x, y)`` with int labels ``y [B]`` in ``[0, K)`` (``[S, B]`` with ``steps_per_call``)
+and the network is called as ``model.apply(variables, x, t_labels, y=y, train=...)``;
+unconditional models take a bare ``x`` and are never given ``y``. With
+``training.label_dropout = p`` each example's label becomes the null class ``K - 1``
+(``spec.train_config.null_label``) with probability p: ``draw_label_drop`` draws example
+i's decision from ``fold_in(fold_in(step_key, i), 2)`` (a slot of its own: t and the noise,
+slots 0 and 1, are unchanged), and ``train_step_core(..., label_drop=mask)`` applies it;
+without ``label_drop`` the core draws it from ``step_key = fold_in(state.rng, state.step)``
+itself (the key ``make_train_step`` uses when no ``rng`` is given).
+
 Objectives (``RunConfig.resolved_loss``), every per-example loss averaged over the batch:
 "sde" (``losses.sde_loss`` with score_sde's ``get_score_fn``, t ~ U(1e-5, T)), "smld" /
 "ddpm" (discrete labels ~ U{0..N-1}), "anneal_dsm" (NCSN: labels ~ U{0..L-1}, the model's
@@ -52,14 +63,14 @@ import numpy as np
 import optax
 
 import spec
-from spec.train_config import OptimConfig, RunConfig, TrainConfig
+from spec.train_config import OptimConfig, RunConfig, TrainConfig, null_label, num_classes
 from jax_impl import losses as _losses
 from jax_impl import resample as _resample
 from jax_impl import sde as _sde
 from jax_impl.diffusion import GaussianDiffusion
 from jax_impl.models import registry
 from jax_impl.models.utils import get_score_fn
-from jax_impl.validate import check_array, check_key
+from jax_impl.validate import check_array, check_key, is_concrete
 
 __all__ = [
     "TrainState",
@@ -70,6 +81,7 @@ __all__ = [
     "make_loss_fn",
     "make_train_step",
     "draw_randomness",
+    "draw_label_drop",
     "train",
     "train_step_core",
 ]
@@ -80,6 +92,22 @@ SDE_T_EPS = 1e-5
 CLIP_EPS = 1e-6
 #: fold_in index of the step's dropout key (example indices are 0..B-1)
 _DROPOUT_INDEX = 2**31 - 1
+#: per-example fold_in slots: 0 = t, 1 = noise, 2 = the label-dropout decision
+_LABEL_DROP_SLOT = 2
+
+
+def _split_batch(batch):
+    """``batch`` -> ``(x, y)``: a pair ``(x, y)`` (tuple or list), or a bare x with y None."""
+    if isinstance(batch, (tuple, list)):
+        if len(batch) != 2:
+            raise ValueError(f"batch must be x or a pair (x, y), got a {type(batch).__name__} of "
+                             f"{len(batch)} items")
+        return batch[0], batch[1]
+    return batch, None
+
+
+def _join_batch(x, y):
+    return x if y is None else (x, y)
 
 
 def _optim(config) -> OptimConfig:
@@ -259,19 +287,24 @@ def create_train_state(rng, run_config: RunConfig, *, model=None, dtype=jnp.floa
 
 
 def make_loss_fn(run_config: RunConfig):
-    """``loss_fn(model, variables, x, t, noise, weights=None, dropout_rng=None) -> (loss,
-    losses)``: the batch mean of ``weights * losses`` (scalar) and the per-example losses
-    ``[B]`` of the run's objective, from drawn ``t`` (times, integer labels or diffusion steps)
-    and ``noise`` (x's shape). ``dropout_rng`` turns train mode (dropout) on."""
+    """``loss_fn(model, variables, x, t, noise, weights=None, dropout_rng=None, *, y=None)
+    -> (loss, losses)``: the batch mean of ``weights * losses`` (scalar) and the per-example
+    losses ``[B]`` of the run's objective, from drawn ``t`` (times, integer labels or
+    diffusion steps) and ``noise`` (x's shape). ``dropout_rng`` turns train mode (dropout)
+    on; ``y`` (int ``[B]``, after label dropout) is passed to a class-conditional network
+    as ``y=``."""
     run_config = _check_run_config(run_config)
     kind, tc = run_config.resolved_loss, run_config.train.training
     process = run_config.process
 
-    def loss_fn(model, variables, x, t, noise, weights=None, dropout_rng=None):
+    def loss_fn(model, variables, x, t, noise, weights=None, dropout_rng=None, *, y=None):
+        extra = {} if y is None else {"y": y}
+
         def model_fn(xx, labels):
             if dropout_rng is None:
-                return model.apply(variables, xx, labels, train=False)
-            return model.apply(variables, xx, labels, train=True, rngs={"dropout": dropout_rng})
+                return model.apply(variables, xx, labels, train=False, **extra)
+            return model.apply(variables, xx, labels, train=True, rngs={"dropout": dropout_rng},
+                               **extra)
 
         if kind == "sde":
             sde = _make_sde(process)
@@ -309,9 +342,9 @@ def draw_randomness(rng, run_config: RunConfig, state: TrainState, batch):
     """``(t, noise)`` for one step: example ``i`` draws from ``fold_in(rng, i)`` (rng is the
     step's data key), so the draws are the same however the batch is sharded. t is
     U(1e-5, T) for "sde", U{0..N-1} for the discrete / NCSN losses, ``t ~ p`` of the schedule
-    sampler for "diffusion"."""
+    sampler for "diffusion". ``batch`` is x or ``(x, y)`` (only x's shape is read)."""
     kind, num = _t_kind(run_config)
-    x = jnp.asarray(batch)
+    x = jnp.asarray(_split_batch(batch)[0])
     sde_T = getattr(run_config.process, "T", 1.0)
     if kind == "weights":
         sampler = _sampler(run_config)
@@ -333,6 +366,45 @@ def draw_randomness(rng, run_config: RunConfig, state: TrainState, batch):
     return jax.vmap(one)(jnp.arange(x.shape[0]))
 
 
+def draw_label_drop(rng, run_config: RunConfig, state: TrainState, batch):
+    """The label-dropout mask ``[B]`` (bool, True = the label becomes the null class) of one
+    step: example i is dropped when ``uniform(fold_in(fold_in(rng, i), 2)) <
+    training.label_dropout`` (rng is the step's data key, as in ``draw_randomness``; the
+    same however the batch is sharded). All False when label_dropout is 0. ``state`` is not
+    read (the twin's signature)."""
+    del state
+    x = jnp.asarray(_split_batch(batch)[0])
+    p = run_config.train.training.label_dropout
+
+    def one(i):
+        k = jax.random.fold_in(jax.random.fold_in(rng, i), _LABEL_DROP_SLOT)
+        return jax.random.uniform(k, (), jnp.float32) < p
+
+    if p <= 0:
+        return jnp.zeros((x.shape[0],), bool)
+    return jax.vmap(one)(jnp.arange(x.shape[0]))
+
+
+def _labels(run_config: RunConfig, state: TrainState, batch, y, label_drop):
+    """The labels the network sees: None (unconditional), or y with dropped examples set
+    to the null class."""
+    if num_classes(run_config.model) == 0:
+        return None
+    if y is None:
+        raise ValueError(_NEED_Y.format(k=num_classes(run_config.model)))
+    y = jnp.asarray(y).astype(jnp.int32)
+    if run_config.train.training.label_dropout > 0:
+        if label_drop is None:
+            label_drop = draw_label_drop(jax.random.fold_in(state.rng, state.step), run_config,
+                                         state, batch)
+        y = jnp.where(jnp.asarray(label_drop, bool), null_label(run_config.model), y)
+    return y
+
+
+_NEED_Y = ("batch: the model is class-conditional (num_classes={k}); pass batch = (x, y) with "
+           "int class labels y [B]")
+
+
 # ------------------------------------------------------------------------- step
 
 
@@ -345,8 +417,12 @@ def _importance_weights(run_config: RunConfig, state: TrainState, t, dtype):
     return (1.0 / (w.shape[0] * p[t])).astype(dtype)
 
 
-def train_step_core(run_config: RunConfig, state: TrainState, batch, t, noise):
-    """One optimiser update from the given ``t`` ``[B]`` and ``noise`` (batch's shape).
+def train_step_core(run_config: RunConfig, state: TrainState, batch, t, noise, *, label_drop=None):
+    """One optimiser update from the given ``t`` ``[B]`` and ``noise`` (x's shape).
+
+    ``batch`` is x, or ``(x, y)`` for a class-conditional model; ``label_drop`` (bool
+    ``[B]``) the label-dropout mask (default: ``draw_label_drop`` from
+    ``fold_in(state.rng, state.step)``; unused without label dropout).
 
     Gradients of the batch-mean loss w.r.t. ``state.params`` (averaged over micro-batches
     when ``training.microbatch`` is set), the optax update, EMA per rate (warm-up on the
@@ -357,7 +433,9 @@ def train_step_core(run_config: RunConfig, state: TrainState, batch, t, noise):
     run_config = _check_run_config(run_config)
     tc, ema_cfg = run_config.train.training, run_config.train.model
     model = state.model if state.model is not None else registry.create_model(run_config.model)
-    x = jnp.asarray(batch)
+    x, y = _split_batch(batch)
+    x = jnp.asarray(x)
+    y = _labels(run_config, state, batch, y, label_drop)
     B = x.shape[0]
     if tc.microbatch > 0 and B % tc.microbatch:
         raise ValueError(f"batch of {B} examples cannot be split into micro-batches of "
@@ -369,27 +447,29 @@ def train_step_core(run_config: RunConfig, state: TrainState, batch, t, noise):
     drop_key = jax.random.fold_in(step_key, _DROPOUT_INDEX)
     dropout = getattr(run_config.model, "dropout", 0.0) > 0
 
-    def micro(params, j, xs, ts, zs, ws):
+    def micro(params, j, xs, ts, zs, ws, ys):
         variables = {"params": params, **state.constants}
         rng = jax.random.fold_in(drop_key, j) if dropout else None
-        return loss_fn(model, variables, xs, ts, zs, ws, rng)
+        return loss_fn(model, variables, xs, ts, zs, ws, rng, y=ys)
 
     grad_fn = jax.value_and_grad(micro, has_aux=True)
     if M == 1:
-        (loss, losses), grads = grad_fn(state.params, 0, x, t, noise, weights)
+        (loss, losses), grads = grad_fn(state.params, 0, x, t, noise, weights, y)
     else:
         split = lambda a: None if a is None else a.reshape((M, B // M) + a.shape[1:])  # noqa: E731
-        xs, ts, zs, ws = split(x), split(t), split(noise), split(weights)
+        xs, ts, zs, ws, ys = split(x), split(t), split(noise), split(weights), split(y)
 
         def body(acc, item):
             j, xj, tj, zj = item[:4]
             wj = item[4] if ws is not None else None
-            (lj, lsj), gj = grad_fn(state.params, j, xj, tj, zj, wj)
+            yj = item[-1] if ys is not None else None
+            (lj, lsj), gj = grad_fn(state.params, j, xj, tj, zj, wj, yj)
             acc = jax.tree_util.tree_map(jnp.add, acc, gj)
             return acc, (lj, lsj)
 
         zero = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-        items = (jnp.arange(M), xs, ts, zs) + ((ws,) if ws is not None else ())
+        items = ((jnp.arange(M), xs, ts, zs) + ((ws,) if ws is not None else ())
+                 + ((ys,) if ys is not None else ()))
         grads, (lm, lsm) = jax.lax.scan(body, zero, items)
         grads = jax.tree_util.tree_map(lambda g: g / M, grads)
         loss, losses = jnp.mean(lm), lsm.reshape((B,))
@@ -416,7 +496,9 @@ def make_train_step(run_config: RunConfig, *, donate: bool = True, steps_per_cal
 
     ``rng`` (default ``state.rng``) is the base key: the step's data key is
     ``fold_in(rng, state.step)``, example ``i`` draws from ``fold_in(data_key, i)``
-    (``draw_randomness``). With ``steps_per_call = S > 1`` the batch is a stack ``[S, B, ...]``
+    (``draw_randomness``; its label dropout ``draw_label_drop``). ``batch`` is x, or
+    ``(x, y)`` for a class-conditional model (checked before compilation: y integer
+    ``[B]`` in ``[0, num_classes)``). With ``steps_per_call = S > 1`` the batch is a stack ``[S, B, ...]``
     run by ``lax.scan`` and the metrics are ``[S]``. ``donate=True`` donates the state's
     buffers (do not reuse the state passed in).
     """
@@ -429,30 +511,58 @@ def make_train_step(run_config: RunConfig, *, donate: bool = True, steps_per_cal
     def one_step(state, batch, base):
         key = jax.random.fold_in(state.rng if base is None else base, state.step)
         t, noise = draw_randomness(key, run_config, state, batch)
-        return train_step_core(run_config, state, batch, t, noise)
+        drop = draw_label_drop(key, run_config, state, batch) if labelled and dropping else None
+        return train_step_core(run_config, state, batch, t, noise, label_drop=drop)
 
     def run(state, batch, base):
         if steps_per_call == 1:
             return one_step(state, batch, base)
         return jax.lax.scan(lambda s, b: one_step(s, b, base), state, batch)
 
+    K = num_classes(run_config.model)
+    labelled, dropping = K > 0, run_config.train.training.label_dropout > 0
     jitted = jax.jit(run, donate_argnums=(0,) if donate else ())
     mb = run_config.train.training.microbatch
 
     def step(state, batch, rng=None):
         if not isinstance(state, TrainState):
             raise TypeError(f"state must be a TrainState (create_train_state), got {type(state).__name__}")
-        batch = check_array("batch", batch, finite=False,
-                            min_ndim=2 if steps_per_call > 1 else 1)
-        if steps_per_call > 1 and batch.shape[0] != steps_per_call:
+        x, y = _split_batch(batch)
+        x = check_array("batch", x, finite=False, min_ndim=2 if steps_per_call > 1 else 1)
+        if steps_per_call > 1 and x.shape[0] != steps_per_call:
             raise ValueError(f"batch must stack steps_per_call={steps_per_call} batches "
-                             f"[S, B, ...], got shape {batch.shape}")
-        b = batch.shape[1] if steps_per_call > 1 else batch.shape[0]
+                             f"[S, B, ...], got shape {x.shape}")
+        b = x.shape[1] if steps_per_call > 1 else x.shape[0]
         if mb > 0 and b % mb:
             raise ValueError(f"batch of {b} examples is not a multiple of training.microbatch={mb}")
-        return jitted(state, batch, None if rng is None else _key_data(rng))
+        y = _check_labels(y, K, x.shape[:2] if steps_per_call > 1 else x.shape[:1])
+        return jitted(state, _join_batch(x, y), None if rng is None else _key_data(rng))
 
     return step
+
+
+def _check_labels(y, K: int, shape):
+    """The batch's labels: None for an unconditional model (which refuses them), else int32
+    ``[*shape]`` in ``[0, K)`` (checked when concrete)."""
+    if K == 0:
+        if y is not None:
+            raise ValueError("batch: the model is unconditional (num_classes=0); pass x alone, "
+                             "not (x, y)")
+        return None
+    if y is None:
+        raise ValueError(_NEED_Y.format(k=K))
+    y = jnp.asarray(y)
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        raise TypeError(f"batch: the labels y must be integers, got dtype {y.dtype}")
+    if tuple(y.shape) != tuple(shape):
+        raise ValueError(f"batch: the labels y must have shape {list(shape)} (one per example), "
+                         f"got {list(y.shape)}")
+    if is_concrete(y) and y.size:
+        lo, hi = int(jnp.min(y)), int(jnp.max(y))
+        if lo < 0 or hi >= K:
+            raise ValueError(f"batch: the labels y must lie in [0, num_classes={K}), got values "
+                             f"in [{lo}, {hi}]")
+    return y.astype(jnp.int32)
 
 
 def train(config, workdir, **kwargs):

@@ -11,7 +11,8 @@ improved-diffusion's training options:
   ("auto" = score_sde's rule: continuous -> "sde", discrete VE -> "smld", discrete VP ->
   "ddpm"; or "sde" | "smld" | "ddpm" | "anneal_dsm" (NCSN / NCSNv2) | "diffusion"
   (``GaussianDiffusion.training_losses``)); schedule_sampler ("uniform" |
-  "loss-second-moment"), microbatch (-1: off), seed, keep (checkpoints kept).
+  "loss-second-moment"), microbatch (-1: off), seed, keep (checkpoints kept),
+  label_dropout (0.0: off; see below).
 * ``OptimConfig`` (``optim``): optimizer "Adam" (torch.optim.Adam, L2 weight decay) or
   "AdamW" (decoupled), lr=2e-4, beta1=0.9, eps=1e-8, weight_decay=0, warmup=5000 (linear,
   on the pre-increment step), grad_clip=1 (< 0 disables), lr_anneal_steps=0 (> 0: linear
@@ -19,6 +20,17 @@ improved-diffusion's training options:
 * ``EMAConfig`` (section ``model``): ema_rate, a tuple of rates (``0.9999`` or
   ``"0.9999,0.999"``), and ema_warmup (True: score_sde_pytorch's
   ``min(rate, (1 + n) / (10 + n))``; False: constant, as score_sde JAX and improved-diffusion).
+
+Class-conditional training (a model config with ``num_classes = K > 0``: batches are
+``(x, y)`` with int labels ``y`` in ``[0, K)``, and the network is called with ``y=``):
+``training.label_dropout = p`` replaces each example's label, independently with
+probability p, by the NULL CLASS, the last label ``K - 1`` (``null_label(model_config)``),
+so that one network learns both p(x | y) and p(x) for classifier-free guidance (Ho &
+Salimans 2021; ``jax_impl.guidance`` / ``torch_ref.guidance`` take it as ``null_label=``).
+With p > 0 the model needs ``num_classes >= 2`` (one real class and the null one); a data
+set of C classes therefore trains with ``num_classes = C + 1``. Labels equal to ``K - 1``
+in the data are null already (e.g. unlabelled examples). The JAX trainer draws example i's
+decision from ``fold_in(fold_in(step_key, i), 2)`` (slots 0 and 1 are its t and noise).
 
 ``TrainConfig.from_score_sde_config(d)`` reads score_sde's ``config.to_dict()``;
 ``with_overrides(["optim.lr=1e-3", ...])`` applies command-line ``--set`` overrides
@@ -44,6 +56,8 @@ __all__ = [
     "SCHEDULE_SAMPLERS",
     "TrainConfig",
     "TrainingConfig",
+    "null_label",
+    "num_classes",
 ]
 
 #: training.loss values
@@ -82,6 +96,7 @@ class TrainingConfig:
     microbatch: int = -1
     seed: int = 42
     keep: int = 3
+    label_dropout: float = 0.0
 
     def __post_init__(self):
         s = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -102,6 +117,11 @@ class TrainingConfig:
                              f"{self.batch_size}")
         s("microbatch", mb)
         s("seed", check_int("training.seed", self.seed, minimum=0))
+        p = check_float("training.label_dropout", self.label_dropout, nonnegative=True)
+        if p >= 1.0:
+            raise ValueError(f"training.label_dropout must lie in [0, 1) (the probability of "
+                             f"replacing a label by the null class), got {p}")
+        s("label_dropout", p)
 
     @property
     def num_microbatches(self) -> int:
@@ -334,7 +354,30 @@ def _model_classes() -> dict[str, type]:
     from spec.model_configs import DDPMConfig, MLPConfig, NCSNppConfig
     from spec.ncsn_configs import NCSNConfig, NCSNv2Config
 
-    return {c.__name__: c for c in (MLPConfig, DDPMConfig, NCSNppConfig, NCSNConfig, NCSNv2Config)}
+    classes = [MLPConfig, DDPMConfig, NCSNppConfig, NCSNConfig, NCSNv2Config]
+    try:  # improved-diffusion's UNetModel (spec/unet_model.py)
+        from spec.unet_model import UNetModelConfig
+    except ImportError:
+        pass
+    else:
+        classes.append(UNetModelConfig)
+    return {c.__name__: c for c in classes}
+
+
+def num_classes(model_config) -> int:
+    """The class count of a network config: ``num_classes`` (0 = unconditional)."""
+    return int(getattr(model_config, "num_classes", 0) or 0)
+
+
+def null_label(model_config) -> int:
+    """The classifier-free guidance null class of a class-conditional model config: the
+    last label, ``num_classes - 1`` (what ``training.label_dropout`` replaces labels by).
+    ``ValueError`` for an unconditional config or one with fewer than 2 classes."""
+    k = num_classes(model_config)
+    if k < 2:
+        raise ValueError(f"null_label: {type(model_config).__name__} has num_classes={k}; a null class "
+                         "needs num_classes >= 2 (the data's classes plus the null one)")
+    return k - 1
 
 
 def _process_classes() -> dict[str, type]:
@@ -368,7 +411,7 @@ def _untag(d, classes: dict[str, type], where: str):
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """One training run: ``model`` (MLPConfig | DDPMConfig | NCSNppConfig | NCSNConfig |
-    NCSNv2Config), ``train`` (TrainConfig), ``data`` (``spec.datasets.DataConfig``) and
+    NCSNv2Config | UNetModelConfig), ``train`` (TrainConfig), ``data`` (``spec.datasets.DataConfig``) and
     ``process`` (VESDEConfig | VPSDEConfig | subVPSDEConfig | DiffusionConfig, or None for
     ``anneal_dsm``, whose noise ladder is the NCSN config's ``sigmas``).
 
@@ -380,8 +423,10 @@ class RunConfig:
     "loss-second-moment" sampler needs the "diffusion" loss; the SMLD labels index the
     model's sigma ladder, so a VE process for "smld" must have N == model.num_scales; a
     DiffusionConfig with ``model_var_type`` "learned" / "learned_range" needs a model with
-    ``learn_sigma=True`` (MLPConfig / DDPMConfig: ``2C`` output channels, eps then v) and
-    ``learn_sigma=True`` needs such a process.
+    ``learn_sigma=True`` (any config with that option, e.g. MLPConfig / DDPMConfig /
+    UNetModelConfig: ``2C`` output channels, eps then v) and ``learn_sigma=True`` needs such
+    a process; ``training.label_dropout > 0`` needs a class-conditional model with
+    ``num_classes >= 2`` (the last class is the null one, ``null_label``).
     """
 
     model: Any
@@ -454,6 +499,13 @@ class RunConfig:
             raise ValueError(f"RunConfig: the SMLD labels index the model's sigmas: "
                              f"model.num_scales={m.num_scales} must equal process.N={p.N}")
         self._check_learned_variance()
+        p = self.train.training.label_dropout
+        if p > 0 and num_classes(m) < 2:
+            raise ValueError(
+                f"RunConfig: training.label_dropout={p} replaces labels by the null class "
+                f"(the last of num_classes), so it needs a class-conditional model with "
+                f"num_classes >= 2; {type(m).__name__} has num_classes={num_classes(m)}"
+                + ("" if hasattr(m, "num_classes") else " (no num_classes option)"))
         if self.train.training.schedule_sampler != "uniform" and loss != "diffusion":
             raise ValueError(f"RunConfig: training.schedule_sampler="
                              f"{self.train.training.schedule_sampler!r} needs the 'diffusion' loss, "
@@ -474,8 +526,8 @@ class RunConfig:
             raise ValueError(
                 f"RunConfig: process.model_var_type={p.model_var_type.value!r} needs "
                 f"model.learn_sigma=True (a network with twice the data's channels: eps, then v)"
-                + ("" if has else f"; {type(m).__name__} has no learn_sigma option (use an MLPConfig "
-                                  "or DDPMConfig)"))
+                + ("" if has else f"; {type(m).__name__} has no learn_sigma option (use an MLPConfig, "
+                                  "DDPMConfig or UNetModelConfig)"))
         if learn_sigma and not learned:
             got = (f"process.model_var_type={p.model_var_type.value!r}" if isinstance(p, DiffusionConfig)
                    else f"process = {'None' if p is None else type(p).__name__}")

@@ -21,6 +21,14 @@ the objectives and the deliberate differences from the official code).
   given random inputs and returns ``(state, metrics)``; ``make_train_step(run_config)`` draws
   them from ``generator`` (default ``state.rng``). Dropout (when a config has it) draws from
   torch's global generator.
+
+Class-conditional models (``num_classes = K > 0``): batches are ``(x, y)`` with int labels
+``y [B]`` in ``[0, K)`` and the network is called as ``model(x, t_labels, y=y)``; with
+``training.label_dropout = p`` each label becomes the null class ``K - 1`` with probability
+p. ``draw_label_drop`` draws the mask ``uniform [B] < p`` from the generator after t and the
+noise (so those draws are unchanged); ``train_step_core(..., label_drop=mask)`` applies it
+(default: drawn from ``state.rng``). The twin draws per example from ``fold_in``; parity
+tests feed both the same numpy mask.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from typing import Any, Optional
 import torch
 
 import spec
-from spec.train_config import OptimConfig, RunConfig, TrainConfig
+from spec.train_config import OptimConfig, RunConfig, TrainConfig, null_label, num_classes
 from torch_ref import losses as _losses
 from torch_ref import resample as _resample
 from torch_ref import sde as _sde
@@ -49,12 +57,26 @@ __all__ = [
     "make_loss_fn",
     "make_train_step",
     "draw_randomness",
+    "draw_label_drop",
     "train",
     "train_step_core",
 ]
 
 #: score_sde's ``eps`` of the continuous SDE loss: t ~ U(eps, T)
 SDE_T_EPS = 1e-5
+
+_NEED_Y = ("batch: the model is class-conditional (num_classes={k}); pass batch = (x, y) with "
+           "int class labels y [B]")
+
+
+def _split_batch(batch):
+    """``batch`` -> ``(x, y)``: a pair ``(x, y)`` (tuple or list), or a bare x with y None."""
+    if isinstance(batch, (tuple, list)):
+        if len(batch) != 2:
+            raise ValueError(f"batch must be x or a pair (x, y), got a {type(batch).__name__} of "
+                             f"{len(batch)} items")
+        return batch[0], batch[1]
+    return batch, None
 
 
 def _optim(config) -> OptimConfig:
@@ -199,15 +221,16 @@ def create_train_state(run_config: RunConfig, *, model=None, dtype=torch.float32
 
 
 def make_loss_fn(run_config: RunConfig):
-    """``loss_fn(model, x, t, noise, weights=None) -> (loss, losses)``: the batch mean of
-    ``weights * losses`` and the per-example losses ``[B]`` of the run's objective (the
-    JAX twin's, for the module in its current train/eval mode)."""
+    """``loss_fn(model, x, t, noise, weights=None, *, y=None) -> (loss, losses)``: the batch
+    mean of ``weights * losses`` and the per-example losses ``[B]`` of the run's objective
+    (the JAX twin's, for the module in its current train/eval mode); ``y`` (int ``[B]``,
+    after label dropout) is passed to a class-conditional network as ``y=``."""
     run_config = _check_run_config(run_config)
     kind, tc = run_config.resolved_loss, run_config.train.training
     process = run_config.process
 
-    def loss_fn(model, x, t, noise, weights=None):
-        model_fn = model
+    def loss_fn(model, x, t, noise, weights=None, *, y=None):
+        model_fn = model if y is None else (lambda xx, labels: model(xx, labels, y=y))
         if kind == "sde":
             sde = _make_sde(process)
             score_fn = get_score_fn(sde, model_fn, continuous=tc.continuous)
@@ -241,10 +264,10 @@ def _importance_weights(state: TrainState, t, dtype):
 def draw_randomness(run_config: RunConfig, state: TrainState, batch, *, generator=None):
     """``(t, noise)`` for one step from ``generator`` (default ``state.rng``): t ~ U(1e-5, T)
     for "sde", U{0..N-1} for the discrete / NCSN losses, the schedule sampler's t for
-    "diffusion"; noise standard normal like ``batch``."""
+    "diffusion"; noise standard normal like x (``batch`` is x or ``(x, y)``)."""
     generator = check_generator("generator", generator)
     gen = state.rng if generator is None else generator
-    kind, x = run_config.resolved_loss, batch
+    kind, x = run_config.resolved_loss, _split_batch(batch)[0]
     B = x.shape[0]
     if kind == "sde":
         T = run_config.process.T
@@ -258,6 +281,36 @@ def draw_randomness(run_config: RunConfig, state: TrainState, batch, *, generato
     return t.to(x.device), noise.to(x.device)
 
 
+def draw_label_drop(run_config: RunConfig, state: TrainState, batch, *, generator=None):
+    """The label-dropout mask ``[B]`` (bool, True = the label becomes the null class):
+    ``torch.rand(B, generator) < training.label_dropout`` (default generator ``state.rng``;
+    nothing is drawn, all False, when label_dropout is 0)."""
+    generator = check_generator("generator", generator)
+    gen = state.rng if generator is None else generator
+    x = _split_batch(batch)[0]
+    p = run_config.train.training.label_dropout
+    if p <= 0:
+        return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    return (torch.rand(x.shape[0], generator=gen) < p).to(x.device)
+
+
+def _labels(run_config: RunConfig, state: TrainState, batch, y, label_drop):
+    """The labels the network sees: None (unconditional), or y (int64) with dropped
+    examples set to the null class."""
+    K = num_classes(run_config.model)
+    if K == 0:
+        return None
+    if y is None:
+        raise ValueError(_NEED_Y.format(k=K))
+    y = torch.as_tensor(y).long()
+    if run_config.train.training.label_dropout > 0:
+        if label_drop is None:
+            label_drop = draw_label_drop(run_config, state, batch)
+        label_drop = torch.as_tensor(label_drop, dtype=torch.bool, device=y.device)
+        y = torch.where(label_drop, torch.full_like(y, null_label(run_config.model)), y)
+    return y
+
+
 # ------------------------------------------------------------------------- step
 
 
@@ -268,12 +321,16 @@ def _grad_norm(params) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
-def train_step_core(run_config: RunConfig, state: TrainState, batch, t, noise):
+def train_step_core(run_config: RunConfig, state: TrainState, batch, t, noise, *, label_drop=None):
     """One optimiser update of ``state`` (in place) from the given ``t`` and ``noise``;
-    returns ``(state, metrics)`` (floats ``loss``, ``grad_norm`` before clipping, ``lr``)."""
+    returns ``(state, metrics)`` (floats ``loss``, ``grad_norm`` before clipping, ``lr``).
+    ``batch`` is x, or ``(x, y)`` for a class-conditional model; ``label_drop`` (bool
+    ``[B]``) the label-dropout mask (default: ``draw_label_drop`` from ``state.rng``)."""
     run_config = _check_run_config(run_config)
     tc, oc, ema_cfg = run_config.train.training, run_config.train.optim, run_config.train.model
     model, optimizer = state.model, state.opt_state
+    batch, y = _split_batch(batch)
+    y = _labels(run_config, state, (batch, y), y, label_drop)
     B = batch.shape[0]
     M = B // tc.microbatch if tc.microbatch > 0 else 1
     if tc.microbatch > 0 and B % tc.microbatch:
@@ -288,7 +345,8 @@ def train_step_core(run_config: RunConfig, state: TrainState, batch, t, noise):
     for j in range(M):
         sl = slice(j * m, (j + 1) * m)
         loss, losses = loss_fn(model, batch[sl], t[sl], noise[sl],
-                               None if weights is None else weights[sl])
+                               None if weights is None else weights[sl],
+                               y=None if y is None else y[sl])
         (loss / M).backward()
         total += float(loss.detach()) / M
         per_example.append(losses.detach())
@@ -322,28 +380,59 @@ def make_train_step(run_config: RunConfig, *, donate: bool = True, steps_per_cal
     if not isinstance(donate, bool):
         raise TypeError(f"donate must be a bool, got {type(donate).__name__}")
 
+    K = num_classes(run_config.model)
+    dropping = run_config.train.training.label_dropout > 0
+
     def one(state, batch, generator):
         t, noise = draw_randomness(run_config, state, batch, generator=generator)
-        return train_step_core(run_config, state, batch, t, noise)
+        drop = draw_label_drop(run_config, state, batch, generator=generator) if K and dropping else None
+        return train_step_core(run_config, state, batch, t, noise, label_drop=drop)
 
     def step(state, batch, *, generator=None):
         if not isinstance(state, TrainState):
             raise TypeError(f"state must be a TrainState (create_train_state), got {type(state).__name__}")
-        if not torch.is_tensor(batch) or not batch.dtype.is_floating_point:
-            raise TypeError(f"batch must be a floating torch tensor, got {type(batch).__name__}")
+        x, y = _split_batch(batch)
+        if not torch.is_tensor(x) or not x.dtype.is_floating_point:
+            raise TypeError(f"batch must be a floating torch tensor, got {type(x).__name__}")
+        y = _check_labels(y, K, tuple(x.shape[:2] if steps_per_call > 1 else x.shape[:1]))
         if steps_per_call == 1:
-            return one(state, batch, generator)
-        if batch.shape[0] != steps_per_call:
+            return one(state, x if y is None else (x, y), generator)
+        if x.shape[0] != steps_per_call:
             raise ValueError(f"batch must stack steps_per_call={steps_per_call} batches "
-                             f"[S, B, ...], got shape {tuple(batch.shape)}")
+                             f"[S, B, ...], got shape {tuple(x.shape)}")
         out = {"loss": [], "grad_norm": [], "lr": []}
-        for b in batch:
+        for i in range(steps_per_call):
+            b = x[i] if y is None else (x[i], y[i])
             state, metrics = one(state, b, generator)
             for k in out:
                 out[k].append(metrics[k])
         return state, out
 
     return step
+
+
+def _check_labels(y, K: int, shape):
+    """The batch's labels: None for an unconditional model (which refuses them), else int64
+    ``[*shape]`` in ``[0, K)``."""
+    if K == 0:
+        if y is not None:
+            raise ValueError("batch: the model is unconditional (num_classes=0); pass x alone, "
+                             "not (x, y)")
+        return None
+    if y is None:
+        raise ValueError(_NEED_Y.format(k=K))
+    y = torch.as_tensor(y)
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(f"batch: the labels y must be integers, got dtype {y.dtype}")
+    if tuple(y.shape) != tuple(shape):
+        raise ValueError(f"batch: the labels y must have shape {list(shape)} (one per example), "
+                         f"got {list(y.shape)}")
+    if y.numel():
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= K:
+            raise ValueError(f"batch: the labels y must lie in [0, num_classes={K}), got values "
+                             f"in [{lo}, {hi}]")
+    return y.long()
 
 
 def train(config, workdir, **kwargs):

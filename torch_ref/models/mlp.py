@@ -8,6 +8,7 @@ sigma; whatever the score adapter feeds)::
     e      = emb(label)                          # [B, E]: sinusoidal (positional), or
                                                  # Gaussian Fourier features of log(label)
     temb   = temb_1(act(temb_0(e)))              # [B, 4E]
+    temb   = temb + label_emb[y]   if num_classes = K > 0   # label_emb [K, 4E], y int [B]
     h_0    = x
     h_l    = act(layers_l(h_{l-1}) + temb_proj_l(act(temb)))   l = 1..L
     out    = out(h_L)                            # [B, D], or [B, 2D] = (eps, v) with learn_sigma
@@ -15,6 +16,11 @@ sigma; whatever the score adapter feeds)::
 
 Without ``conditional`` the label is ignored (no embedding, no ``temb_*`` layers).
 Dense layers use the DDPM initialiser (fan-avg uniform, zero bias). No dropout.
+
+Class-conditional (``config.num_classes = K > 0``, improved-diffusion's ``label_emb``):
+``forward(x, labels, y=y)`` with the class labels ``y`` (int ``[B]`` in ``[0, K)``;
+required, and refused by an unconditional MLP); ``label_emb`` is an ``nn.Embedding(K, 4E)``
+(N(0, 1) init; its ``weight`` is the twin's ``label_emb/embedding``).
 """
 
 from __future__ import annotations
@@ -32,11 +38,33 @@ __all__ = [
 ]
 
 
+def _check_y(cfg: MLPConfig, y, batch: int, device):
+    """The class labels ``y`` as int64 ``[B]``: required iff ``cfg.num_classes > 0``."""
+    if not cfg.num_classes:
+        if y is not None:
+            raise ValueError("y: this MLP is unconditional (MLPConfig.num_classes=0); call it without y")
+        return None
+    if y is None:
+        raise ValueError(f"y: this MLP is class-conditional (num_classes={cfg.num_classes}); call it "
+                         "with the class labels, model(x, t, y=y)")
+    y = torch.as_tensor(y, device=device)
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if tuple(y.shape) != (batch,):
+        raise ValueError(f"y must have shape [B] = [{batch}], got shape {tuple(y.shape)}")
+    if y.numel():
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= cfg.num_classes:
+            raise ValueError(f"y must lie in [0, {cfg.num_classes}), got values in [{lo}, {hi}]")
+    return y.long()
+
+
 class MLP(nn.Module):
     """Time/noise-conditional MLP, ``forward(x [B, D], labels [B]) -> [B, D]``
     (``[B, 2D]``: eps then v, with ``config.learn_sigma``); with ``config.image_size``
     images ``[B, C, H, W] -> [B, C, H, W]`` (``2C`` channels with learn_sigma), flattened
-    in NHWC order inside (as the twin, so the weights are the same)."""
+    in NHWC order inside (as the twin, so the weights are the same). Class-conditional
+    configs take ``y=`` (int ``[B]``)."""
 
     def __init__(self, config: MLPConfig):
         super().__init__()
@@ -49,12 +77,14 @@ class MLP(nn.Module):
             self.temb_0 = ddpm_linear(cfg.embedding_dim, cfg.temb_dim)
             self.temb_1 = ddpm_linear(cfg.temb_dim, cfg.temb_dim)
             self.temb_proj = nn.ModuleList([ddpm_linear(cfg.temb_dim, w) for w in cfg.hidden_dims])
+        if cfg.num_classes:
+            self.label_emb = nn.Embedding(cfg.num_classes, cfg.temb_dim)
         widths = (cfg.data_dim,) + cfg.hidden_dims
         self.layers = nn.ModuleList([ddpm_linear(widths[i], widths[i + 1]) for i in range(cfg.num_layers)])
         self.out = ddpm_linear(cfg.hidden_dims[-1], cfg.out_channels)
         self.act = get_act(cfg.nonlinearity)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, *, y: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         labels = torch.as_tensor(labels, device=x.device)
         image = None
@@ -70,6 +100,7 @@ class MLP(nn.Module):
             raise TypeError(f"x must have a floating dtype, got {x.dtype}")
         if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
             raise ValueError(f"labels must have shape [B] = [{x.shape[0]}], got shape {tuple(labels.shape)}")
+        y = _check_y(cfg, y, x.shape[0], x.device)
         temb = None
         if cfg.conditional:
             if cfg.embedding_type == "fourier":
@@ -78,6 +109,8 @@ class MLP(nn.Module):
                 emb = get_timestep_embedding(labels, cfg.embedding_dim)
             emb = emb.to(self.temb_0.weight.dtype)
             temb = self.temb_1(self.act(self.temb_0(emb)))
+            if y is not None:
+                temb = temb + self.label_emb(y).to(temb.dtype)
         h = x
         for i, layer in enumerate(self.layers):
             h = layer(h)
