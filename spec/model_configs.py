@@ -35,6 +35,7 @@ PROGRESSIVE = ("none", "output_skip", "residual")
 PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
 PROGRESSIVE_COMBINE = ("sum", "cat")
 ATTENTION_TYPES = ("ddpm",)
+UP_ATTENTION = ("per_level", "per_block")  # DDPMConfig.up_attention
 NORMALIZATIONS = ("GroupNorm",)
 
 
@@ -197,18 +198,47 @@ class DDPMConfig(ModelConfig):
     ``eps`` then the variance values ``v`` of a ``model_var_type`` "learned" /
     "learned_range" diffusion (``out_channels``). Default False: the official layout,
     checkpoints and parameter counts are unchanged.
+
+    The layout of the TF original (Ho et al.'s ``diffusion_tf``), which diffusers' DDPM
+    checkpoints (``UNet2DModel``) use too; the defaults are score_sde's port:
+
+    - ``up_attention``: ``"per_level"`` (score_sde: ONE attention block after the
+      ``num_res_blocks + 1`` res blocks of an up-path level at ``attn_resolutions``;
+      35,218,947 parameters at CIFAR-10 size) or ``"per_block"`` (the TF original and
+      diffusers' ``AttnUpBlock2D``: an attention block after EVERY up-path res block
+      there; 35,746,307). The down path and the middle are the same in both.
+    - ``flip_sin_to_cos`` / ``freq_shift``: diffusers' names for the sinusoidal label
+      embedding ``[sin(t w), cos(t w)]`` (``[cos, sin]`` when flipped) with
+      ``w_i = exp(-i log(10000) / (nf // 2 - freq_shift))``. score_sde and the TF
+      original are ``False`` / ``1``; diffusers' ``UNet2DModel`` defaults are
+      ``True`` / ``0`` (its DDPM checkpoints set ``False`` / ``1``).
+
+    Both layouts pad a stride-2 down-sampling convolution by one pixel on the right and
+    bottom only (TF ``'SAME'``; diffusers ``downsample_padding=0``).
     """
 
     name: str = "ddpm"
     centered: bool = True
     learn_sigma: bool = False
+    up_attention: str = "per_level"
+    flip_sin_to_cos: bool = False
+    freq_shift: int = 1
 
     _NAME = "ddpm"
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(self, "learn_sigma", check_bool("learn_sigma", self.learn_sigma))
+        s = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        s("learn_sigma", check_bool("learn_sigma", self.learn_sigma))
         _check_learn_sigma(self)
+        s("up_attention", _check_str_choice("up_attention", self.up_attention, UP_ATTENTION))
+        s("flip_sin_to_cos", check_bool("flip_sin_to_cos", self.flip_sin_to_cos))
+        half = self.nf // 2
+        shift = check_int("freq_shift", self.freq_shift, minimum=0)
+        if shift >= half:
+            raise ValueError(f"freq_shift must be < nf // 2 = {half} (the embedding's frequencies are "
+                             f"exp(-i log(10000) / (nf // 2 - freq_shift))), got freq_shift={shift}")
+        s("freq_shift", shift)
         for m in self.ch_mult:
             if (self.nf * m) % 32:
                 raise ValueError(
@@ -437,5 +467,5 @@ def get_preset(name: str) -> ModelConfig:
 __all__ = [
     "ATTENTION_TYPES", "DDPMConfig", "EMBEDDING_TYPES", "MLPConfig", "ModelConfig", "NCSNppConfig",
     "NONLINEARITIES", "PRESETS", "PROGRESSIVE", "PROGRESSIVE_COMBINE", "PROGRESSIVE_INPUT",
-    "RESBLOCK_TYPES", "from_score_sde_config", "get_preset", "get_sigmas",
+    "RESBLOCK_TYPES", "UP_ATTENTION", "from_score_sde_config", "get_preset", "get_sigmas",
 ]

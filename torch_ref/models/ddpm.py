@@ -12,24 +12,31 @@ and ``parameters()`` is in the order of score_sde's EMA ``shadow_params``:
 - down path, per level: ``num_res_blocks`` x (ResnetBlockDDPM [+ AttnBlock]), then
   Downsample except at the last level; middle: Resnet, Attn, Resnet;
 - up path, per level: ``num_res_blocks + 1`` x ResnetBlockDDPM on ``cat(h, skip)``, ONE
-  AttnBlock, Upsample except at level 0;
+  AttnBlock at attention levels (``up_attention="per_level"``) or one after EVERY res
+  block there (``"per_block"``, the TF original / diffusers), Upsample except at level 0;
 - GroupNorm(32), act, ``conv3x3(-> C)`` (``-> 2C``, eps then v, with improved-diffusion's
   ``learn_sigma``); ``scale_by_sigma`` divides by ``sigmas[label]``
   (cast to the output dtype; score_sde divides by the float64 buffer and so returns
   float64 there).
 
-Attention is placed by level, from the config (see the twin's docstring). The modules
-are built from ``spec.unet_plans.ddpm_plan(config)``, the layout the twin and the key
-table walk too.
+Attention is placed by level, from the config (see the twin's docstring); the label
+embedding is ``timestep_embedding`` (score_sde's by default, diffusers' ``flip_sin_to_cos``
+/ ``freq_shift`` options). The modules are built from
+``spec.diffusers_format.ddpm_layout_plan(config)`` (``spec.unet_plans.ddpm_plan`` with
+``up_attention`` applied), the layout the twin and the key tables walk too. Diffusers'
+``UNet2DModel`` directories load with ``torch_ref.diffusers_format.from_diffusers``.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from spec.diffusers_format import ddpm_layout_plan
 from spec.model_configs import DDPMConfig
-from spec.unet_plans import ddpm_plan
 from torch_ref.models.layers import (
     AttnBlock,
     Downsample,
@@ -45,7 +52,42 @@ from torch_ref.models.layers import (
 __all__ = [
     "DDPM",
     "DDPMConfig",
+    "timestep_embedding",
 ]
+
+
+def timestep_embedding(labels: torch.Tensor, embedding_dim: int, *, flip_sin_to_cos: bool = False,
+                       freq_shift: int = 1) -> torch.Tensor:
+    """The DDPM label embedding (float32), in score_sde's and diffusers' variants.
+
+    ``[sin(t w), cos(t w)]`` (``[cos(t w), sin(t w)]`` with ``flip_sin_to_cos``),
+    ``w_i = exp(-i log(10000) / (h - freq_shift))``, ``i < h = embedding_dim // 2``,
+    zero-padded to ``embedding_dim`` when odd. The defaults are score_sde's
+    ``get_timestep_embedding`` (computed by it, bit for bit).
+
+    Args:
+      labels: ``[B]`` (possibly fractional) timesteps.
+      embedding_dim: output width (>= 4); ``freq_shift`` must be < ``embedding_dim // 2``.
+    Returns:
+      ``[B, embedding_dim]`` float32.
+    """
+    if not flip_sin_to_cos and freq_shift == 1:
+        return get_timestep_embedding(labels, embedding_dim)
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"timesteps must have shape [B], got shape {tuple(labels.shape)}")
+    half = embedding_dim // 2
+    if embedding_dim < 4 or not 0 <= freq_shift < half:
+        raise ValueError(f"timestep_embedding: need embedding_dim >= 4 and 0 <= freq_shift < embedding_dim // 2, "
+                         f"got embedding_dim={embedding_dim}, freq_shift={freq_shift}")
+    rate = math.log(10000) / (half - freq_shift)
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=labels.device) * -rate)
+    args = labels.to(torch.float32)[:, None] * freqs[None, :]
+    parts = [torch.cos(args), torch.sin(args)] if flip_sin_to_cos else [torch.sin(args), torch.cos(args)]
+    emb = torch.cat(parts, dim=1)
+    if embedding_dim % 2 == 1:
+        emb = F.pad(emb, (0, 1))
+    return emb
 
 
 class DDPM(nn.Module):
@@ -61,7 +103,7 @@ class DDPM(nn.Module):
         self.register_buffer("sigmas", torch.as_tensor(cfg.sigmas))
         temb_dim = 4 * cfg.nf
 
-        modules = plan_modules(ddpm_plan(cfg), {
+        modules = plan_modules(ddpm_layout_plan(cfg), {
             "resnet": lambda b: ResnetBlockDDPM(cfg.nonlinearity, b.in_ch, b.out_ch, temb_dim=temb_dim,
                                                 dropout=cfg.dropout),
             "attn": lambda b: AttnBlock(b.in_ch),
@@ -78,7 +120,8 @@ class DDPM(nn.Module):
         m = 0
         temb = None
         if cfg.conditional:
-            temb = get_timestep_embedding(labels, cfg.nf).to(modules[0].weight.dtype)
+            temb = timestep_embedding(labels, cfg.nf, flip_sin_to_cos=cfg.flip_sin_to_cos,
+                                      freq_shift=cfg.freq_shift).to(modules[0].weight.dtype)
             temb = modules[m](temb)
             temb = modules[m + 1](self.act(temb))
             m += 2
@@ -96,11 +139,16 @@ class DDPM(nn.Module):
         h = modules[m + 1](h)
         h = modules[m + 2](h, temb)
         m += 3
+        per_block = cfg.up_attention == "per_block"
         for level in reversed(range(cfg.num_resolutions)):
+            attn = cfg.all_resolutions[level] in cfg.attn_resolutions
             for _ in range(cfg.num_res_blocks + 1):
                 h = modules[m](torch.cat([h, hs.pop()], dim=1), temb)
                 m += 1
-            if cfg.all_resolutions[level] in cfg.attn_resolutions:
+                if attn and per_block:
+                    h = modules[m](h)
+                    m += 1
+            if attn and not per_block:
                 h = modules[m](h)
                 m += 1
             if level != 0:
