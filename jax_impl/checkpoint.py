@@ -26,6 +26,15 @@ differ from ``target``) or of another config (``config`` given and the saved con
 differs) -- raises ONE ``CheckpointError`` (a ``ValueError``) naming the directory and
 what does not match, never a traceback from inside orbax. An older intact step can be
 chosen with ``step=``.
+
+Devices and processes: the state may live on any ``jax.sharding`` mesh, across
+``jax.distributed`` processes (``jax_impl.sharding.shard_train_state``). Then EVERY process
+calls ``save`` (the same step, the same state): orbax writes one checkpoint together (each
+array's shards once, the metadata from process 0) and renames it into place only when all
+are done, so it stays atomic. ``restore`` reads the full host values (checked against the
+saved checksums) and places each on the target leaf's sharding, so a checkpoint written by
+N processes on D devices restores on any other count -- 1 process on 1 CPU device included
+-- with the same parameters (``target`` decides the placement).
 """
 
 from __future__ import annotations
@@ -99,9 +108,38 @@ def _storable(leaf):
     return leaf
 
 
+def _host_value(array) -> np.ndarray:
+    """The full value of an array as numpy, on every process: a global array's local copy
+    when it is replicated, else gathered (``process_allgather``: every process must call it)."""
+    if isinstance(array, jax.Array) and not array.is_fully_addressable:
+        if array.is_fully_replicated:
+            return np.asarray(array.addressable_data(0))
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+    return np.asarray(jax.device_get(array))
+
+
 def _crc32(array) -> int:
     """CRC-32 of an array's bytes (C order): tensorstore stores raw chunks without a checksum."""
-    return zlib.crc32(np.ascontiguousarray(np.asarray(jax.device_get(array))).tobytes())
+    return zlib.crc32(np.ascontiguousarray(_host_value(array)).tobytes())
+
+
+def _place_like(value: np.ndarray, leaf):
+    """A restored host value placed like the target ``leaf`` (its sharding, on any mesh and
+    process count); numpy when the target leaf is not a ``jax.Array``."""
+    if not isinstance(leaf, jax.Array):
+        return value
+    sharding = leaf.sharding
+    if jax.process_count() == 1 or leaf.is_fully_addressable:
+        return jax.device_put(value, sharding)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def _host_template(leaf):
+    """What orbax restores a leaf as: a numpy array of the leaf's stored shape and dtype."""
+    a = _storable(leaf)
+    return np.empty(tuple(a.shape), np.dtype(a.dtype))
 
 
 def _nest(paths, values) -> dict:
@@ -246,10 +284,11 @@ class CheckpointManager:
         paths, leaves, _ = _leaf_paths(state)
         if not leaves:
             raise TypeError(f"state must be a pytree with array leaves, got {type(state).__name__} without leaves")
-        for path, leaf in zip(paths, leaves):
+        stored = [_storable(x) for x in leaves]
+        host = [_host_value(v) for v in stored]  # numpy: no compilation per leaf shape
+        for path, leaf, a in zip(paths, leaves, host):
             if _is_prng_key(leaf):
                 continue
-            a = np.asarray(jax.device_get(leaf))  # numpy: no compilation per leaf shape
             if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
                 raise ValueError(f"state leaf {'/'.join(path)!r} holds NaN or Inf: "
                                  f"not saving step {step} to {str(self.directory)!r}")
@@ -257,9 +296,8 @@ class CheckpointManager:
             raise CheckpointError(f"step {step} already exists in {str(self.directory)!r}")
         meta = {"format": _FORMAT, "step": step, "data_state": data_state, "config": config,
                 "leaves": {"/".join(p): _describe(x) for p, x in zip(paths, leaves)}}
-        stored = [_storable(x) for x in leaves]
-        for (name, desc), value in zip(meta["leaves"].items(), stored):
-            desc["crc32"] = _crc32(value)
+        for (name, desc), value in zip(meta["leaves"].items(), host):
+            desc["crc32"] = zlib.crc32(np.ascontiguousarray(value).tobytes())
         items = _nest(paths, stored)
         with self._lock:
             self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(items),
@@ -341,7 +379,7 @@ class CheckpointManager:
         if differ:
             more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
             self._fail(step, "from another model: " + "; ".join(differ[:4]) + more)
-        abstract = _nest(paths, [_storable(x) for x in leaves])
+        abstract = _nest(paths, [_host_template(x) for x in leaves])  # restored as host numpy
         items = self._orbax_restore(step, "state", ocp.args.Composite(state=ocp.args.StandardRestore(abstract)),
                                     "cannot read the state arrays (state/): damaged or truncated files")
         values = []
@@ -350,14 +388,18 @@ class CheckpointManager:
                 v = _get(items, path)
             except (KeyError, TypeError):
                 self._fail(step, f"the state item has no leaf {'/'.join(path)!r}: damaged")
+            v = np.asarray(v)
             crc = saved["/".join(path)].get("crc32")
             if crc is not None and _crc32(v) != crc:
                 self._fail(step, f"the array {'/'.join(path)!r} does not match its saved checksum: damaged files "
                                  f"under state/")
             if _is_prng_key(leaf):
-                v = jax.random.wrap_key_data(jnp.asarray(v), impl=jax.random.key_impl(leaf))
+                data = _place_like(v, jax.random.key_data(leaf))
+                v = jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
             elif isinstance(leaf, (bool, int, float)) and not isinstance(leaf, np.generic):
-                v = type(leaf)(np.asarray(v).item())
+                v = type(leaf)(v.item())
+            else:
+                v = _place_like(v, leaf)
             values.append(v)
         return jax.tree_util.tree_unflatten(treedef, values), meta.get("data_state"), meta.get("config")
 

@@ -25,6 +25,22 @@ trains ``config`` (a ``spec.RunConfig``) in ``workdir``:
   grid otherwise;
 - a tqdm bar on stderr with the loss and steps/s (``progress=False`` turns it off).
 
+Class-conditional models (``getattr(config.model, "num_classes", 0) > 0``) train on ``(x, y)``
+batches: the labels of ``jax_impl.data.load_labels(config.data)``.
+
+Devices and processes: with more than one device (``jax.device_count() > 1``: several
+accelerators, CPU host devices, or several ``jax.distributed`` processes) the step runs on a
+``jax_impl.sharding`` mesh over ALL devices: the state replicated, each global batch of
+``training.batch_size`` examples split along the mesh's data axis, each process reading only
+its own rows (``BatchIterator(shard_index=jax.process_index(),
+shard_count=jax.process_count())``). The numbers do not depend on the split (per-example
+randomness from ``fold_in(step_key, global_index)``; the loss is the global batch mean), so
+the parameters equal the 1-device run's to float32 reduction order. ``training.batch_size``
+must divide by the device count (ValueError naming it, before anything is compiled). Only
+process 0 writes config.json, log.jsonl and the sample PNGs and shows the bar; every process
+takes part in each checkpoint save (one checkpoint, written together) and each snapshot.
+On one device the plain jitted step runs, as always.
+
 ``max_steps`` stops the run once the step counter (updates done, counted from 0 like
 ``training.n_iters``, so a resumed run counts on) reaches ``min(n_iters, max_steps)``.
 
@@ -129,6 +145,29 @@ class _Log:
         self._f.close()
 
 
+class _NoLog:
+    """The log of a process other than 0: nothing is written."""
+
+    def write(self, entry: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _wait_for_config(workdir: Path, config_dict: dict, timeout_s: float = 120.0) -> None:
+    """A process other than 0: wait until process 0 has written workdir/config.json (on the
+    shared file system), then check it is this config."""
+    path = workdir / "config.json"
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise ValueError(f"process {jax.process_index()}: {str(path)!r} did not appear within {timeout_s:g} s; "
+                             f"the workdir must be on a file system every process sees")
+        time.sleep(0.05)
+    _check_or_write_config(workdir, config_dict)
+
+
 # ------------------------------------------------------------------ signals
 
 class _Stop:
@@ -221,6 +260,37 @@ def _make_sampler(config):
     return jax.jit(sample)
 
 
+_SHARDED_STEPS: dict = {}
+
+
+def _sharded_train_step(config, mesh):
+    """``sharding.make_sharded_train_step(config, mesh)``, kept per (config, mesh)."""
+    from jax_impl import sharding
+
+    key = (config, mesh)
+    if key not in _SHARDED_STEPS:
+        if len(_SHARDED_STEPS) >= 4:
+            _SHARDED_STEPS.pop(next(iter(_SHARDED_STEPS)))
+        _SHARDED_STEPS[key] = sharding.make_sharded_train_step(config, mesh)
+    return _SHARDED_STEPS[key]
+
+
+def _make_sharded_sampler(config, mesh):
+    """The snapshot sampler over ``mesh``: ``fn(key_data, ema_params, constants) -> samples``
+    (the 64 samples split along the data axis when the device count divides 64, else
+    computed replicated); the per-sample noise makes them the 1-device samples."""
+    from jax_impl import sharding
+
+    raw = _make_sampler(config)
+
+    def sample(kd, params, constants):
+        return raw(params, constants, jax.random.wrap_key_data(kd))
+
+    if NUM_SNAPSHOT_SAMPLES % mesh.shape[sharding.DATA_AXIS] == 0:
+        return sharding.shard_sampler(sample, mesh)
+    return jax.jit(sample)
+
+
 def _scatter_image(points: np.ndarray, title: str, size: int = 320):
     """A PIL image of 2-D points: white canvas, grid lines at multiples of a power of ten
     (at most ~20 lines, whatever the range: an untrained VE model's samples reach 1e2+),
@@ -285,9 +355,74 @@ def _all_finite(loss, grad_norm, params):
 
 def _first_bad_leaf(params) -> str:
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        if jnp.issubdtype(leaf.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(leaf))):
+        if jnp.issubdtype(leaf.dtype, jnp.inexact) and not np.all(np.isfinite(_host(leaf))):
             return "params" + jax.tree_util.keystr(path)
     return "params"
+
+
+# ------------------------------------------------------------------ devices and processes
+
+def _host(x):
+    """A scalar / array on the host: a global replicated array via its local copy."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        from jax_impl.sharding import to_host
+        return to_host(x)
+    return np.asarray(x)
+
+
+def _class_conditional(config) -> bool:
+    return getattr(config.model, "num_classes", 0) > 0
+
+
+def _labels(config, num_examples: int):
+    """The training labels (int64 ``[N]``) of a class-conditional run, checked against
+    ``model.num_classes``; None for an unconditional one."""
+    if not _class_conditional(config):
+        return None
+    from jax_impl.data import load_labels
+
+    y, _ = load_labels(config.data)
+    if len(y) != num_examples:  # pragma: no cover -- load_labels aligns them
+        raise ValueError(f"data: {len(y)} labels for {num_examples} training examples")
+    k = int(config.model.num_classes)
+    if len(y) and int(y.max()) >= k:
+        raise ValueError(f"model.num_classes={k} but the data's labels reach {int(y.max())} "
+                         f"(data.dataset={config.data.dataset!r}); set model.num_classes >= {int(y.max()) + 1}")
+    return y
+
+
+class _HostBatches:
+    """The spec iterator's numpy batches (this process's rows), labels as int32: what
+    ``sharding.shard_batch`` assembles into global arrays."""
+
+    def __init__(self, it):
+        self.it = it
+
+    def next(self):
+        b = self.it.next()
+        if isinstance(b, tuple):
+            return b[0], b[1].astype(np.int32)
+        return b
+
+    @property
+    def state(self):
+        return self.it.state
+
+    def set_state(self, state):
+        self.it.set_state(state)
+
+
+def _stop_everywhere(requested: bool, processes: int) -> bool:
+    """Whether any process was asked to stop (a collective with several processes, so all
+    of them save and return at the same step)."""
+    if processes == 1:
+        return requested
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.asarray(int(requested), np.int32))
+    return bool(np.any(np.asarray(flags)))
 
 
 def _check_args(config, workdir, max_steps, progress, eval_fn):
@@ -340,13 +475,35 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
     stop_at = tc.n_iters if max_steps is None else min(tc.n_iters, max_steps)
     config_dict = json.loads(json.dumps(config.to_dict()))
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    _check_or_write_config(workdir, config_dict)
-    (workdir / "samples").mkdir(exist_ok=True)
+    num_devices, processes = jax.device_count(), jax.process_count()
+    primary = jax.process_index() == 0
+    mesh = None
+    if num_devices > 1:
+        from jax_impl import sharding
 
-    train_data, _ = _data.load_dataset(config.data)
-    it = _data.BatchIterator.from_config(config.data, train_data, tc.batch_size)
-    state = _train.create_train_state(jax.random.key(tc.seed), config)
+        mesh = sharding.make_mesh()
+        sharding.check_divisible(tc.batch_size, mesh, "training.batch_size")
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    if primary:
+        _check_or_write_config(workdir, config_dict)
+        (workdir / "samples").mkdir(exist_ok=True)
+    else:
+        _wait_for_config(workdir, config_dict)
+
+    if mesh is None:
+        train_data, _ = _data.load_dataset(config.data)
+        it = _data.BatchIterator.from_config(config.data, train_data, tc.batch_size,
+                                             labels=_labels(config, len(train_data)))
+        state = _train.create_train_state(jax.random.key(tc.seed), config)
+    else:
+        from spec import datasets as _spec_data
+
+        train_data, _ = _spec_data.load_dataset(config.data)
+        it = _HostBatches(_spec_data.BatchIterator.from_config(
+            config.data, train_data, tc.batch_size, labels=_labels(config, len(train_data)),
+            shard_index=jax.process_index(), shard_count=processes))
+        state = sharding.shard_train_state(_train.create_train_state(jax.random.key(tc.seed), config), mesh)
 
     ckpt = CheckpointManager(workdir / "checkpoints", max_to_keep=tc.keep)
     stopper = None
@@ -359,21 +516,25 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
             state, data_state, _ = ckpt.restore(start, target=state, config=config_dict)
             it.set_state(data_state)
             resume_s = time.perf_counter() - t0
-            _trim_log(workdir / "log.jsonl", start)
-            print(f"resumed from {ckpt.directory / str(start)} (step {start}, {resume_s:.2f} s)",
-                  file=sys.stderr, flush=True)
-        else:
+            if primary:
+                _trim_log(workdir / "log.jsonl", start)
+                print(f"resumed from {ckpt.directory / str(start)} (step {start}, {resume_s:.2f} s)",
+                      file=sys.stderr, flush=True)
+        elif primary:
             _trim_log(workdir / "log.jsonl", 0)  # a run stopped before its first checkpoint starts over
-        step = int(state.step)
-        log = _Log(workdir / "log.jsonl")
+        step = int(_host(state.step))
+        log = _Log(workdir / "log.jsonl") if primary else _NoLog()
         if step >= stop_at:
             return state
 
-        step_fn = _train_step(config)
+        if mesh is None:
+            step_fn = _train_step(config)
+        else:
+            step_fn = _sharded_train_step(config, mesh)
         sampler = None
         stopper = _Stop()
         bar = tqdm(total=stop_at, initial=step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=not progress, file=sys.stderr)
+                   disable=not (progress and primary), file=sys.stderr)
         last_saved = start
         window_t, window_step, paused = time.perf_counter(), step, 0.0
         postfix_t = 0.0
@@ -385,19 +546,26 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
         def snapshot(step_now: int) -> None:
             nonlocal sampler
             if sampler is None:
-                sampler = _make_sampler(config)
+                sampler = _make_sampler(config) if mesh is None else _make_sharded_sampler(config, mesh)
             key = jax.random.fold_in(jax.random.key(tc.seed), step_now)
-            x = np.asarray(sampler(state.ema[0], state.constants, key))
-            _save_samples_png(workdir / "samples" / f"step_{step_now}.png", x,
-                              centered=config.data.centered, title=f"step {step_now} (EMA)")
+            if mesh is None:
+                x = np.asarray(sampler(state.ema[0], state.constants, key))
+            else:
+                from jax_impl.sharding import replicate, to_host
+
+                kd = replicate(np.asarray(jax.random.key_data(key)), mesh)
+                x = to_host(sampler(kd, state.ema[0], state.constants))  # every process takes part
+            if primary:
+                _save_samples_png(workdir / "samples" / f"step_{step_now}.png", x,
+                                  centered=config.data.centered, title=f"step {step_now} (EMA)")
 
         while step < stop_at:
             batch = it.next()
             state, metrics = step_fn(state, batch)
             step += 1
             grad_norm = metrics.get("grad_norm", jnp.zeros(()))
-            ok, loss, gn = jax.device_get((_all_finite(metrics["loss"], grad_norm, state.params),
-                                           metrics["loss"], grad_norm))
+            ok, loss, gn = (_host(v) for v in (_all_finite(metrics["loss"], grad_norm, state.params),
+                                               metrics["loss"], grad_norm))
             loss = float(loss)
             if not ok:
                 what = (f"the loss is {loss}" if not math.isfinite(loss)
@@ -412,7 +580,7 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
             if step % tc.log_freq == 0:
                 rate = (step - window_step) / max(now - window_t - paused, 1e-9)
                 window_t, window_step, paused = now, step, 0.0
-                log.write({"step": step, "loss": loss, "lr": float(metrics.get("lr", float("nan"))),
+                log.write({"step": step, "loss": loss, "lr": float(_host(metrics.get("lr", float("nan")))),
                            "grad_norm": float(gn),
                            "steps_per_sec": rate, "time": time.time()})
             if progress and (now - postfix_t > 0.5 or step == stop_at):
@@ -430,12 +598,13 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
                 last_saved = step
                 snapshot(step)
             paused += time.perf_counter() - t_extra
-            if stopper.requested:
+            if _stop_everywhere(stopper.requested, processes):
                 where = save(step) if last_saved != step else ckpt.directory / str(step)
                 last_saved = step
                 bar.close()
-                print(f"stopped by {stopper.signal_name} after step {step}: checkpoint saved to {where}",
-                      flush=True)
+                if primary:
+                    print(f"stopped by {stopper.signal_name or 'a signal to another process'} after step "
+                          f"{step}: checkpoint saved to {where}", flush=True)
                 return state
         return state
     finally:

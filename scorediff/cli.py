@@ -9,6 +9,14 @@
     scorediff compare --workdir DIR                              (JAX vs PyTorch, same weights and noise)
     scorediff convert IN OUT [--preset NAME]                     (.pth/.pt/.npz/.safetensors <-> orbax)
 
+``train`` and ``sample`` run as one process of a multi-process job with ``--coordinator
+HOST:PORT --num-processes N --process-id I`` (``--init-timeout SECONDS``; ``--coordinator
+auto`` on Cloud TPU / SLURM): jax.distributed joins the processes' devices into one mesh,
+each process reads its own rows of every batch (sampling: computes its own samples), and
+process 0 writes the logs, pictures and output files (checkpoints are written by all). The
+environment variable ``SCOREDIFF_HOST_DEVICES`` ("1", an int, "auto") splits a CPU host
+into several XLA devices at start-up. See ``scorediff/distributed.py`` and docs/scale-out.md.
+
 Every command has ``--help``. Bad input (an unknown preset, override, sampler option, a
 missing or foreign file, a workdir of another preset) prints one line
 ``scorediff <command>: error: ...`` and exits with status 2; ``SCOREDIFF_DEBUG=1`` shows
@@ -29,6 +37,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+from scorediff import distributed
 
 __all__ = ["main", "build_parser"]
 
@@ -78,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--framework", choices=("jax", "torch"), default=None,
                    help="train with JAX (default) or the PyTorch reference")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    distributed.add_launch_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="sample a trained run (or an official checkpoint)",
@@ -96,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(OUT's stem + _trajectory.png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_sampler_flags(p)
+    distributed.add_launch_flags(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("evaluate", help="sample quality next to the real-data and noise baselines",
@@ -229,8 +241,56 @@ def cmd_presets(args) -> int:
 
 # ------------------------------------------------------------------------------- train
 
+def _multi_process(args) -> bool:
+    """True when this command runs as one of several jax.distributed processes."""
+    launch = getattr(args, "launch", None)
+    if launch is None or not launch.distributed:
+        return False
+    import jax
+
+    return jax.process_count() > 1
+
+
+def _host_int(x) -> int:
+    """A (possibly global, replicated) scalar array as a Python int, on every process."""
+    import jax
+    import numpy as np
+
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = x.addressable_data(0)
+    return int(np.asarray(x))
+
+
 def cmd_train(args) -> int:
-    from scorediff import plots, presets, runs
+    if not _multi_process(args):
+        preset, config, workdir, framework = _prepare_train(args)
+        return _run_train(args, preset, config, workdir, framework, primary=True)
+    # several processes: process 0 checks the workdir and writes its records; the others
+    # then read the same records (so every process trains the same config)
+    primary = distributed.is_primary()
+    error, prepared = None, None
+    if primary:
+        try:
+            prepared = _prepare_train(args)
+        except _user_errors() as e:
+            error = e
+    if not distributed.all_agree(error is None):
+        if error is not None:
+            raise error
+        raise UsageError("process 0 refused the run (its error says why); nothing was trained")
+    if not primary:
+        prepared = _prepare_train(args, write=False)
+    preset, config, workdir, framework = prepared
+    if framework != "jax":
+        raise UsageError("--coordinator (several processes) trains with --framework jax only; the PyTorch "
+                         "reference runs one process")
+    return _run_train(args, preset, config, workdir, framework, primary=primary)
+
+
+def _prepare_train(args, *, write: bool = True):
+    """The run's (preset, config, workdir, framework), after checking the workdir; with
+    ``write`` the workdir is created and its preset record written."""
+    from scorediff import presets, runs
     from scorediff.overrides import apply_overrides
 
     record = None
@@ -263,23 +323,33 @@ def cmd_train(args) -> int:
                          f"--set data.path=FILE.npy (images [N, H, W, C]) or data.dataset=folder")
     if workdir is None:
         workdir = Path("runs") / preset.name.replace("/", "_")
-    workdir.mkdir(parents=True, exist_ok=True)
+    if write:
+        workdir.mkdir(parents=True, exist_ok=True)
     if (workdir / "config.json").exists() and record is None:
         raise UsageError(f"--workdir {str(workdir)!r} holds another run; use a new directory")
     _check_same_config(workdir, config)
-    runs.write_preset_record(workdir, preset.name, overrides, framework)
+    if write:
+        runs.write_preset_record(workdir, preset.name, overrides, framework)
+    return preset, config, workdir, framework
+
+
+def _run_train(args, preset, config, workdir, framework, *, primary: bool) -> int:
+    from scorediff import plots
 
     tc = config.train.training
-    _say(f"train {preset.name} ({framework}): {type(config.model).__name__}, {config.resolved_loss} loss, "
-         f"{tc.n_iters} steps of batch {tc.batch_size}; run directory {workdir}")
+    if primary:
+        _say(f"train {preset.name} ({framework}): {type(config.model).__name__}, {config.resolved_loss} loss, "
+             f"{tc.n_iters} steps of batch {tc.batch_size}; run directory {workdir}")
     if framework == "jax":
         from jax_impl.loop import train
     else:
         from torch_ref.loop import train
     t0 = time.perf_counter()
-    state = train(config, workdir, progress=not args.no_progress)
+    state = train(config, workdir, progress=not args.no_progress and primary)
     wall = time.perf_counter() - t0
-    step = int(state.step)
+    step = _host_int(state.step) if framework == "jax" else int(state.step)
+    if not primary:
+        return 0
     rows = plots.read_log(workdir)
     if rows:
         plots.loss_curve(workdir / "loss.png", rows, title=f"{preset.name}: training loss")
@@ -364,10 +434,16 @@ def cmd_sample(args) -> int:
         raise UsageError(f"--out {str(out)!r} is a directory")
     plan = sampling.resolve(config, default, name=args.sampler, overrides=_sampler_overrides(args),
                             num=args.num)
-    sampler = sampling.JaxSampler(plan, progress=not args.no_progress)
-    t0 = time.perf_counter()
-    x, nfe = sampler(variables, jax.random.key(args.seed))
-    wall = time.perf_counter() - t0
+    if jax.device_count() > 1:  # several devices / processes: each computes its share
+        x, nfe, compile_s, wall = _sample_on_mesh(plan, variables, args.seed)
+        if jax.process_index() != 0:
+            return 0  # process 0 writes the files
+    else:
+        sampler = sampling.JaxSampler(plan, progress=not args.no_progress)
+        t0 = time.perf_counter()
+        x, nfe = sampler(variables, jax.random.key(args.seed))
+        wall = time.perf_counter() - t0
+        compile_s = sampler.compile_s
     x = np.asarray(x)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.npz")
@@ -377,8 +453,9 @@ def cmd_sample(args) -> int:
     png = _write_sample_pictures(out.with_suffix(".png"), x, config,
                                  f"generated: {plan.describe()}\nNFE {nfe}" + ("" if step is None else f", step {step}"))
     bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).sum())
-    _say(f"{len(x)} samples {tuple(x.shape[1:])} with {plan.describe()}: NFE {nfe}, compile "
-         f"{sampler.compile_s:.2f} s, {wall - sampler.compile_s:.2f} s sampling"
+    timing = (f"{wall:.2f} s compiling and sampling on {jax.device_count()} devices" if compile_s is None
+              else f"compile {compile_s:.2f} s, {wall - compile_s:.2f} s sampling")
+    _say(f"{len(x)} samples {tuple(x.shape[1:])} with {plan.describe()}: NFE {nfe}, {timing}"
          + (f"; {bad} samples are not finite" if bad else ""))
     _say(f"wrote {out} and {png}")
     if args.trajectory:
@@ -389,6 +466,35 @@ def cmd_sample(args) -> int:
                                title=f"one reverse trajectory, noise to data: {plan.describe()}", reference=ref)
         _say(f"wrote {tpng}")
     return 0
+
+
+def _sample_on_mesh(plan, variables, seed: int):
+    """The plan's sampler over a mesh of every device (every process): the batch split along
+    its data axis, each device computing its own samples (per-sample noise, so they equal
+    the 1-device samples); returns ``(samples on the host, nfe, None, wall_s)`` (the wall
+    time includes the compilation)."""
+    import jax
+    import numpy as np
+
+    from jax_impl import sharding
+    from scorediff import sampling
+
+    mesh = sharding.make_mesh()
+    try:
+        sharding.check_divisible(plan.shape[0], mesh, "--num")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    sampler = sampling.JaxSampler(plan, progress=False)
+    program = getattr(sampler, "_jit", None)
+    if program is None:  # pragma: no cover -- scorediff.sampling without its program
+        raise UsageError("sampling over several devices needs scorediff.sampling.JaxSampler's program")
+    fn = sharding.shard_sampler(
+        lambda kd, v: program(v, jax.random.wrap_key_data(kd), None, None), mesh)
+    placed = sharding.replicate(variables, mesh)
+    kd = sharding.replicate(np.asarray(jax.random.key_data(jax.random.key(seed))), mesh)
+    t0 = time.perf_counter()
+    x = sharding.to_host(fn(kd, placed))  # one call: compile and run; every process takes part
+    return x, sampler.nfe, None, time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------------------- evaluate
@@ -783,17 +889,35 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        status = _start_and_run(args)
     except KeyboardInterrupt:
         print(f"scorediff {args.command}: interrupted", file=sys.stderr)
-        return 130
+        status = 130
     except _user_errors() as e:
         if os.environ.get("SCOREDIFF_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         msg = " ".join(str(msg).split())  # one line
         print(f"scorediff {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        status = 2
+    launch = getattr(args, "launch", None)
+    if status != 0 and launch is not None and launch.distributed:
+        # leave at once: jax.distributed's exit barrier would wait for processes that may
+        # be blocked on this one; the runtime tells them that this process has gone
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+def _start_and_run(args) -> int:
+    """The host-device split, jax.distributed (train / sample), then the command."""
+    distributed.configure_host_devices()
+    if hasattr(args, "coordinator"):
+        args.launch = distributed.launch_spec(args.coordinator, args.num_processes, args.process_id,
+                                              args.init_timeout)
+        distributed.initialize(args.launch, prog=f"scorediff {args.command}")
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":

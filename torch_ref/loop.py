@@ -32,7 +32,10 @@ trains ``config`` (a ``spec.RunConfig``) in ``workdir``:
 The data are ``spec.datasets.load_dataset(config.data)``'s training split, batched by
 ``torch_ref.data.BatchIterator.from_config`` (seed ``data.seed``; torch tensors, images
 NCHW) and handed to ``torch_ref.train.make_train_step(config)``, which draws t and noise
-from the state's generator. ``max_steps`` stops the run once the step counter
+from the state's generator. A class-conditional model (``getattr(config.model,
+"num_classes", 0) > 0``) gets ``(x, y)`` batches: the labels of
+``spec.datasets.load_labels(config.data)`` (int64), as ``jax_impl/loop.py``. The PyTorch
+reference runs in one process on one device (the scale-out is the JAX side's). ``max_steps`` stops the run once the step counter
 (updates done, counted from 0 like ``training.n_iters``, so a resumed run counts on)
 reaches ``min(n_iters, max_steps)``. ``torch.set_num_threads`` is lowered to the number of
 usable cores when it is above it (more threads than cores is 50-70x slower), never raised.
@@ -335,6 +338,21 @@ def _check_args(config, workdir, max_steps, progress, eval_fn):
     return workdir, max_steps
 
 
+def _labels(config, num_examples: int):
+    """The training labels (int64 ``[N]``) of a class-conditional run, checked against
+    ``model.num_classes``; None for an unconditional one (the twin of jax_impl.loop's)."""
+    if not getattr(config.model, "num_classes", 0) > 0:
+        return None
+    y, _ = datasets.load_labels(config.data)
+    if len(y) != num_examples:  # pragma: no cover -- load_labels aligns them
+        raise ValueError(f"data: {len(y)} labels for {num_examples} training examples")
+    k = int(config.model.num_classes)
+    if len(y) and int(y.max()) >= k:
+        raise ValueError(f"model.num_classes={k} but the data's labels reach {int(y.max())} "
+                         f"(data.dataset={config.data.dataset!r}); set model.num_classes >= {int(y.max()) + 1}")
+    return y
+
+
 def train(config, workdir, *, max_steps: int | None = None, progress: bool = True, eval_fn=None):
     """Train ``config`` (a ``spec.RunConfig``) in ``workdir``; returns the final TrainState.
 
@@ -348,7 +366,8 @@ def train(config, workdir, *, max_steps: int | None = None, progress: bool = Tru
     (workdir / "samples").mkdir(exist_ok=True)
 
     train_data, _ = datasets.load_dataset(config.data)
-    iterator = data_lib.BatchIterator.from_config(config.data, train_data, tc.batch_size)
+    iterator = data_lib.BatchIterator.from_config(config.data, train_data, tc.batch_size,
+                                                  labels=_labels(config, len(train_data)))
     state = train_core.create_train_state(config)
     ckpt = CheckpointManager(workdir / "checkpoints", max_to_keep=tc.keep)
     # Dropout draws from torch's global generator: the run owns it (seeded from
