@@ -19,6 +19,10 @@ Three families:
   the RefineNet's training step takes minutes).
 * ``2d/*``: the built-in 2-D Gaussian mixture (its density is known, so samples and
   likelihoods are judged exactly), one preset per seed model and SDE, about a minute each.
+* ``cifar10/improved-ddpm``, ``imagenet64/improved-ddpm[-cond]``, ``lsun256/improved-ddpm``:
+  openai/improved-diffusion's released models (its UNetModel with the official parameter
+  counts, its processes and training options), for sampling from converted official
+  ``.pt`` checkpoints or for training on data you give.
 * ``cifar10/*``: score_sde's and ncsnv2's official CIFAR-10 configurations (networks with
   the official parameter counts, the official optimisation). CIFAR-10 is not built in: to
   train, give the data (``--set data.dataset=array --set data.path=cifar10.npy``); on a
@@ -63,7 +67,7 @@ class Preset:
 
     @property
     def family(self) -> str:
-        """``"digits"``, ``"2d"`` or ``"cifar10"``."""
+        """``"digits"``, ``"2d"``, ``"cifar10"``, ``"imagenet64"`` or ``"lsun256"``."""
         return self.name.split("/", 1)[0]
 
 
@@ -315,7 +319,56 @@ _cifar = {
         {"name": "ald", "n_steps_each": 100, "step_lr": 2e-5}),
 }
 
-PRESETS: Mapping[str, Preset] = {**_digits, **_2d, **_cifar}
+# openai/improved-diffusion's released models (README: MODEL_FLAGS, DIFFUSION_FLAGS,
+# TRAIN_FLAGS); the networks are spec.unet_model.IMPROVED_DIFFUSION_PRESETS (official
+# parameter counts), the processes DiffusionConfig.from_improved_diffusion_args of the same
+# flags. Training as the official TrainLoop: AdamW, no warm-up, no clipping, a constant EMA
+# rate of 0.9999, uniform t (``--set training.schedule_sampler=loss-second-moment`` for the
+# paper's L_vlb runs). Sampling: 100 respaced ancestral steps with the learned variances
+# (the paper's Fig. 7 setting; ``--steps 4000`` for all of them).
+_IMPROVED_TRAIN = ("optim.optimizer=AdamW", "optim.lr=1e-4", "optim.warmup=0", "optim.grad_clip=-1",
+                   "model.ema_rate=0.9999", "model.ema_warmup=False", "training.batch_size=128",
+                   "training.n_iters=500000")
+
+
+def _improved(network: str, **diffusion_flags) -> tuple:
+    from spec.unet_model import IMPROVED_DIFFUSION_PRESETS
+
+    model = IMPROVED_DIFFUSION_PRESETS[network]
+    flags = {"learn_sigma": model.learn_sigma, **diffusion_flags}
+    return model, DiffusionConfig.from_improved_diffusion_args(flags)
+
+
+def _improved_preset(name: str, summary: str, network: str, lr: str = "optim.lr=1e-4", **diffusion_flags):
+    model, process = _improved(network, **diffusion_flags)
+    return Preset(name, summary,
+                  RunConfig(model=model, train=_train(*_IMPROVED_TRAIN, lr), process=process),
+                  {"name": "ddpm", "steps": 100})
+
+
+_improved_presets = {
+    p.name: p for p in (
+        _improved_preset("cifar10/improved-ddpm",
+                         "improved-diffusion CIFAR-10: UNetModel (52.5M, learned sigmas, dropout 0.3), "
+                         "cosine T=4000, hybrid loss; 100 respaced ancestral steps",
+                         "improved/cifar10_uncond", diffusion_steps=4000, noise_schedule="cosine"),
+        _improved_preset("imagenet64/improved-ddpm",
+                         "improved-diffusion ImageNet-64: UNetModel (121.1M, learned sigmas), cosine T=4000, "
+                         "hybrid loss; 100 respaced ancestral steps",
+                         "improved/imagenet64_uncond", diffusion_steps=4000, noise_schedule="cosine"),
+        _improved_preset("imagenet64/improved-ddpm-cond",
+                         "improved-diffusion class-conditional ImageNet-64: UNetModel (121.6M, 1000 classes), "
+                         "cosine T=4000, hybrid loss; 100 respaced ancestral steps",
+                         "improved/imagenet64_cond", diffusion_steps=4000, noise_schedule="cosine"),
+        _improved_preset("lsun256/improved-ddpm",
+                         "improved-diffusion LSUN 256: UNetModel (124.1M, 4 heads, learned sigmas), linear T=1000, "
+                         "no rescaling; 100 respaced ancestral steps",
+                         "improved/lsun256", lr="optim.lr=2e-5", diffusion_steps=1000, noise_schedule="linear",
+                         rescale_learned_sigmas=False, rescale_timesteps=False),
+    )
+}
+
+PRESETS: Mapping[str, Preset] = {**_digits, **_2d, **_cifar, **_improved_presets}
 
 #: the preset ``make run`` trains (see the README's "The main job" for the measurements)
 MAIN_JOB_PRESET = "digits/improved-ddpm"
