@@ -1,414 +1,329 @@
-"""The three benchmarks: PC sampler loop overhead, U-Net forward, DDIM sampling.
+"""The benchmark configurations and their contenders (issue 11).
 
-Every benchmark builds ONE torch module (seeded; the MLP then fitted for a few hundred
-Adam steps to a 2-D mixture so the sampler follows a meaningful score, the U-Net's
-parameters perturbed by numpy noise so that no zero-initialised layer, e.g. its output
-conv, hides a mismatch), converts its ``state_dict`` with ``jax_impl.convert.torch_to_flax_variables`` and feeds
-both frameworks the same numpy-drawn inputs and noise; the outputs of the first call of
-every variant are compared (max abs difference) before anything is quoted.
+A *case* is one workload at one size: a network (``Net``: one torch module and the flax
+variables converted from its ``state_dict``, so every contender runs the same weights), a
+job (a sampler, a single forward pass or one training step) and a batch. Every contender
+of a case is fed the same numpy-drawn inputs and noise, and the outputs of its first call
+are compared with the reference (the ``jax`` row) before anything is quoted.
 
-Imports jax: ``benchmarks.run`` sets ``XLA_FLAGS`` (host device count) before importing
-this module.
+Contenders (row names are fixed; ``CONTENDERS``):
+
+* ``jax``: ``jax_impl`` under ``jax.jit`` (the sampler's whole loop is one ``lax.scan``), on
+  the default device set-up of the process (one CPU device unless XLA_FLAGS says otherwise);
+  compile = ``jit(f).lower(...).compile()``.
+* ``jax-split``: the same program in a subprocess (``benchmarks/worker.py``) whose CPU host is
+  split into per-core devices (``jax_impl.sharding.configure_host_devices("auto")``), the
+  batch sharded over them (``sharding.shard_sampler`` / ``make_sharded_train_step``). It is
+  timed inside the worker, in the same round-robin as the rest.
+* ``torch``: ``torch_ref`` eager, NCHW; ``torch-cl``: the same with ``channels_last``
+  weights and inputs (images); ``torch-compile``: the network under ``torch.compile`` (the
+  sampler loop stays eager; its compile time is the first call).
+* ``diffusers``: diffusers' ``DDPMScheduler`` / ``DDIMScheduler`` loop (0.42) driving the same
+  torch U-Net (improved-diffusion's DDPM/DDIM on the "leading" grid; diffusers draws its step
+  noise from a torch Generator, which is replayed for the other contenders).
+* ``diffusionjax``: diffusionjax 0.1.8's ``EulerMaruyama`` solver on the reverse VP SDE with
+  the same flax score, its own scan and key splitting (replayed as pre-drawn noise for the
+  others).
+
+Figures per contender (``benchmarks.timing``): median / min of the whole call over >= 5
+round-robin repeats after the first call, samples/s (sampler: batch / median) or steps/s
+(training), time per network evaluation (median / NFE), compile time, the first call, peak
+RSS growth during the first call, and the fraction of the machine's measured matmul peak
+(``flops`` of the work from XLA's cost analysis of one network evaluation x NFE, or of the
+training step, over the median).
+
+Imports jax: the worker configures its host devices before importing this module.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
 
 import spec
-from benchmarks.timing import Variant, add_ratios, measure, timed
-from jax_impl import convert as jconvert
-from jax_impl import diffusion as jdiffusion
-from jax_impl import samplers as jsamplers
-from jax_impl import samplers_discrete as jsd
-from jax_impl import sde as jsde
-from jax_impl.models import ddpm as jddpm
-from jax_impl.models import mlp as jmlp
-from jax_impl.models import utils as jmutils
-from spec.model_configs import DDPMConfig, MLPConfig
-from spec.oracles.gmm import demo_mixture
-from torch_ref import diffusion as tdiffusion
-from torch_ref import losses as tlosses
-from torch_ref import samplers as tsamplers
-from torch_ref import samplers_discrete as tsd
-from torch_ref import sde as tsde
-from torch_ref.models import ddpm as tddpm
-from torch_ref.models import mlp as tmlp
-from torch_ref.models import utils as tmutils
+from spec.configs import DiffusionConfig, VESDEConfig, VPSDEConfig
+from spec.model_configs import DDPMConfig, MLPConfig, NCSNppConfig
+from spec.train_config import RunConfig, TrainConfig
 
+CONTENDERS = ("jax", "jax-split", "torch", "torch-cl", "torch-compile", "diffusers", "diffusionjax")
 
 # ------------------------------------------------------------------------------ sizes
 
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    """Problem sizes and repeat counts of one run mode."""
+    """Problem sizes and repeat counts of one run mode (``FULL``, ``TINY``)."""
 
-    pc_N: int
-    pc_batches: tuple[int, ...]
-    pc_hidden: tuple[int, ...]
-    pc_repeats: int
-    pc_fit_steps: int
-    unet: DDPMConfig
-    fwd_batch: int
-    fwd_repeats: int
+    mode: str
+    repeats: int
+    mlp: MLPConfig
+    mlp_fit_steps: int
+    mlp_N: int
+    mlp_batches: tuple[int, ...]
+    mlp_ode_steps: int
+    mlp_train_batches: tuple[int, ...]
+    unet8: DDPMConfig
+    unet8_batch: int
+    unet32: DDPMConfig
+    unet32_batch: int
+    ncsnpp32: NCSNppConfig
+    ncsnpp_batch: int
+    ddpm_steps: int      # ancestral on the ddim-spaced grid (diffusers' "leading" spacing)
     ddim_steps: int
-    ddim_batch: int
-    ddim_repeats: int
-
-
-def _unet(nf: int, num_res_blocks: int) -> DDPMConfig:
-    return DDPMConfig(nf=nf, ch_mult=(1, 2, 2), num_res_blocks=num_res_blocks, attn_resolutions=(16,),
-                      image_size=32, num_channels=3, dropout=0.0)
-
-
-FULL = Sizes(pc_N=1000, pc_batches=(1024, 64), pc_hidden=(128, 128, 128), pc_repeats=5, pc_fit_steps=400,
-             unet=_unet(nf=64, num_res_blocks=2), fwd_batch=32, fwd_repeats=7,
-             ddim_steps=10, ddim_batch=8, ddim_repeats=5)
-QUICK = Sizes(pc_N=100, pc_batches=(1024, 64), pc_hidden=(128, 128, 128), pc_repeats=3, pc_fit_steps=100,
-              unet=_unet(nf=32, num_res_blocks=1), fwd_batch=8, fwd_repeats=3,
-              ddim_steps=5, ddim_batch=4, ddim_repeats=3)
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def perturb_(module: torch.nn.Module, rng: np.random.Generator, scale: float) -> torch.nn.Module:
-    """Add N(0, scale^2) numpy noise to every parameter, in place (no layer stays zero)."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.as_tensor(rng.normal(0.0, scale, size=tuple(p.shape)), dtype=p.dtype))
-    return module
-
-
-def fit_mlp_(tmodel: torch.nn.Module, tsde_, rng: np.random.Generator, steps: int,
-             batch: int = 512, lr: float = 2e-3) -> dict:
-    """A short denoising-score-matching fit (``torch_ref.losses.sde_loss``, Adam) of ``tmodel``
-    to the demo 2-D Gaussian mixture, in place, so the sampler runs a meaningful score
-    (a random network's Langevin steps wander off to |x| ~ 1e3 and the agreement check
-    would be about a diverging trajectory). Data, times and noise come from ``rng``.
-    Returns the first and last loss and the seconds spent (not part of any timing)."""
-    score_fn = tmutils.get_score_fn(tsde_, tmutils.get_model_fn(tmodel, train=True), continuous=True)
-    opt = torch.optim.Adam(tmodel.parameters(), lr=lr)
-    mixture = demo_mixture()
-    losses = []
-
-    def fit():
-        for _ in range(steps):
-            x = torch.as_tensor(mixture.sample(rng, batch)[0], dtype=torch.float32)
-            t = torch.as_tensor(rng.uniform(1e-5, 1.0, size=batch), dtype=torch.float32)
-            z = torch.as_tensor(rng.standard_normal((batch, 2)), dtype=torch.float32)
-            loss = tlosses.sde_loss(tsde_, score_fn, x, t, z).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-
-    fit_s, _ = timed(fit)
-    tmodel.eval()
-    return {"steps": steps, "batch": batch, "lr": lr, "first_loss": losses[0], "last_loss": losses[-1],
-            "seconds": fit_s, "data": "spec.oracles.gmm.demo_mixture()"}
-
-
-def max_abs_diff(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-
-
-def _np(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _aot(fn, *args) -> tuple[float, object]:
-    """``(compile seconds, compiled)`` for ``jax.jit(fn)`` at ``args`` (lower + compile)."""
-    return timed(lambda: jax.jit(fn).lower(*args).compile())
-
-
-def _host_mesh_sharding(n: int):
-    """Batch-sharded and replicated ``NamedSharding`` over the first ``n`` devices."""
-    mesh = jax.make_mesh((n,), ("data",), devices=jax.devices()[:n])
-    P = jax.sharding.PartitionSpec
-    return (jax.sharding.NamedSharding(mesh, P("data")), jax.sharding.NamedSharding(mesh, P()))
-
-
-def _torch_sync(x):
-    if isinstance(x, torch.Tensor) and x.is_cuda:
-        torch.cuda.synchronize(x.device)
-    return x
-
-
-# ------------------------------------------------------------------ 1. PC sampler loop
-
-
-def bench_pc(sizes: Sizes, seed: int = 0) -> list[dict]:
-    """Reverse-diffusion + Langevin PC sampling of a VPSDE with a small MLP on 2-D data.
-
-    Variants (same weights, same pre-drawn noise): the whole loop as one ``lax.scan``
-    under jit (``pc_sample`` with ``x_T=`` and ``noise=``); a Python ``for`` loop calling a
-    jitted corrector+predictor step (noise and grid passed whole and indexed inside the
-    step, so each step is exactly one dispatch; synchronised once at the end); torch eager
-    ``pc_sample`` on the same pre-drawn noise (a ``for`` loop). Plus, not compared
-    numerically, ``pc_sample`` drawing its noise in the loop (JAX ``fold_in`` per step).
-
-    One fitted MLP serves every batch size of ``sizes.pc_batches``: at a large batch the
-    step is matmul-bound, at a small one the per-step overhead shows.
-    """
-    N = sizes.pc_N
-    cfg = MLPConfig(data_dim=2, hidden_dims=sizes.pc_hidden, embedding_dim=64)
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    tsde_ = tsde.VPSDE(beta_min=0.1, beta_max=20.0, N=N)
-    tmodel = tmlp.MLP(cfg)
-    fit = fit_mlp_(tmodel, tsde_, rng, sizes.pc_fit_steps)
-    variables = jconvert.torch_to_flax_variables(tmodel.state_dict(), cfg)
-    return [_bench_pc_batch(sizes, B, cfg, tmodel, variables, fit, rng, seed) for B in sizes.pc_batches]
-
-
-def _bench_pc_batch(sizes, B, cfg, tmodel, variables, fit, rng, seed) -> dict:
-    N = sizes.pc_N
-    jsde_, tsde_ = jsde.VPSDE(beta_min=0.1, beta_max=20.0, N=N), tsde.VPSDE(beta_min=0.1, beta_max=20.0, N=N)
-    fmodel = jmlp.MLP(cfg)
-    opts = dict(predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_steps=1)
-    pred, corr, timesteps = jsamplers.pc_components(jsde_, **opts)
-    shapes = jsamplers.pc_noise_shapes(pred, corr, (B, 2))
-    prior = rng.standard_normal((B, 2), dtype=np.float32)
-    pn = rng.standard_normal((N, *shapes["predictor"]), dtype=np.float32)
-    cn = rng.standard_normal((N, *shapes["corrector"]), dtype=np.float32)
-    nfe = jsamplers.pc_nfe(pred, corr, N)
-
-    def jscore(v):
-        return jmutils.get_score_fn(jsde_, jmutils.get_model_fn(fmodel, v), continuous=True)
-
-    # (a) whole loop in one lax.scan
-    def scan_fn(v, prior, pn, cn):
-        return jsamplers.pc_sample(None, jsde_, jscore(v), prior.shape, x_T=jsde_.prior_from_noise(prior),
-                                   noise={"predictor": pn, "corrector": cn}, **opts)[0]
-
-    jargs = (variables, jnp.asarray(prior), jnp.asarray(pn), jnp.asarray(cn))
-    scan_compile_s, scan_c = _aot(scan_fn, *jargs)
-
-    # (b) Python loop over a jitted step
-    ts = jnp.asarray(timesteps, jnp.float32)
-
-    @jax.jit
-    def step(v, x, i, pn, cn):
-        score_fn = jscore(v)
-        vec_t = jnp.broadcast_to(ts[i], (B,))
-        x, x_mean = corr.step(jsde_, score_fn, x, vec_t, cn[i])
-        return pred.step(jsde_, score_fn, x, vec_t, pn[i])
-
-    step_compile_s, _ = timed(lambda: jax.block_until_ready(step(jargs[0], jargs[1], 0, jargs[2], jargs[3])))
-
-    def loop_run():
-        v, x, pn_, cn_ = jargs
-        x = jsde_.prior_from_noise(x)
-        x_mean = x
-        for i in range(N):
-            x, x_mean = step(v, x, i, pn_, cn_)
-        return jax.block_until_ready(x_mean)
-
-    # (c) JAX, noise drawn inside the scan from a key (pc_sample)
-    def key_fn(v, key):
-        return jsamplers.pc_sample(key, jsde_, jscore(v), (B, 2), **opts)[0]
-
-    key = jax.random.PRNGKey(seed)
-    key_compile_s, key_c = _aot(key_fn, variables, key)
-
-    # (d) torch eager
-    tscore = tmutils.get_score_fn(tsde_, tmutils.get_model_fn(tmodel), continuous=True)
-    targs = (torch.from_numpy(prior), torch.from_numpy(pn), torch.from_numpy(cn))
-
-    def torch_run():
-        with torch.no_grad():
-            prior_t, pn_t, cn_t = targs
-            return _torch_sync(tsamplers.pc_sample(
-                tsde_, tscore, tuple(prior_t.shape), x_T=tsde_.prior_from_noise(prior_t),
-                noise={"predictor": pn_t, "corrector": cn_t}, **opts)[0])
-
-    variants = [
-        Variant("jax: lax.scan under jit (pc_sample, pre-drawn noise)",
-                lambda: jax.block_until_ready(scan_c(*jargs)), scan_compile_s),
-        Variant("jax: Python loop over a jitted step", loop_run, step_compile_s,
-                "compile_s: compile + first call of the step"),
-        Variant("jax: lax.scan, in-loop RNG (pc_sample)",
-                lambda: jax.block_until_ready(key_c(variables, key)), key_compile_s,
-                "own noise: not compared"),
-        Variant("torch eager: for loop (pc_sample, pre-drawn noise)", torch_run),
-    ]
-    stats, outs = measure(variants, sizes.pc_repeats)
-    add_ratios(stats, variants[0].name)
-    ref = _np(outs[variants[3].name])
-    for v in variants[:2]:
-        stats[v.name]["max_abs_diff_vs_torch"] = max_abs_diff(_np(outs[v.name]), ref)
-    stats[variants[1].name]["max_abs_diff_vs_jax_scan"] = max_abs_diff(
-        _np(outs[variants[1].name]), _np(outs[variants[0].name]))
-    per_step = {name: s["median_s"] / N for name, s in stats.items()}
-    return {
-        "name": f"pc_sampler_b{B}",
-        "title": f"PC sampler, VPSDE N={N}, reverse_diffusion + langevin, MLP{sizes.pc_hidden} on 2-D, batch {B}",
-        "config": {"sde": "VPSDE(beta_min=0.1, beta_max=20, N=%d)" % N, "continuous": True, **opts,
-                   "denoise": True, "batch": B, "mlp": dataclasses.asdict(cfg), "nfe": nfe,
-                   "dtype": "float32", "num_parameters": int(sum(p.numel() for p in tmodel.parameters())),
-                   "score_fit": fit},
-        "baseline": variants[0].name,
-        "variants": stats,
-        "per_step_median_s": per_step,
-        "sample_mean_std": [np.mean(ref, 0).tolist(), np.std(ref, 0).tolist()],
-        "data_mean": demo_mixture().mean.tolist(),
-        "output_max_abs": float(np.max(np.abs(ref))),
-    }
-
-
-# ------------------------------------------------------------------ shared U-Net pair
-
-
-def _unet_pair(cfg: DDPMConfig, seed: int):
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    tmodel = perturb_(tddpm.DDPM(cfg), rng, 0.02).eval()
-    fmodel = jddpm.DDPM(cfg)
-    variables = jconvert.torch_to_flax_variables(tmodel.state_dict(), cfg)
-    return rng, tmodel, fmodel, variables
-
-
-def _channels_last_copy(tmodel: torch.nn.Module, cfg: DDPMConfig) -> torch.nn.Module:
-    clone = tddpm.DDPM(cfg).eval()
-    clone.load_state_dict(tmodel.state_dict())
-    return clone.to(memory_format=torch.channels_last)
-
-
-# ------------------------------------------------------------------ 2. U-Net forward
-
-
-def bench_unet_forward(sizes: Sizes, seed: int = 1, host_devices: int = 1, use_compile: bool = False) -> dict:
-    """One forward pass of a small DDPM U-Net: flax under jit (NHWC) vs torch eager (NCHW,
-    and channels_last), identical weights and inputs; optionally the batch sharded over
-    ``host_devices`` CPU devices (JAX) and ``torch.compile`` (``use_compile``)."""
-    cfg, B = sizes.unet, sizes.fwd_batch
-    rng, tmodel, fmodel, variables = _unet_pair(cfg, seed)
-    x_nchw = rng.standard_normal((B, 3, cfg.image_size, cfg.image_size), dtype=np.float32)
-    labels = rng.integers(0, 1000, size=B).astype(np.float32)
-    x_nhwc = np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))
-
-    def fwd(v, x, lab):
-        return fmodel.apply(v, x, lab, train=False)
-
-    jargs = (variables, jnp.asarray(x_nhwc), jnp.asarray(labels))
-    c_s, fwd_c = _aot(fwd, *jargs)
-    variants = [Variant("jax: jit (1 device)", lambda: jax.block_until_ready(fwd_c(*jargs)), c_s)]
-
-    if host_devices > 1 and B % host_devices == 0:
-        batch_sh, repl = _host_mesh_sharding(host_devices)
-        sargs = (jax.device_put(variables, repl), jax.device_put(jargs[1], batch_sh),
-                 jax.device_put(jargs[2], batch_sh))
-        cs_s, fwd_sc = _aot(fwd, *sargs)
-        variants.append(Variant(f"jax: jit, batch sharded over {host_devices} host devices",
-                                lambda: jax.block_until_ready(fwd_sc(*sargs)), cs_s))
-
-    tx, tl = torch.from_numpy(x_nchw), torch.from_numpy(labels)
-    tmodel_cl = _channels_last_copy(tmodel, cfg)
-    tx_cl = tx.contiguous(memory_format=torch.channels_last)
-
-    def torch_run(model, x):
-        def run():
-            with torch.no_grad():
-                return _torch_sync(model(x, tl))
-        return run
-
-    variants.append(Variant("torch eager (NCHW)", torch_run(tmodel, tx)))
-    variants.append(Variant("torch eager, channels_last", torch_run(tmodel_cl, tx_cl)))
-    if use_compile:
-        compiled = torch.compile(tmodel_cl)
-        variants.append(Variant("torch.compile, channels_last", torch_run(compiled, tx_cl),
-                                note="first call includes the compile"))
-
-    stats, outs = measure(variants, sizes.fwd_repeats)
-    add_ratios(stats, variants[0].name)
-    ref = _np(outs["torch eager (NCHW)"])
-    for name, out in outs.items():
-        o = _np(out)
-        if name.startswith("jax"):
-            o = o.transpose(0, 3, 1, 2)
-        stats[name]["max_abs_diff_vs_torch"] = max_abs_diff(o, ref)
-    return {
-        "name": "unet_forward",
-        "title": f"DDPM U-Net forward, nf={cfg.nf} ch_mult={cfg.ch_mult} res_blocks={cfg.num_res_blocks}, "
-                 f"{cfg.image_size}x{cfg.image_size}x3, batch {B}",
-        "config": {"ddpm": dataclasses.asdict(cfg), "batch": B, "dtype": "float32",
-                   "num_parameters": int(sum(p.numel() for p in tmodel.parameters()))},
-        "baseline": variants[0].name,
-        "variants": stats,
-        "output_max_abs": float(np.max(np.abs(ref))),
-    }
-
-
-# ------------------------------------------------------------------ 3. DDIM sampling
-
-
-def bench_ddim(sizes: Sizes, seed: int = 2, host_devices: int = 1) -> dict:
-    """DDIM (eta = 0) on a linear 1000-step schedule respaced to ``ddim<K>``, with the small
-    U-Net as the eps model: ``jax_impl.samplers_discrete.ddim_sample`` (one ``lax.scan``,
-    jitted) vs ``torch_ref.samplers_discrete.ddim_sample`` (eager loop), same x_T."""
-    cfg, B, K = sizes.unet, sizes.ddim_batch, sizes.ddim_steps
-    rng, tmodel, fmodel, variables = _unet_pair(cfg, seed)
-    dcfg = spec.DiffusionConfig(steps=1000, noise_schedule="linear", timestep_respacing=f"ddim{K}")
-    jdiff = jdiffusion.GaussianDiffusion(dcfg)
-    tdiff = tdiffusion.GaussianDiffusion(dcfg)
-    xT_nchw = rng.standard_normal((B, 3, cfg.image_size, cfg.image_size), dtype=np.float32)
-    xT_nhwc = np.ascontiguousarray(xT_nchw.transpose(0, 2, 3, 1))
-    shape = xT_nhwc.shape
-
-    def ddim_fn(v, x_T):
-        return jsd.ddim_sample(None, jdiff, jmutils.get_model_fn(fmodel, v), shape, eta=0.0, x_T=x_T)[0]
-
-    jargs = (variables, jnp.asarray(xT_nhwc))
-    c_s, ddim_c = _aot(ddim_fn, *jargs)
-    variants = [Variant("jax: ddim_sample, lax.scan under jit (1 device)",
-                        lambda: jax.block_until_ready(ddim_c(*jargs)), c_s)]
-    if host_devices > 1 and B % host_devices == 0:
-        batch_sh, repl = _host_mesh_sharding(host_devices)
-        sargs = (jax.device_put(variables, repl), jax.device_put(jargs[1], batch_sh))
-        cs_s, ddim_sc = _aot(ddim_fn, *sargs)
-        variants.append(Variant(f"jax: ddim_sample, batch sharded over {host_devices} host devices",
-                                lambda: jax.block_until_ready(ddim_sc(*sargs)), cs_s))
-
-    tmodel_cl = _channels_last_copy(tmodel, cfg)
-    txT = torch.from_numpy(xT_nchw)
-    txT_cl = txT.contiguous(memory_format=torch.channels_last)
-
-    def torch_run(model, x_T):
-        model_fn = tmutils.get_model_fn(model)
-
-        def run():
-            with torch.no_grad():
-                return _torch_sync(tsd.ddim_sample(tdiff, model_fn, tuple(x_T.shape), eta=0.0, x_T=x_T)[0])
-        return run
-
-    variants.append(Variant("torch eager: ddim_sample (NCHW)", torch_run(tmodel, txT)))
-    variants.append(Variant("torch eager: ddim_sample, channels_last", torch_run(tmodel_cl, txT_cl)))
-    stats, outs = measure(variants, sizes.ddim_repeats)
-    add_ratios(stats, variants[0].name)
-    ref = _np(outs["torch eager: ddim_sample (NCHW)"])
-    for name, out in outs.items():
-        o = _np(out)
-        if name.startswith("jax"):
-            o = o.transpose(0, 3, 1, 2)
-        stats[name]["max_abs_diff_vs_torch"] = max_abs_diff(o, ref)
-    return {
-        "name": "ddim",
-        "title": f"DDIM (eta=0, ddim{K} of a linear 1000-step schedule), U-Net nf={cfg.nf} "
-                 f"res_blocks={cfg.num_res_blocks}, 32x32x3, batch {B}",
-        "config": {"diffusion": {"steps": 1000, "noise_schedule": "linear", "timestep_respacing": f"ddim{K}",
-                                 "model_mean_type": "epsilon", "model_var_type": "fixed_small",
-                                 "clip_denoised": True, "eta": 0.0},
-                   "ddpm": dataclasses.asdict(cfg), "batch": B, "nfe": K, "dtype": "float32"},
-        "baseline": variants[0].name,
-        "variants": stats,
-        "output_max_abs": float(np.max(np.abs(ref))),
-    }
+    ncsnpp_pc_N: int
+    ncsnpp_ode_steps: int
+    train_image_batch: int
+    ode_tol: float       # rtol = atol of the adaptive (dopri5) ODE
+    #: contender rows that torch.compile: the cases that get one (compiling is slow on a CPU)
+    compile_cases: tuple[str, ...]
+
+
+def _mlp2d(hidden=(128, 128, 128)) -> MLPConfig:
+    # the 2-D presets' MLP (scorediff.presets, "2d/*")
+    return MLPConfig(data_dim=2, hidden_dims=hidden)
+
+
+def _unet8(nf=32) -> DDPMConfig:
+    # scorediff.presets' digits/ddpm-unet network: score_sde's DDPM U-Net cut to 8x8 digits
+    return DDPMConfig(image_size=8, num_channels=1, centered=True, nf=nf, ch_mult=(1, 2),
+                      num_res_blocks=1, attn_resolutions=(4,), dropout=0.0)
+
+
+def _unet32(nf=32, ch_mult=(1, 2, 2), size=32) -> DDPMConfig:
+    return DDPMConfig(image_size=size, num_channels=3, nf=nf, ch_mult=ch_mult, num_res_blocks=1,
+                      attn_resolutions=(size // 2,), dropout=0.0)
+
+
+def _ncsnpp32(nf=16, ch_mult=(1, 2, 2), size=32) -> NCSNppConfig:
+    # NCSN++ (VE, continuous, Fourier embedding, FIR, BigGAN blocks) at a CPU-sized width
+    return NCSNppConfig(image_size=size, num_channels=3, nf=nf, ch_mult=ch_mult, num_res_blocks=1,
+                        attn_resolutions=(size // 2,), dropout=0.0)
+
+
+FULL = Sizes(mode="full", repeats=5, mlp=_mlp2d(), mlp_fit_steps=300, mlp_N=1000, mlp_batches=(64, 4096),
+             mlp_ode_steps=1000, mlp_train_batches=(64, 4096),
+             unet8=_unet8(), unet8_batch=64, unet32=_unet32(), unet32_batch=4, ncsnpp32=_ncsnpp32(),
+             ncsnpp_batch=8, ddpm_steps=100, ddim_steps=50, ncsnpp_pc_N=20, ncsnpp_ode_steps=20,
+             train_image_batch=16, ode_tol=1e-5,
+             compile_cases=("mlp_pc_b64", "unet32_forward_b4", "unet32_ddim50_b4"))
+TINY = Sizes(mode="tiny", repeats=1, mlp=_mlp2d((16, 16)), mlp_fit_steps=20, mlp_N=25, mlp_batches=(8,),
+             mlp_ode_steps=10, mlp_train_batches=(8,),
+             unet8=_unet8(), unet8_batch=4, unet32=_unet32(ch_mult=(1,), size=8), unet32_batch=4,
+             ncsnpp32=_ncsnpp32(nf=8, ch_mult=(1, 2), size=8), ncsnpp_batch=4, ddpm_steps=5, ddim_steps=5,
+             ncsnpp_pc_N=3, ncsnpp_ode_steps=3, train_image_batch=4, ode_tol=1e-2,
+             compile_cases=("mlp_pc_b8",))
+SIZES = {"full": FULL, "tiny": TINY}
+
+
+# ------------------------------------------------------------------------------ cases
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One configuration: ``net`` ("mlp" | "unet8" | "unet32" | "ncsnpp32"), ``job`` ("pc",
+    "em", "ode_euler", "ode_rk4", "ode_dopri5", "ddpm", "ddim", "forward", "train"), ``batch``,
+    ``steps`` (the sampler's N / K / ODE steps; 0 for forward / train) and its contenders."""
+
+    name: str
+    net: str
+    job: str
+    batch: int
+    steps: int
+    contenders: tuple[str, ...]
+    title: str
+
+    @property
+    def is_sampler(self) -> bool:
+        return self.job not in ("forward", "train")
+
+
+def all_cases(sizes: Sizes) -> list[Case]:
+    """Every configuration of a run mode, in run order."""
+    S, out = sizes, []
+
+    def add(name, net, job, batch, steps, contenders, title):
+        if name in S.compile_cases and "torch-compile" not in contenders:
+            contenders = contenders + ("torch-compile",)
+        out.append(Case(name, net, job, batch, steps, contenders, title))
+
+    mlp = f"MLP{S.mlp.hidden_dims} on 2-D, VPSDE (continuous)"
+    for B in S.mlp_batches:
+        add(f"mlp_pc_b{B}", "mlp", "pc", B, S.mlp_N, ("jax", "jax-split", "torch"),
+            f"PC sampler (reverse diffusion + Langevin, snr 0.16), N={S.mlp_N}, {mlp}, batch {B}")
+        add(f"mlp_em_b{B}", "mlp", "em", B, S.mlp_N, ("jax", "jax-split", "torch", "diffusionjax"),
+            f"Euler-Maruyama reverse SDE, N={S.mlp_N}, {mlp}, batch {B}")
+    B0 = S.mlp_batches[0]
+    add(f"mlp_ode_euler_b{B0}", "mlp", "ode_euler", B0, S.mlp_ode_steps, ("jax", "jax-split", "torch"),
+        f"probability-flow ODE, Euler fixed step x{S.mlp_ode_steps}, {mlp}, batch {B0}")
+    add(f"mlp_ode_dopri5_b{B0}", "mlp", "ode_dopri5", B0, 0, ("jax", "jax-split", "torch"),
+        f"probability-flow ODE, adaptive dopri5 (rtol = atol = {S.ode_tol:g}), {mlp}, batch {B0}")
+    for B in S.mlp_train_batches:
+        add(f"mlp_train_b{B}", "mlp", "train", B, 0, ("jax", "jax-split", "torch"),
+            f"training step (DSM loss, Adam, EMA), {mlp}, batch {B}")
+
+    img = ("jax", "jax-split", "torch", "torch-cl")
+    for net, cfg, B in (("unet8", S.unet8, S.unet8_batch), ("unet32", S.unet32, S.unet32_batch)):
+        what = (f"DDPM U-Net nf={cfg.nf} ch_mult={cfg.ch_mult} res_blocks={cfg.num_res_blocks}, "
+                f"{cfg.image_size}x{cfg.image_size}x{cfg.num_channels}")
+        add(f"{net}_forward_b{B}", net, "forward", B, 0, img, f"network evaluation, {what}, batch {B}")
+        if net == "unet8":
+            add(f"{net}_ddpm{S.ddpm_steps}_b{B}", net, "ddpm", B, S.ddpm_steps, img + ("diffusers",),
+                f"DDPM ancestral, {S.ddpm_steps} steps of a linear 1000-step schedule, {what}, batch {B}")
+        add(f"{net}_ddim{S.ddim_steps}_b{B}", net, "ddim", B, S.ddim_steps, img + ("diffusers",),
+            f"DDIM (eta 0), {S.ddim_steps} steps of a linear 1000-step schedule, {what}, batch {B}")
+        TB = S.unet8_batch if net == "unet8" else S.train_image_batch
+        add(f"{net}_train_b{TB}", net, "train", TB, 0, img,
+            f"training step (L_simple, Adam, EMA), {what}, batch {TB}")
+    cfg, B = S.ncsnpp32, S.ncsnpp_batch
+    what = (f"NCSN++ nf={cfg.nf} ch_mult={cfg.ch_mult} res_blocks={cfg.num_res_blocks}, "
+            f"{cfg.image_size}x{cfg.image_size}x3, VESDE (continuous)")
+    add(f"ncsnpp32_forward_b{B}", "ncsnpp32", "forward", B, 0, img, f"network evaluation, {what}, batch {B}")
+    add(f"ncsnpp32_pc{S.ncsnpp_pc_N}_b{B}", "ncsnpp32", "pc", B, S.ncsnpp_pc_N, img,
+        f"PC sampler (reverse diffusion + Langevin), N={S.ncsnpp_pc_N}, {what}, batch {B}")
+    add(f"ncsnpp32_ode_rk4_b{B}", "ncsnpp32", "ode_rk4", B, S.ncsnpp_ode_steps, img,
+        f"probability-flow ODE, RK4 fixed step x{S.ncsnpp_ode_steps}, {what}, batch {B}")
+    add(f"ncsnpp32_train_b{S.train_image_batch}", "ncsnpp32", "train", S.train_image_batch, 0, img,
+        f"training step (DSM loss, Adam, EMA), {what}, batch {S.train_image_batch}")
+    return out
+
+
+def net_config(sizes: Sizes, net: str):
+    return {"mlp": sizes.mlp, "unet8": sizes.unet8, "unet32": sizes.unet32, "ncsnpp32": sizes.ncsnpp32}[net]
+
+
+def process_config(case: Case):
+    """The SDE / diffusion of a case (float64 tables in spec)."""
+    if case.net == "mlp":
+        return VPSDEConfig(beta_min=0.1, beta_max=20.0, N=max(case.steps, 1) if case.job in ("pc", "em") else 1000)
+    if case.net == "ncsnpp32":
+        return VESDEConfig(sigma_min=0.01, sigma_max=50.0, N=case.steps if case.job == "pc" else 1000)
+    respacing = f"ddim{case.steps}" if case.job in ("ddpm", "ddim") else ""
+    return DiffusionConfig(steps=1000, noise_schedule="linear", timestep_respacing=respacing)
+
+
+def run_config(sizes: Sizes, case: Case) -> RunConfig:
+    """The training run of a ``train`` case (no warm-up so the first update moves the weights)."""
+    over = [f"training.batch_size={case.batch}", "optim.warmup=0", "optim.lr=2e-4", "optim.grad_clip=1.0",
+            "model.ema_rate=0.999"]
+    if case.net == "unet8" or case.net == "unet32":
+        process = DiffusionConfig(steps=1000, noise_schedule="linear")
+    else:
+        process = process_config(dataclasses.replace(case, steps=1000))
+    return RunConfig(model=net_config(sizes, case.net), process=process,
+                     train=TrainConfig().with_overrides(over))
+
+
+# ----------------------------------------------------------------- the JAX programs
+
+
+def _jax_sde(process):
+    from jax_impl import sde as jsde
+
+    if isinstance(process, VESDEConfig):
+        return jsde.VESDE(sigma_min=process.sigma_min, sigma_max=process.sigma_max, N=process.N)
+    return jsde.VPSDE(beta_min=process.beta_min, beta_max=process.beta_max, N=process.N)
+
+
+def jax_sampler(sizes: Sizes, case: Case) -> Callable:
+    """``fn(rng, variables, noise, x_T=None) -> (samples, nfe)``: the library's sampler of a
+    case on pre-drawn inputs (``noise`` a dict / array / None, batch on axis ``-ndim(x)``);
+    the signature ``sharding.shard_sampler`` takes (x_T by keyword: batch-sharded)."""
+    from jax_impl import ode as jode
+    from jax_impl import samplers as jsamplers
+    from jax_impl import samplers_discrete as jsd
+    from jax_impl.diffusion import GaussianDiffusion
+    from jax_impl.models import registry
+    from jax_impl.models import utils as jmu
+
+    model = registry.create_model(net_config(sizes, case.net))
+    process = process_config(case)
+    shape = batch_shape(sizes, case)
+
+    if case.job in ("ddpm", "ddim"):
+        diffusion = GaussianDiffusion(process)
+
+        def fn(rng, variables, noise, x_T=None):
+            mf = jmu.get_model_fn(model, variables)
+            if case.job == "ddpm":
+                return jsd.ddpm_sample(rng, diffusion, mf, shape, x_T=x_T, noise=noise)
+            return jsd.ddim_sample(rng, diffusion, mf, shape, eta=0.0, x_T=x_T)
+        return fn
+
+    sde = _jax_sde(process)
+
+    def fn(rng, variables, noise, x_T=None):
+        score = jmu.get_score_fn(sde, jmu.get_model_fn(model, variables), continuous=True)
+        if case.job == "pc":
+            return jsamplers.pc_sample(rng, sde, score, shape, predictor="reverse_diffusion",
+                                       corrector="langevin", snr=0.16, n_steps=1, x_T=x_T, noise=noise)
+        if case.job == "em":
+            # eps = 1/N: the grid 1, 1 - 1/N, ..., 1/N of diffusionjax's get_times(N)
+            return jsamplers.pc_sample(rng, sde, score, shape, predictor="euler_maruyama",
+                                       corrector="none", eps=1.0 / case.steps, x_T=x_T, noise=noise)
+        method = case.job.split("_", 1)[1]
+        kw = {"num_steps": case.steps} if method != "dopri5" else {"rtol": sizes.ode_tol, "atol": sizes.ode_tol}
+        return jode.ode_sample(rng, sde, score, shape, method=method, x_T=x_T, **kw)
+    return fn
+
+
+def jax_forward(sizes: Sizes, case: Case) -> Callable:
+    """``fn(variables, x, labels) -> out``: one network evaluation."""
+    from jax_impl.models import registry
+
+    model = registry.create_model(net_config(sizes, case.net))
+    return lambda variables, x, labels: model.apply(variables, x, labels, train=False)
+
+
+def jax_train_step(sizes: Sizes, case: Case) -> Callable:
+    """``fn(state, x) -> (state, metrics)``: ``train.make_train_step``'s update (t / noise of
+    example i from ``fold_in(fold_in(state.rng, state.step), i)``), without donation so that
+    every repeat starts from the same state."""
+    from jax_impl import train as jt
+
+    cfg = run_config(sizes, case)
+
+    def fn(state, x):
+        key = jax.random.fold_in(state.rng, state.step)
+        t, z = jt.draw_randomness(key, cfg, state, x)
+        return jt.train_step_core(cfg, state, x, t, z)
+    return fn
+
+
+def jax_train_state(sizes: Sizes, case: Case, seed: int = 0):
+    """The (deterministic) initial JAX ``TrainState`` of a train case."""
+    from jax_impl import train as jt
+
+    return jt.create_train_state(jax.random.key(seed), run_config(sizes, case))
+
+
+def batch_shape(sizes: Sizes, case: Case) -> tuple[int, ...]:
+    cfg = net_config(sizes, case.net)
+    if case.net == "mlp":
+        return (case.batch, cfg.data_dim)
+    return (case.batch, cfg.image_size, cfg.image_size, cfg.num_channels)
+
+
+def jax_flops(compiled) -> float | None:
+    """XLA's flop count of a compiled program (None when the backend gives none)."""
+    try:
+        ca = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 -- optional on some backends
+        return None
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else {}
+    f = (ca or {}).get("flops")
+    return float(f) if f is not None and f > 0 else None
+
+
+def jax_memory(compiled) -> int | None:
+    """Temp + argument + output bytes of a compiled program (``memory_analysis``), or None."""
+    try:
+        m = compiled.memory_analysis()
+        return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
+    except Exception:  # noqa: BLE001
+        return None

@@ -1,6 +1,6 @@
 """Markdown rendering of a benchmark result document (the dict ``benchmarks.run`` writes as JSON).
 
-``python -m benchmarks.report results/<file>.json`` re-renders a saved result.
+``python -m benchmarks.report results/<file>.json`` re-renders a saved result (to stdout).
 """
 
 from __future__ import annotations
@@ -8,18 +8,33 @@ from __future__ import annotations
 import json
 import sys
 
+from benchmarks.cases import CONTENDERS
+
+JAX_ROWS = ("jax", "jax-split")
+
 
 def _s(x) -> str:
     """Seconds, three significant figures; em dash for missing."""
     if x is None:
         return "—"
     if x >= 100:
-        return f"{x:.0f}"
+        return f"{x:.0f} s"
     if x >= 1:
-        return f"{x:.2f}"
+        return f"{x:.2f} s"
     if x >= 0.01:
-        return f"{x:.3f}"
-    return f"{x * 1e3:.2f} ms"
+        return f"{x * 1e3:.0f} ms"
+    if x >= 1e-4:
+        return f"{x * 1e3:.2f} ms"
+    return f"{x * 1e6:.1f} µs"
+
+
+def _n(x, unit="") -> str:
+    if x is None:
+        return "—"
+    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suf}{unit}"
+    return f"{x:.3g}{unit}"
 
 
 def _e(x) -> str:
@@ -28,57 +43,156 @@ def _e(x) -> str:
 
 def machine_line(env: dict) -> str:
     v = env["versions"]
+    vs = ", ".join(f"{k} {val}" for k, val in v.items() if val)
+    peak = env.get("matmul_peak", {})
+    peak_txt = ""
+    if peak:
+        peak_txt = (f"; measured fp32 matmul peak {peak['peak_flops_per_s'] / 1e9:.0f} GFLOP/s "
+                    f"(XLA {peak['xla_flops_per_s'] / 1e9:.0f}, torch {peak['torch_flops_per_s'] / 1e9:.0f}, "
+                    f"{peak['n']}x{peak['n']})")
+    split = env.get("split_worker")
+    split_txt = f"; jax-split worker: {split['devices']} host devices" if split else ""
     return (f"{env['cpu_model']}, {env['usable_cores']} usable cores (cpu_count {env['cpu_count']}); "
-            f"JAX backend `{env['jax_backend']}` ({env['jax_device_kind']}, {len(env['jax_devices'])} device(s)); "
-            f"torch CPU, {env['torch_num_threads']} intra-op / {env['torch_num_interop_threads']} inter-op threads; "
-            f"python {env['python']}, jax {v['jax']}, jaxlib {v['jaxlib']}, flax {v['flax']}, "
-            f"torch {v['torch']}, numpy {v['numpy']}; XLA_FLAGS=`{env['xla_flags'] or '(none)'}`; "
+            f"JAX backend `{env['jax_backend']}` ({env['jax_device_kind']}, {len(env['jax_devices'])} "
+            f"device(s) in the main process){split_txt}; torch {env['torch_device']}, "
+            f"{env['torch_num_threads']} intra-op / {env['torch_num_interop_threads']} inter-op threads; "
+            f"python {env['python']}, {vs}; XLA_FLAGS=`{env['xla_flags'] or '(none)'}`{peak_txt}; "
             f"load average at start / end {env['loadavg_start'][0]:.2f} / {env['loadavg_end'][0]:.2f}")
 
 
-def table(bench: dict) -> str:
-    rows = [f"**{bench['title']}**", "",
-            f"| variant | median (s) | min (s) | x {'baseline'} | compile (s) | first call (s) | max abs diff vs torch |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+def _fastest(bench, rows=None):
+    vs = {k: s for k, s in bench["variants"].items() if rows is None or k in rows}
+    if not vs:
+        return None, None
+    k = min(vs, key=lambda n: vs[n]["median_s"])
+    return k, vs[k]["median_s"]
+
+
+def one_line(bench: dict) -> str:
+    parts = []
     for name, s in bench["variants"].items():
-        diff = s.get("max_abs_diff_vs_torch")
-        diff_txt = "(reference)" if name.startswith("torch eager") and diff == 0.0 else _e(diff)
-        label = name + (" *(baseline)*" if name == bench["baseline"] else "")
-        if s.get("note"):
-            label += f" — {s['note']}"
-        rows.append(f"| {label} | {_s(s['median_s'])} | {_s(s['min_s'])} | {s['ratio_to_baseline']:.2f} | "
-                    f"{_s(s['compile_s'])} | {_s(s['first_call_s'])} | {diff_txt} |")
-    n_rep = len(next(iter(bench["variants"].values()))["times_s"])
-    extra = [f"Medians of {n_rep} round-robin repeats; outputs' max |value| = {bench['output_max_abs']:.3g}."]
-    load = bench.get("load", {}).get("foreign_cores_during")
+        parts.append(f"{name} {_s(s['median_s'])} (x{s['ratio_to_baseline']:.2f})")
+    ok = "outputs agree" if bench["all_agree"] else "OUTPUTS DIFFER"
+    return f"  {bench['name']}: " + ", ".join(parts) + f"; {ok}"
+
+
+def summary(doc: dict) -> str:
+    present = [c for c in CONTENDERS if any(c in b["variants"] for b in doc["benchmarks"])]
+    head = "| configuration | NFE | " + " | ".join(present) + " | fastest | JAX compile | agree |"
+    rows = [head, "|" + "---|" * (len(present) + 5)]
+    for b in doc["benchmarks"]:
+        cells = []
+        for c in present:
+            s = b["variants"].get(c)
+            cells.append("" if s is None else f"{_s(s['median_s'])} ({s['ratio_to_baseline']:.2f})")
+        fk, _ = _fastest(b)
+        jc = b["variants"]["jax"]["compile_s"]
+        sc = b["variants"].get("jax-split", {}).get("compile_s")
+        comp = _s(jc) + ("" if sc is None else f" / {_s(sc)}")
+        rows.append(f"| `{b['name']}` | {b.get('nfe') or '—'} | " + " | ".join(cells) +
+                    f" | {fk} | {comp} | {'yes' if b['all_agree'] else '**no**'} |")
+    return "\n".join(rows) + "\n"
+
+
+def targets(doc: dict) -> list[str]:
+    """The issue's targets, judged from this run (ratios within the run)."""
+    out = []
+    by = {b["name"]: b for b in doc["benchmarks"]}
+    small = sorted({b["batch"] for b in doc["benchmarks"] if b["net"] == "mlp"})
+    B = small[0] if small else None
+    for job in ("em", "pc"):
+        b = by.get(f"mlp_{job}_b{B}")
+        if not b or "torch" not in b["variants"]:
+            continue
+        v = b["variants"]
+        jk, jt = _fastest(b, JAX_ROWS)
+        r = v["torch"]["median_s"] / jt
+        line = (f"- MLP {job.upper()} batch {B}, {b['steps']} steps: best JAX row (`{jk}`) is **{r:.1f}x** "
+                f"torch eager (target >= 20x: {'met' if r >= 20 else 'not met'})")
+        if "diffusionjax" in v:
+            rd = v["diffusionjax"]["median_s"] / jt
+            line += f"; {rd:.2f}x diffusionjax ({'ahead' if rd > 1 else 'behind'})"
+        out.append(line + ".")
+    met, missed = [], []
+    for b in doc["benchmarks"]:
+        others = [k for k in b["variants"] if k not in JAX_ROWS]
+        if not others:
+            continue
+        jk, jt = _fastest(b, JAX_ROWS)
+        ok, ot = _fastest(b, others)
+        (met if jt <= ot else missed).append(f"`{b['name']}` ({jk} {_s(jt)} vs {ok} {_s(ot)}: {ot / jt:.2f}x)")
+    out.append(f"- JAX at least as fast as the fastest contender: met in {len(met)} of {len(met) + len(missed)} "
+               f"configurations" + (f"; not met in {', '.join(missed)}" if missed else "") + ".")
+    long = [b for b in doc["benchmarks"] if b.get("is_sampler", b["job"] not in ("forward", "train"))
+            and b["steps"] >= 1000]
+    if long:
+        worst = max(long, key=lambda b: b["variants"]["jax"]["compile_s"])
+        c = worst["variants"]["jax"]["compile_s"]
+        out.append(f"- 1000-step samplers compile in at most {_s(c)} (`{worst['name']}`; target < 10 s: "
+                   f"{'met' if c < 10 else 'not met'}).")
+    return out
+
+
+def detail(b: dict) -> str:
+    sampler = b["job"] not in ("forward", "train")
+    rate = "samples/s" if sampler else ("steps/s" if b["job"] == "train" else "calls/s")
+    rows = [f"**{b['title']}** (`{b['name']}`)", "",
+            f"| contender | median | min | {rate} | per NFE | x jax | compile | first call | peak RSS | "
+            f"% of peak | max abs diff vs jax |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    peak = b.get("_peak")
+    for name, s in b["variants"].items():
+        r = s.get("samples_per_s") or s.get("steps_per_s") or 1.0 / s["median_s"]
+        frac = "—" if peak is None or s.get("flops_per_s") is None else f"{100 * s['flops_per_s'] / peak:.0f}%"
+        mem = "—" if s.get("peak_rss_mib") is None else f"{s['peak_rss_mib']:.0f} MiB"
+        label = name + (f" ({s['note']})" if s.get("note") else "")
+        diff = _e(s["max_abs_diff_vs_jax"]) + ("" if s["agrees"] else " **differs**")
+        if name == "jax":
+            diff = "(reference)"
+        rows.append(f"| {label} | {_s(s['median_s'])} | {_s(s['min_s'])} | {_n(r)} | {_s(s.get('per_nfe_s'))} | "
+                    f"{s['ratio_to_baseline']:.2f} | {_s(s['compile_s'])} | {_s(s['first_call_s'])} | {mem} | "
+                    f"{frac} | {diff} |")
+    n_rep = len(next(iter(b["variants"].values()))["times_s"])
+    extra = [f"Medians of {n_rep} round-robin repeats after the first call; outputs' max |value| "
+             f"{b['output_max_abs']:.3g}, agreement tolerance {b['tolerance']:g} x (1 + max |value|); "
+             f"work per call {_n(b.get('flops_per_call'), 'FLOP')}."]
+    load = b.get("load", {}).get("foreign_cores_during")
     if load is not None:
-        flag = " **(contended: treat these timings as unreliable, torch's most)**" if load >= 0.25 else ""
-        extra.append(f"Other processes used {load:.2f} cores on average while this block ran{flag}.")
-    if "per_step_median_s" in bench:
-        per = ", ".join(f"{k.split(':')[0]} {k.split(':')[1].split('(')[0].strip()}: {v * 1e3:.2f} ms"
-                        for k, v in bench["per_step_median_s"].items())
-        extra.append(f"Per PC step (median / N): {per}.")
-        loop = next((s for k, s in bench["variants"].items() if "Python loop" in k), None)
-        if loop and "max_abs_diff_vs_jax_scan" in loop:
-            extra.append(f"Python-loop vs scan max abs diff: {loop['max_abs_diff_vs_jax_scan']:.1e}.")
+        flag = " **(contended: timings unreliable, torch's most)**" if load >= 0.25 else ""
+        extra.append(f"Other processes used {load:.2f} cores on average while this ran{flag}.")
     return "\n".join(rows + [""] + extra) + "\n"
 
 
 def markdown(doc: dict, source: str = "") -> str:
     env = doc["environment"]
+    peak = env.get("matmul_peak", {}).get("peak_flops_per_s")
+    loads = [b["load"]["foreign_cores_during"] for b in doc["benchmarks"]
+             if b.get("load", {}).get("foreign_cores_during") is not None]
+    load_txt = (f" Other processes used {min(loads):.2f}-{max(loads):.2f} cores (mean "
+                f"{sum(loads) / len(loads):.2f}) while the configurations ran." if loads else "")
     parts = [
         f"# Benchmark results ({doc['mode']} run, {doc['started_utc']})",
         "",
         f"Machine: {machine_line(env)}.",
         "",
-        f"Source: `{source}`; total wall time {doc['wall_s']:.0f} s. Times are per call of the whole "
-        "operation (a full sampler run, or one forward pass); *x baseline* is the median over the "
-        "baseline's median in the same run (lower is faster); compile = JAX `lower().compile()`; "
-        "first call = the first timed call after that (torch: the first eager call).",
+        f"Source: `{source}`; command `{doc.get('command', 'python -m benchmarks.run')}`; total wall time "
+        f"{doc['wall_s']:.0f} s.{load_txt}" + (f" Note: {doc['note']}" if doc.get("note") else ""),
+        "",
+        "Cells: median time of one whole call (a full sampler trajectory, one network evaluation, or one "
+        "training step) and, in brackets, that median over the `jax` row's (lower is faster); every "
+        "contender runs the same weights, inputs and noise, round-robin in the same run. JAX compile: "
+        "`lower().compile()` of `jax` / `jax-split`.",
+        "",
+        summary(doc),
+        "## Targets (issue 11)",
+        "",
+        *targets(doc),
+        "",
+        "## Every configuration",
         "",
     ]
-    for bench in doc["benchmarks"]:
-        parts.append(table(bench))
+    for b in doc["benchmarks"]:
+        parts.append(detail(dict(b, _peak=peak)))
     return "\n".join(parts)
 
 

@@ -1,26 +1,23 @@
-"""Run the benchmark suite and write ``<out>/<platform>-<mode>-<timestamp>.json`` and
-``<out>/latest.md``.
+"""Run the benchmark suite; write ``<out>/<device>-<date>.json`` and regenerate ``<out>/latest.md``.
 
 Usage (from the repository root)::
 
-    .venv/bin/python -m benchmarks.run            # full run (~5 min on 2 CPU cores)
-    .venv/bin/python -m benchmarks.run --quick    # smoke run, small sizes (~1 min)
-    .venv/bin/python -m benchmarks.run --compile  # also torch.compile the U-Net (slow)
+    .venv/bin/python -m benchmarks.run                 # the full suite (<= 12 min on 2 quiet cores)
+    .venv/bin/python -m benchmarks.run --tiny          # every configuration at a tiny size, 1 repeat
+    .venv/bin/python -m benchmarks.run --only 'mlp_*' --only unet32_ddim50_b8
+    .venv/bin/python -m benchmarks.run --list          # the configurations and their contenders
 
-What is measured (``benchmarks/cases.py``), always on identical weights and inputs/noise:
-  1. PC sampler loop overhead: ``lax.scan`` under jit vs a Python loop over a jitted step
-     vs torch eager, VPSDE N=1000, reverse_diffusion + langevin, a small MLP, 2-D, B=1024 and 64;
-  2. a small DDPM U-Net forward: flax jit vs torch eager (NCHW and channels_last);
-  3. DDIM (ddim10) with that U-Net: ``ddim_sample`` JAX vs torch.
-On CPU with >= 2 cores the JAX rows also include the batch sharded over host devices
-(``--host-devices``, default min(2, cores)); the flag has to be set before JAX starts, so
-this module sets ``XLA_FLAGS`` before importing anything that imports jax.
+The configurations and contenders are in ``benchmarks/cases.py`` and
+``benchmarks/contenders.py``; ``benchmarks/README.md`` says how to read the table. The same
+command runs on a GPU host (JAX's default backend is recorded; the ``jax-split`` row is a
+CPU-host measurement and is skipped elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import fnmatch
 import json
 import os
 import platform
@@ -36,34 +33,41 @@ def _cores() -> int:
 
 def _parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small sizes and few repeats (smoke run, ~1 min)")
-    p.add_argument("--out", default="benchmarks/results", help="output directory (default: %(default)s)")
-    p.add_argument("--compile", action="store_true", help="add torch.compile rows (about a minute of compile)")
+    p.add_argument("--tiny", "--quick", dest="tiny", action="store_true",
+                   help="every configuration at a tiny size with one repeat (a smoke run; the test's mode)")
+    p.add_argument("--only", action="append", metavar="PATTERN",
+                   help="run only the configurations whose name matches (fnmatch; repeatable)")
+    p.add_argument("--contenders", default=None, metavar="A,B",
+                   help="comma-separated contender rows to run (default: each configuration's own; "
+                        "'jax' always runs, it is the reference)")
+    p.add_argument("--no-split", action="store_true", help="leave out the jax-split rows (no worker process)")
+    p.add_argument("--host-devices", default="auto",
+                   help="the jax-split worker's host devices: 'auto' (one per core, the default) or an int")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per contender (default 5 full, 1 tiny)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: the usable core count; never more)")
-    p.add_argument("--host-devices", type=int, default=None,
-                   help="JAX CPU host devices for the sharded rows (default: min(2, cores); 1 disables)")
-    p.add_argument("--only", choices=("pc", "forward", "ddim"), action="append",
-                   help="run only these benchmarks (repeatable)")
-    p.add_argument("--wait-quiet", type=float, default=None, metavar="SECONDS",
-                   help="before each benchmark wait up to this long for other processes to leave the "
-                        "CPU (default: 300 full, 0 quick); the load seen is recorded either way")
-    p.add_argument("--name", default=None, help="result file stem (default: <platform>-<mode>-<timestamp>)")
+    p.add_argument("--out", default="benchmarks/results", help="output directory (default: %(default)s)")
+    p.add_argument("--name", default=None, help="result file stem (default: <device>-<UTC date>)")
+    p.add_argument("--note", default="", help="a remark stored in the result and printed under the table "
+                                              "(e.g. 'trial run on a shared machine')")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="before each configuration wait up to this long for other processes to leave the "
+                        "CPU (default 0); the load seen is recorded either way")
+    p.add_argument("--list", action="store_true", help="print the configurations and exit")
     args = p.parse_args(argv)
     cores = _cores()
     if args.threads is not None and not 1 <= args.threads <= cores:
         p.error(f"--threads must be in [1, {cores}] (the usable core count); more threads than cores "
                 "is 50-70x slower on this machine")
-    if args.host_devices is not None and args.host_devices < 1:
-        p.error(f"--host-devices must be >= 1, got {args.host_devices}")
+    if args.repeats is not None and args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.host_devices != "auto":
+        try:
+            if int(args.host_devices) < 1:
+                raise ValueError
+        except ValueError:
+            p.error(f"--host-devices must be 'auto' or an int >= 1, got {args.host_devices!r}")
     return args
-
-
-def _set_host_devices(n: int) -> None:
-    """Ask XLA:CPU for ``n`` host devices unless XLA_FLAGS already says how many."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if n > 1 and "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
 def _cpu_model() -> str:
@@ -77,11 +81,16 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _environment(threads: int) -> dict:
-    import flax
+def _version(mod: str) -> str | None:
+    try:
+        from importlib.metadata import version
+        return version(mod)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def environment(threads: int) -> dict:
     import jax
-    import jaxlib
-    import numpy
     import torch
 
     devices = jax.devices()
@@ -91,92 +100,127 @@ def _environment(threads: int) -> dict:
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "usable_cores": _cores(),
-        "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-                     "torch": torch.__version__, "numpy": numpy.__version__},
+        "versions": {m: _version(m) for m in ("jax", "jaxlib", "flax", "optax", "torch", "numpy",
+                                               "diffusers", "diffusionjax")},
         "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in devices],
         "jax_device_kind": devices[0].device_kind,
         "jax_enable_x64": bool(jax.config.jax_enable_x64),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "torch_device": "cpu",
+        "torch_device": "cuda" if torch.cuda.is_available() else "cpu",
         "torch_num_threads": torch.get_num_threads(),
         "torch_num_interop_threads": torch.get_num_interop_threads(),
         "torch_requested_threads": threads,
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
-        "note": "XLA:CPU sizes its own intra-op thread pool to the machine; it has no thread flag here.",
+        "scorediff_host_devices_env": os.environ.get("SCOREDIFF_HOST_DEVICES"),
+        "note": "XLA:CPU sizes its own intra-op thread pool to the machine; it has no thread flag.",
     }
+
+
+def device_tag(env: dict) -> str:
+    """``cpu`` or the accelerator's kind, lower-case, for the file name."""
+    if env["jax_backend"] == "cpu":
+        return "cpu"
+    return "".join(ch if ch.isalnum() else "-" for ch in env["jax_device_kind"].lower()).strip("-")
+
+
+def select(cases, patterns):
+    if not patterns:
+        return list(cases)
+    chosen = [c for c in cases if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+    if not chosen:
+        raise SystemExit(f"--only {' '.join(patterns)}: no configuration matches; --list shows them")
+    return chosen
 
 
 def main(argv=None) -> int:
     args = _parse(argv)
-    cores = _cores()
-    threads = args.threads or cores
-    host_devices = args.host_devices if args.host_devices is not None else min(2, cores)
-    _set_host_devices(host_devices)
+    from benchmarks import cases as C
+
+    sizes = C.TINY if args.tiny else C.FULL
+    all_cases = C.all_cases(sizes)
+    if args.list:
+        for c in all_cases:
+            print(f"{c.name:28s} {', '.join(c.contenders):70s} {c.title}")
+        return 0
+    chosen = select(all_cases, args.only)
+    contenders = None
+    if args.contenders:
+        contenders = {s.strip() for s in args.contenders.split(",") if s.strip()} | {"jax"}
+        unknown = contenders - set(C.CONTENDERS)
+        if unknown:
+            raise SystemExit(f"--contenders: unknown {sorted(unknown)}; valid: {', '.join(C.CONTENDERS)}")
 
     import jax
     import torch
 
+    cores = _cores()
+    threads = args.threads or cores
     torch.set_num_threads(threads)
-    from benchmarks import cases, report, timing
+    from benchmarks import contenders as K
+    from benchmarks import report, timing
 
-    if jax.default_backend() != "cpu" or len(jax.devices()) < host_devices:
-        host_devices = 1  # sharded rows are a CPU-host-device measurement only
-    sizes = cases.QUICK if args.quick else cases.FULL
-    mode = "quick" if args.quick else "full"
     started = datetime.datetime.now(datetime.timezone.utc)
-    env = _environment(threads)
-    env["host_devices_for_sharded_rows"] = host_devices
+    env = environment(threads)
     env["loadavg_start"] = list(os.getloadavg())
-    print(f"[benchmarks] {mode} run; jax {env['versions']['jax']} on {env['jax_device_kind']}, "
-          f"torch {env['versions']['torch']} with {threads} threads, {cores} cores", flush=True)
+    print(f"[benchmarks] {sizes.mode} run of {len(chosen)} configuration(s); jax {env['versions']['jax']} "
+          f"on {env['jax_device_kind']} ({len(jax.devices())} device(s)), torch {env['versions']['torch']} "
+          f"with {threads} threads, {cores} cores", flush=True)
+    env["matmul_peak"] = timing.matmul_peak(512 if args.tiny else 2048, 2 if args.tiny else 5)
+    print(f"[benchmarks] measured matmul peak {env['matmul_peak']['peak_flops_per_s'] / 1e9:.0f} GFLOP/s "
+          f"(XLA {env['matmul_peak']['xla_flops_per_s'] / 1e9:.0f}, torch "
+          f"{env['matmul_peak']['torch_flops_per_s'] / 1e9:.0f})", flush=True)
 
-    only = set(args.only or ("pc", "forward", "ddim"))
-    wait_s = args.wait_quiet if args.wait_quiet is not None else (0.0 if args.quick else 300.0)
-    jobs = [
-        ("pc", "PC sampler", lambda: cases.bench_pc(sizes)),
-        ("forward", "U-Net forward",
-         lambda: [cases.bench_unet_forward(sizes, host_devices=host_devices, use_compile=args.compile)]),
-        ("ddim", "DDIM", lambda: [cases.bench_ddim(sizes, host_devices=host_devices)]),
-    ]
+    want_split = not args.no_split and env["jax_backend"] == "cpu" and (
+        contenders is None or "jax-split" in contenders) and any("jax-split" in c.contenders for c in chosen)
+    worker = None
+    if want_split:
+        worker = K.SplitWorker(args.host_devices)
+        env["split_worker"] = worker.info
+    ctx = K.make_context(sizes)
     results = []
-    for key, label, job in jobs:
-        if key not in only:
-            continue
-        if wait_s > 0:
-            quiet, load_before, waited = timing.wait_for_quiet(wait_s)
-        else:
-            quiet, load_before, waited = None, timing.foreign_load(1.0), 0.0
-        shown = "unknown" if load_before is None else f"{load_before:.2f}"
-        print(f"[benchmarks] {label} (other processes use {shown} cores) ...", flush=True)
-        with timing.LoadMonitor() as mon:
-            benches = job()
-        for b in benches:
-            b["load"] = {"foreign_cores_before": load_before, "waited_s": waited, "quiet_before": quiet,
-                         "foreign_cores_during": mon.foreign_cores, "block_wall_s": mon.wall_s}
-        results.extend(benches)
+    try:
+        for case in chosen:
+            if args.wait_quiet > 0:
+                quiet, load_before, waited = timing.wait_for_quiet(args.wait_quiet)
+            else:
+                quiet, load_before, waited = None, timing.foreign_load(0.5), 0.0
+            shown = "unknown" if load_before is None else f"{load_before:.2f}"
+            print(f"[benchmarks] {case.name} (other processes use {shown} cores) ...", flush=True)
+            with timing.LoadMonitor() as mon:
+                res = K.run_case(ctx, case, contenders=contenders, worker=worker, repeats=args.repeats)
+            res["load"] = {"foreign_cores_before": load_before, "waited_s": waited, "quiet_before": quiet,
+                           "foreign_cores_during": mon.foreign_cores, "block_wall_s": mon.wall_s}
+            results.append(res)
+            print(report.one_line(res), flush=True)
+    finally:
+        if worker is not None:
+            worker.close()
     finished = datetime.datetime.now(datetime.timezone.utc)
     env["loadavg_end"] = list(os.getloadavg())
-
     doc = {
-        "mode": mode,
+        "mode": sizes.mode,
         "started_utc": started.isoformat(timespec="seconds"),
         "wall_s": (finished - started).total_seconds(),
+        "command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "note": args.note,
         "environment": env,
         "benchmarks": results,
     }
     os.makedirs(args.out, exist_ok=True)
-    stem = args.name or f"{env['jax_backend']}-{mode}-{started.strftime('%Y%m%dT%H%M%SZ')}"
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    stem = args.name or (f"{device_tag(env)}-{stamp}" if sizes.mode == "full"
+                         else f"{device_tag(env)}-{sizes.mode}-{stamp}")
     json_path = os.path.join(args.out, f"{stem}.json")
     with open(json_path, "w") as f:
-        json.dump(doc, f, indent=2)
+        json.dump(doc, f, indent=1, default=float)
         f.write("\n")
     md = report.markdown(doc, source=os.path.basename(json_path))
-    with open(os.path.join(args.out, "latest.md"), "w") as f:
+    md_path = os.path.join(args.out, "latest.md")
+    with open(md_path, "w") as f:
         f.write(md)
     print(md)
-    print(f"[benchmarks] wrote {json_path} and {os.path.join(args.out, 'latest.md')} "
-          f"in {doc['wall_s']:.0f} s", flush=True)
+    print(f"[benchmarks] wrote {json_path} and {md_path} in {doc['wall_s']:.0f} s", flush=True)
     return 0
 
 

@@ -37,28 +37,84 @@ class Variant:
     note: str = ""
 
 
+@dataclasses.dataclass
+class SelfTimed:
+    """What a variant returns when it timed itself (another process: the ``jax-split``
+    worker): its own ``dt`` and, for the first call, its peak RSS growth."""
+
+    dt: float
+    peak_rss_mib: float | None = None
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """``(seconds, fn())`` with a ``perf_counter`` clock."""
+    """``(seconds, fn())`` with a ``perf_counter`` clock (a ``SelfTimed`` result's own dt)."""
     t0 = time.perf_counter()
     out = fn()
-    return time.perf_counter() - t0, out
+    dt = time.perf_counter() - t0
+    if isinstance(out, SelfTimed):
+        return out.dt, out
+    return dt, out
+
+
+def _rss_mib() -> float | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class PeakRSS:
+    """Peak resident-memory growth of this process while the block runs, in MiB (a thread
+    samples ``/proc/self/statm`` every 2 ms; None where it is unavailable). It sees host
+    memory only: on a GPU the device's ``peak_bytes_in_use`` is the figure to read."""
+
+    def __enter__(self):
+        import threading
+
+        self.start = _rss_mib()
+        self.peak = self.start
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.is_set():
+                r = _rss_mib()
+                if r is not None and (self.peak is None or r > self.peak):
+                    self.peak = r
+                self._stop.wait(0.002)
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        r = _rss_mib()
+        if r is not None and self.peak is not None:
+            self.peak = max(self.peak, r)
+        self.growth_mib = None if self.start is None or self.peak is None else self.peak - self.start
+        return False
 
 
 def measure(variants: list[Variant], repeats: int) -> tuple[dict[str, dict], dict[str, Any]]:
-    """Time every variant: first call apart, then ``repeats`` round-robin rounds.
+    """Time every variant: first call apart (its peak RSS growth recorded), then
+    ``repeats`` round-robin rounds.
 
     Returns ``(stats, outputs)``: ``stats[name]`` holds ``first_call_s``, ``compile_s``,
-    ``times_s`` (all repeats), ``median_s``, ``min_s``, ``max_s``; ``outputs[name]`` is the
-    first call's output (used for the agreement checks).
+    ``peak_rss_mib``, ``times_s`` (all repeats), ``median_s``, ``min_s``, ``max_s``;
+    ``outputs[name]`` is the first call's output (used for the agreement checks).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     stats: dict[str, dict] = {}
     outputs: dict[str, Any] = {}
     for v in variants:
-        first, out = timed(v.run)
+        with PeakRSS() as mem:
+            first, out = timed(v.run)
+        peak = out.peak_rss_mib if isinstance(out, SelfTimed) else mem.growth_mib
         outputs[v.name] = out
-        stats[v.name] = {"first_call_s": first, "compile_s": v.compile_s, "note": v.note, "times_s": []}
+        stats[v.name] = {"first_call_s": first, "compile_s": v.compile_s, "note": v.note,
+                         "peak_rss_mib": peak, "times_s": []}
     for _ in range(repeats):
         for v in variants:
             dt, _ = timed(v.run)
@@ -138,3 +194,30 @@ def wait_for_quiet(max_wait_s: float, threshold: float = 0.25, window_s: float =
         load = foreign_load(window_s)
     quiet = load is None or load < threshold
     return quiet, load, time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------ matmul peak
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> dict:
+    """The machine's measured float32 matmul rate: an ``n x n`` product in XLA (jit) and in
+    torch, median of ``repeats`` after a warm-up; ``peak_flops_per_s`` is the larger."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    f = jax.jit(jnp.dot).lower(ja, jb).compile()
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    flops = 2.0 * n ** 3
+    out = {"n": n}
+    for name, run in (("xla", lambda: jax.block_until_ready(f(ja, jb))), ("torch", lambda: torch.mm(ta, tb))):
+        run()
+        ts = [timed(run)[0] for _ in range(repeats)]
+        out[f"{name}_flops_per_s"] = flops / statistics.median(ts)
+    out["peak_flops_per_s"] = max(out["xla_flops_per_s"], out["torch_flops_per_s"])
+    return out

@@ -20,6 +20,13 @@ Which samplers a run takes follows from its objective: an SDE (``sde`` / ``smld`
 ``smld``); a ``GaussianDiffusion`` (``diffusion`` loss) takes ``ddpm`` and ``ddim``; NCSN /
 NCSNv2 (``anneal_dsm``) take ``ald``. Anything else is refused naming what is valid.
 
+``JaxSampler`` splits the batch over every device the process sees (a CPU host split into
+per-core devices with ``jax_impl.sharding.configure_host_devices``, several GPUs, TPU cores):
+``jax_impl.sharding.shard_sampler`` over the largest device count that divides the batch
+(an odd batch runs on one device); the samples equal the unsharded ones (the default noise
+is per sample). On a 2-core CPU this runs the convolutions of an image sampler on both cores
+(XLA:CPU runs each convolution on one core).
+
 The score function follows score_sde's ``get_score_fn`` (continuous labels for the
 continuous SDE loss, the discrete index otherwise), exactly as the training loop's
 snapshots do; for ``ald`` on a model trained with integer noise-level labels the label of
@@ -36,7 +43,7 @@ import numpy as np
 from spec.configs import DiffusionConfig, VESDEConfig
 from spec.train_config import RunConfig
 
-__all__ = ["SAMPLERS", "SAMPLER_OPTIONS", "Plan", "resolve", "JaxSampler", "torch_sampler",
+__all__ = ["SAMPLERS", "SAMPLER_OPTIONS", "Plan", "resolve", "JaxSampler", "shard_devices", "torch_sampler",
            "draw_inputs", "jax_trajectory"]
 
 SAMPLERS = ("pc", "ode", "ald", "ddpm", "ddim")
@@ -191,20 +198,51 @@ def _is_image(plan: Plan) -> bool:
 
 # --------------------------------------------------------------------------------- JAX
 
+def shard_devices(batch: int, available: int) -> int:
+    """How many devices a batch of ``batch`` samples is split over when ``available``
+    devices exist: the largest ``d <= available`` that divides ``batch`` (every device gets
+    ``batch / d`` samples; 1 = unsharded). E.g. 64 samples on 2 devices: 2; 6 on 4: 3;
+    7 on 2: 1."""
+    return max(d for d in range(1, max(1, min(batch, available)) + 1) if batch % d == 0)
+
+
 class JaxSampler:
     """The run's sampler as one jitted JAX program: ``sampler(variables, rng=None, x_T=None,
     noise=None) -> (samples, nfe)`` in JAX layout. ``variables`` are traced, so new weights
     never recompile. The first call per input structure lowers and compiles
     (``compile_s``); with ``progress`` a tqdm bar counts network evaluations as they run
-    (a ``jax.debug.callback`` in the model function; leave it off when timing)."""
+    (a ``jax.debug.callback`` in the model function; leave it off when timing).
 
-    def __init__(self, plan: Plan, *, progress: bool = False):
+    Sharding: when the process sees several devices (``jax.devices()``: GPUs, TPU cores, or a
+    CPU host split into per-core devices by ``jax_impl.sharding.configure_host_devices``, see
+    ``SCOREDIFF_HOST_DEVICES``), the batch is split over ``shard_devices(batch, devices)`` of
+    them automatically (``jax_impl.sharding.shard_sampler``: the samples, x_T and the
+    per-sample default noise live batch-sharded; the step noise of ``noise=`` keeps its layout,
+    the weights are replicated). The largest device count that divides the batch is used, so
+    an odd batch runs unsharded on one device. ``num_devices`` caps the count (1 = never
+    shard). The samples equal the unsharded program's to the float32 reduction order: every
+    sampler draws its default noise per sample and averages batch-coupled quantities (the
+    Langevin step size) over the global batch. ``devices`` is the count used."""
+
+    def __init__(self, plan: Plan, *, progress: bool = False, num_devices: int | None = None):
+        import jax
+
+        from spec.validate import check_int
+
         self.plan = plan
         self.progress = progress
         self.nfe = None
         self.compile_s = None
         self._bar = None
         self._executables = {}
+        available = len(jax.devices())
+        if num_devices is not None:
+            available = min(available, check_int("num_devices", num_devices, minimum=1))
+        self.devices = shard_devices(int(plan.shape[0]), available)
+        self.mesh = None
+        if self.devices > 1:
+            from jax_impl import sharding
+            self.mesh = sharding.make_mesh(self.devices)
         self._jit = self._build()
 
     def _tick(self, _):
@@ -274,16 +312,33 @@ class JaxSampler:
             self.nfe = nfe  # a Python int, known once traced
             return x
 
-        return jax.jit(program)
+        if self.mesh is None:
+            return jax.jit(program)
+        from jax_impl import sharding
+
+        # shard_sampler constrains its keyword x_T (leading axis = batch) to the batch
+        # sharding; the step noise [steps, ..., B, ...] goes positionally (XLA places it)
+        sharded = sharding.shard_sampler(
+            lambda rng, variables, noise, x_T=None: program(variables, rng, x_T, noise), self.mesh,
+            batch_size=int(shape[0]))
+        return jax.jit(lambda variables, rng, x_T, noise: sharded(rng, variables, noise, x_T=x_T))
+
+    def _place(self, variables):
+        """The weights replicated over the mesh (unchanged when unsharded)."""
+        if self.mesh is None:
+            return variables
+        from jax_impl import sharding
+        return sharding.replicate(variables, self.mesh)
 
     def compile(self, variables, rng=None, x_T=None, noise=None):
-        """Lower and compile for these inputs' structure (idempotent); returns compile_s."""
+        """Lower and compile for these inputs' structure (idempotent); returns the executable
+        (its compile time in ``compile_s``)."""
         import time
 
         sig = (rng is None, x_T is None, noise is None if not isinstance(noise, dict) else tuple(sorted(noise)))
         if sig not in self._executables:
             t0 = time.perf_counter()
-            self._executables[sig] = self._jit.lower(variables, rng, x_T, noise).compile()
+            self._executables[sig] = self._jit.lower(self._place(variables), rng, x_T, noise).compile()
             self.compile_s = time.perf_counter() - t0
         return self._executables[sig]
 
@@ -291,6 +346,7 @@ class JaxSampler:
         import jax
 
         exe = self.compile(variables, rng, x_T, noise)
+        variables = self._place(variables)
         if self.progress:
             import sys
 
