@@ -53,6 +53,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jax_impl.samplers import pc_sample
 from jax_impl.validate import check_fn_output, is_concrete
@@ -88,7 +89,7 @@ def _check_scale(scale, name: str = "scale"):
     if not jnp.issubdtype(jnp.result_type(scale), jnp.floating) and not jnp.issubdtype(
             jnp.result_type(scale), jnp.integer):
         raise TypeError(f"{name} must be a real number, got dtype {jnp.result_type(scale)}")
-    if is_concrete(scale) and not bool(jnp.isfinite(scale)):
+    if is_concrete(scale) and not np.isfinite(np.asarray(scale)):
         raise ValueError(f"{name} must be finite, got {scale}")
     return scale
 
@@ -107,8 +108,8 @@ def _check_labels(y, name: str = "y"):
         raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
     if y.ndim > 1:
         raise ValueError(f"{name} must be a scalar label or have shape [B], got shape {y.shape}")
-    if is_concrete(y) and y.size and int(jnp.min(y)) < 0:
-        raise ValueError(f"{name} must hold labels >= 0, got {int(jnp.min(y))}")
+    if is_concrete(y) and y.size and int(np.min(np.asarray(y))) < 0:
+        raise ValueError(f"{name} must hold labels >= 0, got {int(np.min(np.asarray(y)))}")
     return y
 
 

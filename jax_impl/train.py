@@ -558,7 +558,7 @@ def _check_labels(y, K: int, shape):
         raise ValueError(f"batch: the labels y must have shape {list(shape)} (one per example), "
                          f"got {list(y.shape)}")
     if is_concrete(y) and y.size:
-        lo, hi = int(jnp.min(y)), int(jnp.max(y))
+        lo, hi = int(np.min(np.asarray(y))), int(np.max(np.asarray(y)))
         if lo < 0 or hi >= K:
             raise ValueError(f"batch: the labels y must lie in [0, num_classes={K}), got values "
                              f"in [{lo}, {hi}]")

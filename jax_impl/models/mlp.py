@@ -32,6 +32,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jax_impl.models.layers import default_init, get_act, get_timestep_embedding
 from jax_impl.models.layerspp import GaussianFourierProjection
@@ -63,7 +64,7 @@ def _check_y(cfg: MLPConfig, y, batch: int):
     if y.shape != (batch,):
         raise ValueError(f"y must have shape [B] = [{batch}], got shape {y.shape}")
     if is_concrete(y) and y.size:  # traced labels cannot be range-checked here
-        lo, hi = int(jnp.min(y)), int(jnp.max(y))
+        lo, hi = int(np.min(np.asarray(y))), int(np.max(np.asarray(y)))
         if lo < 0 or hi >= cfg.num_classes:
             raise ValueError(f"y must lie in [0, {cfg.num_classes}), got values in [{lo}, {hi}]")
     return y.astype(jnp.int32)
