@@ -65,6 +65,7 @@ class Sizes:
     mlp_fit_steps: int
     mlp_N: int
     mlp_batches: tuple[int, ...]
+    mlp_pc_batches: tuple[int, ...]   # PC (2 NFE per step) only at these (time budget)
     mlp_ode_steps: int
     mlp_train_batches: tuple[int, ...]
     unet8: DDPMConfig
@@ -105,13 +106,13 @@ def _ncsnpp32(nf=16, ch_mult=(1, 2, 2), size=32) -> NCSNppConfig:
                         attn_resolutions=(size // 2,), dropout=0.0)
 
 
-FULL = Sizes(mode="full", repeats=5, mlp=_mlp2d(), mlp_fit_steps=300, mlp_N=1000, mlp_batches=(64, 4096),
+FULL = Sizes(mode="full", repeats=5, mlp=_mlp2d(), mlp_fit_steps=300, mlp_N=1000, mlp_batches=(64, 4096), mlp_pc_batches=(64,),
              mlp_ode_steps=1000, mlp_train_batches=(64, 4096),
              unet8=_unet8(), unet8_batch=64, unet32=_unet32(), unet32_batch=4, ncsnpp32=_ncsnpp32(),
-             ncsnpp_batch=8, ddpm_steps=100, ddim_steps=50, ncsnpp_pc_N=20, ncsnpp_ode_steps=20,
+             ncsnpp_batch=8, ddpm_steps=100, ddim_steps=50, ncsnpp_pc_N=20, ncsnpp_ode_steps=10,
              train_image_batch=16, ode_tol=1e-5,
              compile_cases=("mlp_pc_b64", "unet32_forward_b4", "unet32_ddim50_b4"))
-TINY = Sizes(mode="tiny", repeats=1, mlp=_mlp2d((16, 16)), mlp_fit_steps=20, mlp_N=25, mlp_batches=(8,),
+TINY = Sizes(mode="tiny", repeats=1, mlp=_mlp2d((16, 16)), mlp_fit_steps=20, mlp_N=25, mlp_batches=(8,), mlp_pc_batches=(8,),
              mlp_ode_steps=10, mlp_train_batches=(8,),
              unet8=_unet8(), unet8_batch=4, unet32=_unet32(ch_mult=(1,), size=8), unet32_batch=4,
              ncsnpp32=_ncsnpp32(nf=8, ch_mult=(1, 2), size=8), ncsnpp_batch=4, ddpm_steps=5, ddim_steps=5,
@@ -153,8 +154,9 @@ def all_cases(sizes: Sizes) -> list[Case]:
 
     mlp = f"MLP{S.mlp.hidden_dims} on 2-D, VPSDE (continuous)"
     for B in S.mlp_batches:
-        add(f"mlp_pc_b{B}", "mlp", "pc", B, S.mlp_N, ("jax", "jax-split", "torch"),
-            f"PC sampler (reverse diffusion + Langevin, snr 0.16), N={S.mlp_N}, {mlp}, batch {B}")
+        if B in S.mlp_pc_batches:
+            add(f"mlp_pc_b{B}", "mlp", "pc", B, S.mlp_N, ("jax", "jax-split", "torch"),
+                f"PC sampler (reverse diffusion + Langevin, snr 0.16), N={S.mlp_N}, {mlp}, batch {B}")
         add(f"mlp_em_b{B}", "mlp", "em", B, S.mlp_N, ("jax", "jax-split", "torch", "diffusionjax"),
             f"Euler-Maruyama reverse SDE, N={S.mlp_N}, {mlp}, batch {B}")
     B0 = S.mlp_batches[0]

@@ -69,6 +69,8 @@ def _fastest(bench, rows=None):
 
 
 def one_line(bench: dict) -> str:
+    if "error" in bench:
+        return f"  {bench['name']}: FAILED: {bench['error']}"
     parts = []
     for name, s in bench["variants"].items():
         parts.append(f"{name} {_s(s['median_s'])} (x{s['ratio_to_baseline']:.2f})")
@@ -77,10 +79,11 @@ def one_line(bench: dict) -> str:
 
 
 def summary(doc: dict) -> str:
-    present = [c for c in CONTENDERS if any(c in b["variants"] for b in doc["benchmarks"])]
+    done = [b for b in doc["benchmarks"] if "error" not in b]
+    present = [c for c in CONTENDERS if any(c in b["variants"] for b in done)]
     head = "| configuration | NFE | " + " | ".join(present) + " | fastest | JAX compile | agree |"
     rows = [head, "|" + "---|" * (len(present) + 5)]
-    for b in doc["benchmarks"]:
+    for b in done:
         cells = []
         for c in present:
             s = b["variants"].get(c)
@@ -97,8 +100,9 @@ def summary(doc: dict) -> str:
 def targets(doc: dict) -> list[str]:
     """The issue's targets, judged from this run (ratios within the run)."""
     out = []
-    by = {b["name"]: b for b in doc["benchmarks"]}
-    small = sorted({b["batch"] for b in doc["benchmarks"] if b["net"] == "mlp"})
+    done = [b for b in doc["benchmarks"] if "error" not in b]
+    by = {b["name"]: b for b in done}
+    small = sorted({b["batch"] for b in done if b["net"] == "mlp"})
     B = small[0] if small else None
     for job in ("em", "pc"):
         b = by.get(f"mlp_{job}_b{B}")
@@ -114,7 +118,7 @@ def targets(doc: dict) -> list[str]:
             line += f"; {rd:.2f}x diffusionjax ({'ahead' if rd > 1 else 'behind'})"
         out.append(line + ".")
     met, missed = [], []
-    for b in doc["benchmarks"]:
+    for b in done:
         others = [k for k in b["variants"] if k not in JAX_ROWS]
         if not others:
             continue
@@ -123,8 +127,7 @@ def targets(doc: dict) -> list[str]:
         (met if jt <= ot else missed).append(f"`{b['name']}` ({jk} {_s(jt)} vs {ok} {_s(ot)}: {ot / jt:.2f}x)")
     out.append(f"- JAX at least as fast as the fastest contender: met in {len(met)} of {len(met) + len(missed)} "
                f"configurations" + (f"; not met in {', '.join(missed)}" if missed else "") + ".")
-    long = [b for b in doc["benchmarks"] if b.get("is_sampler", b["job"] not in ("forward", "train"))
-            and b["steps"] >= 1000]
+    long = [b for b in done if b["job"] not in ("forward", "train") and b["steps"] >= 1000]
     if long:
         worst = max(long, key=lambda b: b["variants"]["jax"]["compile_s"])
         c = worst["variants"]["jax"]["compile_s"]
@@ -166,7 +169,7 @@ def detail(b: dict) -> str:
 def markdown(doc: dict, source: str = "") -> str:
     env = doc["environment"]
     peak = env.get("matmul_peak", {}).get("peak_flops_per_s")
-    loads = [b["load"]["foreign_cores_during"] for b in doc["benchmarks"]
+    loads = [b["load"]["foreign_cores_during"] for b in doc["benchmarks"] if "error" not in b
              if b.get("load", {}).get("foreign_cores_during") is not None]
     load_txt = (f" Other processes used {min(loads):.2f}-{max(loads):.2f} cores (mean "
                 f"{sum(loads) / len(loads):.2f}) while the configurations ran." if loads else "")
@@ -176,7 +179,10 @@ def markdown(doc: dict, source: str = "") -> str:
         f"Machine: {machine_line(env)}.",
         "",
         f"Source: `{source}`; command `{doc.get('command', 'python -m benchmarks.run')}`; total wall time "
-        f"{doc['wall_s']:.0f} s.{load_txt}" + (f" Note: {doc['note']}" if doc.get("note") else ""),
+        f"{doc['wall_s']:.0f} s.{load_txt}" + (f" Note: {doc['note']}" if doc.get("note") else "")
+        + ("" if doc.get("complete", True) else
+           f" **Partial: {len(doc['benchmarks'])} of {len(doc.get('configurations_planned', []))} "
+           f"configurations finished.**"),
         "",
         "Cells: median time of one whole call (a full sampler trajectory, one network evaluation, or one "
         "training step) and, in brackets, that median over the `jax` row's (lower is faster); every "
@@ -192,6 +198,9 @@ def markdown(doc: dict, source: str = "") -> str:
         "",
     ]
     for b in doc["benchmarks"]:
+        if "error" in b:
+            parts.append(f"**{b['title']}** (`{b['name']}`): **failed**: `{b['error']}`\n")
+            continue
         parts.append(detail(dict(b, _peak=peak)))
     return "\n".join(parts)
 

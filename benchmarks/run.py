@@ -179,6 +179,36 @@ def main(argv=None) -> int:
         env["split_worker"] = worker.info
     ctx = K.make_context(sizes)
     results = []
+    os.makedirs(args.out, exist_ok=True)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    stem = args.name or (f"{device_tag(env)}-{stamp}" if sizes.mode == "full"
+                         else f"{device_tag(env)}-{sizes.mode}-{stamp}")
+    json_path = os.path.join(args.out, f"{stem}.json")
+    md_path = os.path.join(args.out, "latest.md")
+
+    def write(complete: bool) -> dict:
+        """The result so far (rewritten after every configuration: an interrupted run
+        leaves its finished configurations, marked partial)."""
+        finished = datetime.datetime.now(datetime.timezone.utc)
+        env["loadavg_end"] = list(os.getloadavg())
+        doc = {
+            "mode": sizes.mode,
+            "started_utc": started.isoformat(timespec="seconds"),
+            "wall_s": (finished - started).total_seconds(),
+            "command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "note": args.note,
+            "complete": complete,
+            "configurations_planned": [c.name for c in chosen],
+            "environment": env,
+            "benchmarks": results,
+        }
+        with open(json_path, "w") as f:
+            json.dump(doc, f, indent=1, default=float)
+            f.write("\n")
+        with open(md_path, "w") as f:
+            f.write(report.markdown(doc, source=os.path.basename(json_path)))
+        return doc
+
     try:
         for case in chosen:
             if args.wait_quiet > 0:
@@ -188,39 +218,30 @@ def main(argv=None) -> int:
             shown = "unknown" if load_before is None else f"{load_before:.2f}"
             print(f"[benchmarks] {case.name} (other processes use {shown} cores) ...", flush=True)
             with timing.LoadMonitor() as mon:
-                res = K.run_case(ctx, case, contenders=contenders, worker=worker, repeats=args.repeats)
+                try:
+                    res = K.run_case(ctx, case, contenders=contenders, worker=worker, repeats=args.repeats)
+                except Exception as err:  # noqa: BLE001 -- recorded; the other configurations still run
+                    import traceback
+
+                    res = {"name": case.name, "title": case.title, "net": case.net, "job": case.job,
+                           "batch": case.batch, "steps": case.steps,
+                           "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+                    print(res["traceback"], file=sys.stderr, flush=True)
             res["load"] = {"foreign_cores_before": load_before, "waited_s": waited, "quiet_before": quiet,
                            "foreign_cores_during": mon.foreign_cores, "block_wall_s": mon.wall_s}
             results.append(res)
             print(report.one_line(res), flush=True)
+            write(complete=False)
     finally:
         if worker is not None:
             worker.close()
-    finished = datetime.datetime.now(datetime.timezone.utc)
-    env["loadavg_end"] = list(os.getloadavg())
-    doc = {
-        "mode": sizes.mode,
-        "started_utc": started.isoformat(timespec="seconds"),
-        "wall_s": (finished - started).total_seconds(),
-        "command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "note": args.note,
-        "environment": env,
-        "benchmarks": results,
-    }
-    os.makedirs(args.out, exist_ok=True)
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    stem = args.name or (f"{device_tag(env)}-{stamp}" if sizes.mode == "full"
-                         else f"{device_tag(env)}-{sizes.mode}-{stamp}")
-    json_path = os.path.join(args.out, f"{stem}.json")
-    with open(json_path, "w") as f:
-        json.dump(doc, f, indent=1, default=float)
-        f.write("\n")
-    md = report.markdown(doc, source=os.path.basename(json_path))
-    md_path = os.path.join(args.out, "latest.md")
-    with open(md_path, "w") as f:
-        f.write(md)
-    print(md)
+    doc = write(complete=True)
+    print(report.markdown(doc, source=os.path.basename(json_path)))
     print(f"[benchmarks] wrote {json_path} and {md_path} in {doc['wall_s']:.0f} s", flush=True)
+    failed = [r["name"] for r in results if "error" in r]
+    if failed:
+        print(f"[benchmarks] FAILED: {', '.join(failed)}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

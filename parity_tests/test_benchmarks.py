@@ -58,7 +58,8 @@ def test_tiny_suite(tmp_path):
 
     cases = C.all_cases(C.TINY)
     rows = [c for c in C.CONTENDERS if c != "torch-compile"]
-    proc = _run(["-m", "benchmarks.run", "--tiny", "--out", str(tmp_path), "--contenders", ",".join(rows)])
+    proc = _run(["-m", "benchmarks.run", "--tiny", "--threads", "1", "--out", str(tmp_path),
+                 "--contenders", ",".join(rows)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     expected = {c.name: [r for r in c.contenders if r != "torch-compile"] for c in cases}
     _check_result(tmp_path, [c.name for c in cases], expected)
@@ -70,7 +71,7 @@ def test_torch_compile_row(tmp_path):
 
     case = next(c for c in C.all_cases(C.TINY) if "torch-compile" in c.contenders)
     proc = _run(["-m", "benchmarks.run", "--tiny", "--out", str(tmp_path), "--only", case.name,
-                 "--contenders", "torch,torch-compile", "--no-split"])
+                 "--contenders", "torch,torch-compile", "--no-split", "--threads", "1"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _check_result(tmp_path, [case.name], {case.name: ["jax", "torch", "torch-compile"]})
 
