@@ -45,9 +45,10 @@ DDPM_LAYOUT = dict(
     attention_head_dim=None, norm_eps=1e-6, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1,
 )
 #: every other option this U-Net maps: diffusers' default embedding (cos first, shift 0),
-#: centred input, a learned variance (2C outputs), attention at every level, 2 blocks
+#: centred input, a learned variance (2C outputs), attention at every level
+#: (``test_cifar10_layout_parameter_count`` checks the names of a 2-block layout)
 OPTIONS = dict(
-    DDPM_LAYOUT, out_channels=6, layers_per_block=2, flip_sin_to_cos=True, freq_shift=0, center_input_sample=True,
+    DDPM_LAYOUT, out_channels=6, flip_sin_to_cos=True, freq_shift=0, center_input_sample=True,
     down_block_types=("AttnDownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "AttnUpBlock2D"),
 )
 #: google/ddpm-cifar10-32's config.json (the fields that shape the network)
@@ -156,7 +157,7 @@ def test_configs_map_to_the_tf_layout(saved):
                                 attn_resolutions=(4,), dropout=0.0, up_attention="per_block")
     options = sdf.ddpm_config_from_diffusers(saved["options"][1] / "config.json")
     assert (options.learn_sigma, options.centered, options.flip_sin_to_cos, options.freq_shift,
-            options.attn_resolutions, options.num_res_blocks) == (True, False, True, 0, (8, 4), 2)
+            options.attn_resolutions, options.num_res_blocks) == (True, False, True, 0, (8, 4), 1)
     assert options.out_channels == 6
     # default DDPMConfig: today's layout, unchanged
     assert (DDPMConfig().up_attention, DDPMConfig().flip_sin_to_cos, DDPMConfig().freq_shift) == ("per_level", False, 1)
@@ -180,7 +181,7 @@ def test_from_diffusers_gives_the_diffusers_outputs(name, saved, loaded, np_rng)
 
 def test_per_level_layout_with_diffusers_embedding_flax_torch(np_rng):
     """The embedding options combine with score_sde's per-level layout too (flax == torch)."""
-    config = DDPMConfig(image_size=8, nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+    config = DDPMConfig(image_size=4, nf=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(4,),
                         flip_sin_to_cos=True, freq_shift=0, dropout=0.0)
     torch.manual_seed(0)
     tm = netutils.perturb_(tddpm.DDPM(config), np_rng).eval()
@@ -188,7 +189,7 @@ def test_per_level_layout_with_diffusers_embedding_flax_torch(np_rng):
     variables = jax.tree_util.tree_map(jnp.asarray, torch_to_flax(
         tm.state_dict(), sdf.ddpm_layout_key_table(config), flax_shapes=jreg.variable_shapes(config),
         derived=derived_buffers(config)))
-    x = np_rng.uniform(size=(2, 8, 8, 3)).astype(np.float32)
+    x = np_rng.uniform(size=(2, 4, 4, 3)).astype(np.float32)
     _check_parity(tm, fm, variables, x, np.array([1.0, 500.0], np.float32), np_rng, gradients=False)
 
 
@@ -433,7 +434,9 @@ def _hf_loop(unet, sched, x, step_kwargs):
 @pytest.mark.parametrize("name", ["ddpm", "options"])
 def test_ancestral_ddpm_equals_diffusers_ddpm_scheduler(name, saved, loaded, np_rng):
     """Our DDPM sampler == diffusers' DDPMScheduler.step loop with the same x_T and the
-    same step noise (fixed_small; learned_range with the 6-channel model), 10 steps."""
+    same step noise, 10 steps: fixed_small on the DDPM model (JAX jit and torch),
+    learned_range on the 6-channel model (torch; flax == torch for learned variances is
+    test_learn_sigma's)."""
     unet, d = saved[name]
     tm, fm, variables = loaded[name]
     sched = DDPMScheduler.from_pretrained(d)
@@ -443,7 +446,14 @@ def test_ancestral_ddpm_equals_diffusers_ddpm_scheduler(name, saved, loaded, np_
     ref = _hf_loop(unet, sched, torch.from_numpy(x_T), {"generator": torch.Generator().manual_seed(5)})
     g = torch.Generator().manual_seed(5)  # the draws diffusers made, in order (none at t = 0)
     noise = np.stack([torch.randn(shape, generator=g).numpy() for _ in range(9)] + [np.zeros(shape, np.float32)])
-
+    tdiffusion, kw = tdf.diffusion_from_diffusers(d, num_inference_steps=10)
+    assert tdiffusion.model_var_type == (ModelVarType.LEARNED_RANGE if name == "options" else ModelVarType.FIXED_SMALL)
+    with torch.no_grad():
+        out_t = tsd.ddpm_sample(tdiffusion, tm, shape, x_T=torch.from_numpy(x_T), noise=torch.from_numpy(noise),
+                                **kw)[0].numpy()
+    netutils.assert_rel_close(out_t, ref, SAMPLER_RTOL, "torch DDPM vs diffusers")
+    if name == "options":
+        return
     diffusion, kw = jdf.diffusion_from_diffusers(d, num_inference_steps=10)
 
     def run(v, x, z):
@@ -451,11 +461,6 @@ def test_ancestral_ddpm_equals_diffusers_ddpm_scheduler(name, saved, loaded, np_
 
     args = (variables, jnp.asarray(netutils.nhwc(x_T)), jnp.asarray(noise.transpose(0, 1, 3, 4, 2)))
     out_j = netutils.nchw(np.asarray(netutils.compile_fast(run, *args)(*args)))
-    tdiffusion, _ = tdf.diffusion_from_diffusers(d, num_inference_steps=10)
-    with torch.no_grad():
-        out_t = tsd.ddpm_sample(tdiffusion, tm, shape, x_T=torch.from_numpy(x_T), noise=torch.from_numpy(noise),
-                                **kw)[0].numpy()
-    netutils.assert_rel_close(out_t, ref, SAMPLER_RTOL, "torch DDPM vs diffusers")
     netutils.assert_rel_close(out_j, ref, SAMPLER_RTOL, "jax DDPM vs diffusers")
 
 
