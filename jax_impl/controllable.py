@@ -33,20 +33,22 @@ VE + Langevin the result matches the exact conditional within Monte-Carlo error
 for multi-modal data whose known part is unlikely under the prior's modes the samples
 can commit to the wrong mode.
 
-Randomness per PC step i (from ``fold_in(split(rng)[1], i)``): the corrector's and
+Randomness per PC step i, per sample j (from ``fold_in(fold_in(split(rng)[1], i), j)``,
+as ``pc_sample``; independent of the batch size and its sharding): the corrector's and
 predictor's noise and ``data [2, *shape]``, the re-noising after the corrector and after
 the predictor. Pre-drawn, they are the driver's ``noise`` dict (``{"predictor": [N, B,
 ...], "corrector": [N, n_steps, B, ...], "data": [N, 2, B, ...]}``, the PC sampler's
 keys plus ``data``); ``x_T`` is the unconditional prior state ``[B, ...]`` (e.g.
-``sde.prior_from_noise(z)``, default ``sde.prior_sampling(split(rng)[0])``) whose known
-part the sampler replaces by the data before the first step.
+``sde.prior_from_noise(z)``, default: row j ``sde.prior_from_noise`` of a normal from
+``fold_in(split(rng)[0], j)``) whose known part the sampler replaces by the data before
+the first step.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jax_impl.samplers import ScoreFn, _pc_prepare, pc_loop, pc_nfe
+from jax_impl.samplers import ScoreFn, _draw_prior, _pc_prepare, pc_loop, pc_nfe
 from jax_impl.utils import append_dims
 from jax_impl.validate import check_array, is_concrete
 from spec import grids
@@ -162,18 +164,19 @@ _PC_DOC_ARGS = """predictor, corrector, snr, n_steps, probability_flow, denoise,
         ``jax_impl.samplers.pc_sample`` (eps defaults per SDE: 1e-5 VE, 1e-3 VP/sub-VP;
         score_sde's controllable code used 1e-5 with its VE models).
       x_T: the unconditional prior state ``[B, ...]`` (e.g. ``sde.prior_from_noise(z)``);
-        its known part is replaced by the data. Default ``sde.prior_sampling(split(rng)[0])``.
+        its known part is replaced by the data. Default: row j ``sde.prior_from_noise``
+        of a normal from ``fold_in(split(rng)[0], j)``.
       noise: pre-drawn step noise ``{"predictor": [N, B, ...], "corrector": [N, n_steps,
         B, ...], "data": [N, 2, B, ...]}`` (keys the configuration does not use are
-        ignored); default from ``fold_in(split(rng)[1], i)``. ``rng`` may be None when
-        ``x_T`` and ``noise`` are given."""
+        ignored); default: sample j of step i from ``fold_in(fold_in(split(rng)[1], i),
+        j)``. ``rng`` may be None when ``x_T`` and ``noise`` are given."""
 
 
 def _run(rng, sde, score_fn, like, start, project, options, x_T, noise):
     pred, corr, ts, score_fn, dtype, x_T, prior_key, loop_key, noise = _pc_prepare(
         rng, sde, score_fn, like.shape, x_T, noise, like.dtype, n_data=2, **options)
     if x_T is None:
-        x_T = sde.prior_sampling(prior_key, like.shape, dtype)
+        x_T = _draw_prior(sde, prior_key, like.shape, dtype)
     out = pc_loop(loop_key, sde, score_fn, start(x_T), pred, corr, ts, noise=noise,
                   project=project, n_data=2, denoise=options["denoise"])
     return out, pc_nfe(pred, corr, len(ts))

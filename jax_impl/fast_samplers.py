@@ -52,9 +52,11 @@ in data space (m(0) = 1).
 Layout as the other samplers: pure steps (``edm_heun_step``, ``dpm_solver_pp_step``) take
 the noise / history explicitly; the drivers run the first n - 1 steps in one
 ``jax.lax.scan`` and the final step to sigma = 0 after it. Randomness (the sampler
-contract of ``jax_impl.samplers``): the start ``x_T = x_hat_0 = sigma_max z`` with z from
-``jax.random.split(rng)[0]`` (or ``x_T=`` given), churn noise of step i from
-``fold_in(split(rng)[1], i)`` (or ``noise=`` ``[n, *shape]``). Drivers are plain
+contract of ``jax_impl.samplers``), drawn per sample (``jax_impl.sharding.per_sample_normal``,
+so independent of the batch size and its sharding): the start ``x_T = x_hat_0 = sigma_max z``
+with z's row j from ``fold_in(jax.random.split(rng)[0], j)`` (or ``x_T=`` given), churn
+noise of step i for sample j from ``fold_in(fold_in(split(rng)[1], i), j)`` (or ``noise=``
+``[n, *shape]``). Drivers are plain
 functions: jit them with ``sde``, ``score_fn``, ``shape`` and the keywords static; new
 keys or new parameters never recompile. Arguments are checked while tracing, before
 compilation (pre-drawn arrays: shape, floating dtype, concrete NaN / Inf; ``rng``: one
@@ -71,6 +73,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_impl.sde import VESDE, subVPSDE
+from jax_impl.sharding import per_sample_normal
 from jax_impl.utils import append_dims
 from jax_impl.validate import check_array, check_fn_output, check_key, check_sde, resolve_dtype
 from spec import grids, schedules
@@ -192,7 +195,7 @@ def _sigma_range(sde, sigma_min, sigma_max, dtype):
 def _prepare(rng, sde, score_fn, shape, num_steps, x_T, noise, dtype, needs_noise):
     """Validate a driver's inputs; return ``(shape, num_steps, dtype, score_fn (checked),
     x_T or None, z_key or None, noise, step_key)``: the start is
-    ``sigma_max * normal(z_key, shape)`` when ``x_T`` is None."""
+    ``sigma_max * per_sample_normal(z_key, shape)`` when ``x_T`` is None."""
     check_sde(sde)
     check_callable("score_fn", score_fn, "score_fn(x, t)")
     shape = check_sample_shape(shape, min_ndim=2)
@@ -273,14 +276,14 @@ def edm_heun_sample(
         if stochastic:
             gamma = jnp.where((sigma >= S_tmin) & (sigma <= S_tmax), gamma_max, 0.0).astype(dtype)
             if z_i is None:
-                z_i = jax.random.normal(jax.random.fold_in(step_key, i), shape, dtype)
+                z_i = per_sample_normal(jax.random.fold_in(step_key, i), shape, dtype)
         else:
             gamma, z_i = 0.0, jnp.zeros(shape, dtype)
         return edm_heun_step(denoise_fn, x_hat, sigma, sigma_next, z_i, gamma=gamma,
                              S_noise=S_noise, sigma_cap=jnp.asarray(s_T, dtype),
                              second_order=second_order)
 
-    x_hat = smax * jax.random.normal(z_key, shape, dtype) if x_T is None else x_T
+    x_hat = smax * per_sample_normal(z_key, shape, dtype) if x_T is None else x_T
     idx = jnp.arange(n - 1, dtype=jnp.int32)
     xs = (idx, None if noise is None else noise[: n - 1])
     x_hat, _ = jax.lax.scan(lambda x, inp: (step(x, inp[0], inp[1], True), None), x_hat, xs)
@@ -326,7 +329,7 @@ def dpm_solver_pp_sample(
     def denoise_fn(x_hat, sigma):
         return edm_denoiser(sde, score_fn, x_hat, sigma)
 
-    x_hat = smax * jax.random.normal(z_key, shape, dtype) if x_T is None else x_T
+    x_hat = smax * per_sample_normal(z_key, shape, dtype) if x_T is None else x_T
 
     def body(carry, i):
         x, d_prev = carry

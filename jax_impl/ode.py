@@ -41,12 +41,15 @@ solvers through ``lax.scan``; adaptive ones through diffrax's default
 ``score_fn(x, t)`` always receives ``t`` as a ``[B]`` array.
 
 Randomness (the sampler contract of ``jax_impl.samplers``: ``rng`` first, pre-drawn
-arrays as keywords): ``ode_sample``'s start ``x_T = sde.prior_from_noise(z)`` with z from
-``jax.random.split(rng)[0]`` unless ``x_T=`` is given; ``likelihood``'s Hutchinson probe
-from ``split(rng)[1]`` unless ``noise=`` (the probe ``[B, ...]``) is given;
-``bits_per_dim`` draws its dequantization noise from ``split(rng)[0]`` and hands
-``split(rng)[1]`` on, unless ``noise={"dequantization": u, "hutchinson": e}`` gives them.
-``rng`` may be None only when everything random is given (or nothing is random).
+arrays as keywords), drawn per sample (row j from ``fold_in(key, j)``,
+``jax_impl.sharding.per_sample_random``, so it depends neither on the batch size nor on
+its sharding): ``ode_sample``'s start ``x_T = sde.prior_from_noise(z)`` with z's row j from
+``fold_in(jax.random.split(rng)[0], j)`` unless ``x_T=`` is given; ``likelihood``'s
+Hutchinson probe's row j from ``fold_in(split(rng)[1], j)`` unless ``noise=`` (the probe
+``[B, ...]``) is given; ``bits_per_dim`` draws its dequantization noise's row j from
+``fold_in(split(rng)[0], j)`` and hands ``split(rng)[1]`` on, unless
+``noise={"dequantization": u, "hutchinson": e}`` gives them. ``rng`` may be None only when
+everything random is given (or nothing is random).
 
 diffrax is imported only when an adaptive method (``dopri5``, ``tsit5``) is integrated,
 so importing this module (or ``jax_impl.samplers``) does not load it.
@@ -73,6 +76,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from jax_impl.sharding import per_sample_normal, per_sample_random
 from jax_impl.validate import (
     check_array,
     check_fn_output,
@@ -280,8 +284,8 @@ def ode_sample(
     ``get_ode_sampler``, solved in-graph).
 
     Args:
-      rng: key for the start: ``x_T = sde.prior_from_noise(normal(split(rng)[0]))``
-        (unused, may be None, when ``x_T`` is given).
+      rng: key for the start: ``x_T = sde.prior_from_noise(z)``, z's row j
+        ``normal(fold_in(split(rng)[0], j))`` (unused, may be None, when ``x_T`` is given).
       sde: a ``VESDE``, ``VPSDE`` or ``subVPSDE``.
       score_fn: ``score_fn(x [B, ...], t [B]) -> [B, ...]``.
       shape: ``[B, ...]`` of the samples.
@@ -304,7 +308,7 @@ def ode_sample(
     dtype = resolve_dtype(dtype, x_T)
     if x_T is None:
         key = jax.random.split(_check_rng(rng, "x_T is given"))[0]
-        x_T = sde.prior_from_noise(jax.random.normal(key, shape, dtype))
+        x_T = sde.prior_from_noise(per_sample_normal(key, shape, dtype))
     else:
         x_T = check_array("x_T", x_T, shape, dtype)
         if rng is not None:
@@ -345,8 +349,8 @@ def likelihood(
     p_T equals the prior).
 
     Args:
-      rng: key for the Hutchinson probe, drawn from ``split(rng)[1]`` (unused, may be
-        None, when ``hutchinson`` is None or ``noise`` is given).
+      rng: key for the Hutchinson probe, row j drawn from ``fold_in(split(rng)[1], j)``
+        (unused, may be None, when ``hutchinson`` is None or ``noise`` is given).
       x: data ``[B, ...]`` (floating, B >= 1, finite).
       hutchinson: ``None`` (exact divergence), ``"gaussian"`` or ``"rademacher"``.
       noise: the pre-drawn Hutchinson probe ``[B, ...]`` (score_sde's ``epsilon``; only
@@ -368,10 +372,8 @@ def likelihood(
     if hutchinson is not None:
         if noise is None:
             key = jax.random.split(_check_rng(rng, "noise (the Hutchinson probe) is given"))[1]
-            if hutchinson == "gaussian":
-                epsilon = jax.random.normal(key, x.shape, x.dtype)
-            else:
-                epsilon = jax.random.rademacher(key, x.shape, x.dtype)
+            draw = jax.random.normal if hutchinson == "gaussian" else jax.random.rademacher
+            epsilon = per_sample_random(draw, key, x.shape, x.dtype)
         else:
             epsilon = check_array("noise", noise, x.shape, x.dtype)
     elif noise is not None:
@@ -432,8 +434,8 @@ def bits_per_dim(
     keeping the same offset (score_sde's behaviour without uniform dequantization).
 
     Args:
-      rng: key: ``u`` from ``split(rng)[0]``, the probe from ``split(split(rng)[1])[1]``
-        (as ``likelihood`` with ``split(rng)[1]``); may be None when nothing is drawn.
+      rng: key: ``u``'s row j from ``fold_in(split(rng)[0], j)``, the probe from
+        ``split(rng)[1]`` as ``likelihood`` draws it; may be None when nothing is drawn.
       centered, dequantize: bools.
       noise: pre-drawn noise, a dict with keys among ``BPD_NOISE_KEYS``:
         ``"dequantization"``: ``u [B, ...]`` in [0, 1) (only with ``dequantize``);
@@ -462,7 +464,7 @@ def bits_per_dim(
         if u is None:
             if u_key is None:
                 _check_rng(rng, "noise['dequantization'] (u) is given")
-            u = jax.random.uniform(u_key, x.shape, x.dtype)
+            u = per_sample_random(jax.random.uniform, u_key, x.shape, x.dtype)
         else:
             u = check_array("noise['dequantization']", u, x.shape, x.dtype)
         x01 = (x + 1.0) * 0.5 if centered else x

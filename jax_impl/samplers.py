@@ -11,9 +11,12 @@ The sampler contract (every driver of the library, both frameworks):
     ``noise=`` the per-step noise: a ``[K, *shape]`` array, or where a step draws several
     kinds a dict (PC: ``{"predictor": [N, B, ...], "corrector": [N, n_steps, B, ...]}``,
     the shapes ``pc_noise_shapes`` gives with a leading ``N``). What is not given is drawn
-    from ``rng`` (``split(rng)[0]`` the start, step i ``fold_in(split(rng)[1], i)``);
-    ``rng`` may be None only when everything random is given. ``dtype`` defaults to that
-    of ``x_T`` / ``noise``, else float32.
+    from ``rng``, PER SAMPLE: sample j's start from ``fold_in(split(rng)[0], j)``, its
+    noise of step i from ``fold_in(fold_in(split(rng)[1], i), j)``
+    (``jax_impl.sharding.per_sample_normal``), so a sample depends on its key and index
+    only: not on the batch size, nor on how the batch is sharded over devices
+    (``sharding.shard_sampler``); ``rng`` may be None only when everything random is
+    given. ``dtype`` defaults to that of ``x_T`` / ``noise``, else float32.
   * The table of drivers (all importable from this module; the ODE solver needs diffrax
     only when an adaptive method is run):
 
@@ -46,8 +49,9 @@ Structure (DESIGN rules 2-4):
     ``pc_sample`` as well.
   * ``pc_loop`` runs the whole trajectory in one ``jax.lax.scan`` over the float64 grid
     ``spec.grids.pc_timesteps`` (cast at use); the noise of step i comes either from
-    ``jax.random.fold_in(key, i)`` or from the pre-drawn ``noise`` dict, so the sampler
-    is one XLA program and parity tests can feed both frameworks the same noise.
+    ``fold_in(fold_in(key, i), j)`` for sample j or from the pre-drawn ``noise`` dict, so
+    the sampler is one XLA program and parity tests can feed both frameworks the same
+    noise.
   * ``pc_sample`` / ``ald_sample`` are plain functions: ``jax.jit`` them with ``sde``,
     ``score_fn``, ``shape`` and the options static; only the key and the arrays a
     ``score_fn`` closes over vary between calls (no recompilation). They ``vmap``. Each
@@ -111,6 +115,7 @@ from spec.sampler_args import (  # re-exported: the public names of this module
 from spec.sampler_args import check_callable, check_component, checked_fn
 from spec.sampler_args import check_noise as _check_noise
 from spec.validate import check_bool, check_choice, check_float, check_int
+from jax_impl.sharding import per_sample_normal
 from jax_impl.utils import append_dims
 from jax_impl.validate import check_array, check_fn_output, check_key, check_sde, resolve_dtype
 
@@ -442,14 +447,20 @@ def pc_components(sde, *, predictor="reverse_diffusion", corrector="langevin", s
     return predictor, corrector, timesteps
 
 
-def _draw_step_noise(key, shapes, dtype):
-    """One normal draw from ``key`` cut into the named arrays (one RNG kernel per step
-    compiles about twice as fast as one per array)."""
-    sizes = [math.prod(s) for s in shapes.values()]
-    flat = jax.random.normal(key, (sum(sizes),), dtype)
+def _draw_step_noise(key, shapes, dtype, sample_shape):
+    """A step's noise arrays ``{name: [*lead, B, ...]}`` drawn per sample: sample j's
+    entries of every array come from one normal draw of ``fold_in(key, j)``
+    (``sharding.per_sample_normal``; one RNG kernel per step compiles about twice as fast
+    as one per array), so they do not depend on the batch size or its sharding.
+    ``sample_shape`` is ``(B, ...)``; each named shape is ``(*lead, *sample_shape)``."""
+    B, rest = sample_shape[0], tuple(sample_shape[1:])
+    leads = {name: tuple(s[: len(s) - len(sample_shape)]) for name, s in shapes.items()}
+    sizes = [math.prod(lead) * math.prod(rest) for lead in leads.values()]
+    flat = per_sample_normal(key, (B, sum(sizes)), dtype)
     out, offset = {}, 0
-    for (name, s), size in zip(shapes.items(), sizes):
-        out[name] = flat[offset : offset + size].reshape(s)
+    for (name, lead), size in zip(leads.items(), sizes):
+        part = flat[:, offset : offset + size].reshape((B, *lead, *rest))
+        out[name] = jnp.moveaxis(part, 0, len(lead))
         offset += size
     return out
 
@@ -460,8 +471,9 @@ def pc_loop(rng, sde, score_fn: ScoreFn, x_init, predictor, corrector, timesteps
     engine under ``pc_sample`` and the conditional samplers; inputs are not re-checked).
 
     Args:
-      rng: the loop key: step i draws ``normal(fold_in(rng, i))`` cut into the arrays of
-        ``pc_noise_shapes`` (None when ``noise`` is given or nothing is drawn).
+      rng: the loop key: sample j of step i draws ``normal(fold_in(fold_in(rng, i), j))``
+        cut into its entries of the arrays of ``pc_noise_shapes`` (None when ``noise`` is
+        given or nothing is drawn).
       x_init: the start ``[B, ...]``; its dtype is the sampler's.
       predictor, corrector: protocol objects (see ``pc_components``).
       timesteps: float64 ``[N]`` numpy grid, cast to ``x_init.dtype`` here.
@@ -486,7 +498,8 @@ def pc_loop(rng, sde, score_fn: ScoreFn, x_init, predictor, corrector, timesteps
         x, _ = carry
         i, t, z = inp
         if z is None:
-            z = _draw_step_noise(jax.random.fold_in(rng, i), shapes, dtype) if shapes else {}
+            z = (_draw_step_noise(jax.random.fold_in(rng, i), shapes, dtype, x_init.shape)
+                 if shapes else {})
         vec_t = jnp.broadcast_to(t, (batch,))
         x, x_mean = corrector.step(sde, score_fn, x, vec_t, z.get("corrector"))
         if project is not None:
@@ -508,8 +521,8 @@ def _pc_prepare(rng, sde, score_fn, shape, x_T, noise, dtype, *, denoise, n_data
     keywords and ``denoise``), ``shape``, ``rng``, ``x_T [*shape]`` and the ``noise`` dict;
     draw what is not given. Returns ``(predictor, corrector, timesteps, checked score_fn,
     dtype, x_T or None, prior_key or None, loop_key or None, noise or None)``; ``x_T`` is
-    None exactly when it must be drawn from ``prior_key`` (as ``normal(prior_key, shape)``
-    mapped to the prior)."""
+    None exactly when it must be drawn from ``prior_key`` (``_draw_prior``: row j from
+    ``normal(fold_in(prior_key, j))`` mapped to the prior)."""
     check_callable("score_fn", score_fn, "score_fn(x, t)")
     shape = check_shape(shape)
     check_bool("denoise", denoise)
@@ -532,6 +545,12 @@ def _pc_prepare(rng, sde, score_fn, shape, x_T, noise, dtype, *, denoise, n_data
     return pred, corr, ts, score_fn, dtype, x_T, prior_key, loop_key, noise
 
 
+def _draw_prior(sde, prior_key, shape, dtype):
+    """``x_T [*shape]`` from ``sde``'s prior, per sample: row j is
+    ``sde.prior_from_noise`` of ``normal(fold_in(prior_key, j), shape[1:])``."""
+    return sde.prior_from_noise(per_sample_normal(prior_key, shape, dtype))
+
+
 # --------------------------------------------------------------------------- PC public
 
 
@@ -542,9 +561,11 @@ def pc_sample(rng, sde, score_fn: ScoreFn, shape, *, predictor="reverse_diffusio
     """Predictor-corrector sampling of ``sde``'s reverse SDE (Song et al. 2021, Alg. 1-3).
 
     Args:
-      rng: a PRNG key (``jax.random.key(0)``): ``x_T = sde.prior_sampling(split(rng)[0])``,
-        step i's noise from ``fold_in(split(rng)[1], i)``. May be None when ``x_T`` and
-        every array ``noise`` needs are given.
+      rng: a PRNG key (``jax.random.key(0)``): sample j starts from
+        ``sde.prior_from_noise(normal(fold_in(split(rng)[0], j)))`` and draws step i's
+        noise from ``fold_in(fold_in(split(rng)[1], i), j)`` (per sample, so the samples
+        do not depend on the batch's sharding). May be None when ``x_T`` and every array
+        ``noise`` needs are given.
       sde: ``jax_impl.sde`` VESDE / VPSDE / subVPSDE (static under jit).
       score_fn: ``score_fn(x [B, ...], t [B]) -> [B, ...]`` (checked at trace time: the
         shape of x and a floating dtype).
@@ -569,7 +590,7 @@ def pc_sample(rng, sde, score_fn: ScoreFn, shape, *, predictor="reverse_diffusio
         corrector=corrector, snr=snr, n_steps=n_steps, probability_flow=probability_flow,
         eps=eps, denoise=denoise)
     if x_T is None:
-        x_T = sde.prior_sampling(prior_key, check_shape(shape), dtype)
+        x_T = _draw_prior(sde, prior_key, check_shape(shape), dtype)
     samples = pc_loop(loop_key, sde, score_fn, x_T, pred, corr, ts, noise=noise, denoise=denoise)
     return samples, pc_nfe(pred, corr, len(ts))
 
@@ -598,7 +619,7 @@ def _ald_loop(sigmas, score_fn, x, levels, step_sizes, *, key, noise, denoise, f
     def body(x, inp):
         i, level, step_size, z = inp
         if z is None:
-            z = jax.random.normal(jax.random.fold_in(key, i), x.shape, dtype)
+            z = per_sample_normal(jax.random.fold_in(key, i), x.shape, dtype)
         x = ald_step(score_fn, x, jnp.broadcast_to(level, (batch,)), z, step_size)
         return x, (None if final_only else x)
 
@@ -622,10 +643,10 @@ def ald_sample(rng, sigmas, score_fn, shape, *, n_steps_each: int = 100, step_lr
     then, with ``denoise``, ``x <- x + sigma_L^2 score(x, L-1)``.
 
     Args:
-      rng: PRNG key; the start is drawn from ``split(rng)[0]``, step s's noise from
-        ``normal(fold_in(split(rng)[1], s))`` (NCSN v1 draws the noise before calling the
-        score, NCSNv2 after: only the torch RNG stream would notice). May be None when
-        ``x_T`` and ``noise`` are given.
+      rng: PRNG key; sample j's start is drawn from ``fold_in(split(rng)[0], j)``, its
+        noise of step s from ``normal(fold_in(fold_in(split(rng)[1], s), j))`` (per sample;
+        NCSN v1 draws the noise before calling the score, NCSNv2 after: only the torch RNG
+        stream would notice). May be None when ``x_T`` and ``noise`` are given.
       sigmas: concrete float ladder ``[L]`` (static); score_fn: ``score_fn(x, level [B]
         int32) -> [B, ...]`` (the noise-conditional network's label).
       shape: ``(B, ...)``. x_T: the start ``[B, ...]`` (NCSN uses uniform noise for
@@ -657,7 +678,7 @@ def ald_sample(rng, sigmas, score_fn, shape, *, n_steps_each: int = 100, step_lr
     elif rng is not None:
         check_key("rng", rng)
     if x_T is None:
-        x_T = jnp.asarray(sig[0], dtype) * jax.random.normal(init_key, shape, dtype)
+        x_T = jnp.asarray(sig[0], dtype) * per_sample_normal(init_key, shape, dtype)
     score_fn = checked_fn("score_fn", score_fn, check_fn_output)
     out = _ald_loop(sig, score_fn, x_T, levels, step_sizes, key=loop_key, noise=noise,
                     denoise=denoise, final_only=final_only)

@@ -24,12 +24,14 @@ variance types, x_0 clipping) comes from ``GaussianDiffusion.p_mean_variance``.
 Layout: pure step functions take the noise ``z`` (``ddpm_step``, ``ddim_step``,
 ``ddim_reverse_step``); the drivers (``ddpm_sample``, ``ddim_sample``, ``ddim_invert``) run
 the whole trajectory as one ``jax.lax.scan`` over loop index i = 0..K-1 (timestep
-t = K-1-i), drawing the prior from ``split(rng)[0]`` and step noise from
-``fold_in(split(rng)[1], i)``, or taking pre-drawn ``x_T`` / ``noise`` arrays (parity tests,
-inversion). They are plain functions: jit them with ``diffusion``, ``model_fn``, ``shape``
-and the keyword options static, e.g. by closing over them; a new key or new network
-parameters passed as traced arguments never recompile. Each returns ``(samples, nfe)``
-with ``nfe`` the number of model evaluations (a Python int).
+t = K-1-i), drawing per sample (``jax_impl.sharding.per_sample_normal``) sample j's prior
+from ``fold_in(split(rng)[0], j)`` and its step noise from ``fold_in(fold_in(split(rng)[1],
+i), j)``, so the samples do not depend on the batch size or its sharding, or taking
+pre-drawn ``x_T`` / ``noise`` arrays (parity tests, inversion). They are plain functions:
+jit them with ``diffusion``, ``model_fn``, ``shape`` and the keyword options static, e.g.
+by closing over them; a new key or new network parameters passed as traced arguments
+never recompile. Each returns ``(samples, nfe)`` with ``nfe`` the number of model
+evaluations (a Python int).
 
 Input checks raise ``TypeError`` / ``ValueError`` while tracing, before compilation: the
 options (``eta``, bools), ``rng`` (one PRNG key), ``x_T`` / ``noise`` / ``x0`` (shape,
@@ -51,6 +53,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_impl.diffusion import GaussianDiffusion
+from jax_impl.sharding import per_sample_normal
 from jax_impl.utils import append_dims
 from jax_impl.validate import (
     check_array,
@@ -159,7 +162,7 @@ def _prepare(rng, diffusion, model_fn, shape, x_T, noise, dtype, *, needs_noise:
                             "(and, for a stochastic sampler, noise) are given; got None")
         prior_key, step_key = jax.random.split(check_key("rng", rng))
         if x_T is None:
-            x_T = jax.random.normal(prior_key, shape, dtype)
+            x_T = per_sample_normal(prior_key, shape, dtype)
     elif rng is not None:
         check_key("rng", rng)
     return shape, dtype, x_T, noise, step_key, model_fn, denoised_fn
@@ -173,7 +176,7 @@ def _run_reverse_loop(step, x_T, K: int, noise, step_key, needs_noise: bool):
         i, z = inputs
         if z is None:
             if needs_noise:
-                z = jax.random.normal(jax.random.fold_in(step_key, i), x.shape, x.dtype)
+                z = per_sample_normal(jax.random.fold_in(step_key, i), x.shape, x.dtype)
             else:
                 z = jnp.zeros_like(x)
         t = jnp.full((B,), K - 1, dtype=jnp.int32) - i.astype(jnp.int32)
@@ -351,9 +354,10 @@ def ddpm_sample(
       clip_denoised: clamp the predicted x_0 to [-1, 1] (images scaled to [-1, 1]; a
         ``UserWarning`` when on for data of rank < 4). denoised_fn: optional map applied
         to x0_hat before clipping.
-      x_T: optional start ``[*shape]`` (default: normal from ``split(rng)[0]``).
+      x_T: optional start ``[*shape]`` (default: row j normal from
+        ``fold_in(split(rng)[0], j)``).
       noise: optional step noise ``[K, *shape]``; ``noise[i]`` is used at t = K-1-i
-        (default: normal from ``fold_in(split(rng)[1], i)``).
+        (default: row j normal from ``fold_in(fold_in(split(rng)[1], i), j)``).
       dtype: sample dtype (default: that of x_T / noise, else float32).
 
     Returns ``(x_0 [*shape], nfe = K)``.

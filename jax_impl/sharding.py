@@ -63,6 +63,7 @@ __all__ = [
     "make_mesh",
     "make_sharded_train_step",
     "per_sample_normal",
+    "per_sample_random",
     "replicate",
     "replicated_sharding",
     "shard_batch",
@@ -401,24 +402,33 @@ def make_sharded_train_step(run_config, mesh, *, shard_params=False):
 # ----------------------------------------------------------------------- sampling
 
 
+def per_sample_random(draw, key, shape, dtype=jnp.float32, *, offset=0) -> jax.Array:
+    """``shape = [B, ...]`` whose row ``j`` is ``draw(fold_in(key, offset + j), shape[1:],
+    dtype)``, for any ``jax.random`` draw of that signature (``normal``, ``uniform``,
+    ``rademacher``): a sample's numbers depend only on ``key`` and its global index
+    ``offset + j``, not on ``B``, the other rows, or how the rows are sharded (each device
+    computes its own rows). ``offset`` may be a traced int. Under ``shard_sampler`` the
+    result is constrained to the batch sharding."""
+    shape = tuple(int(s) for s in shape)
+    if not shape:
+        raise ValueError("shape must have a leading batch dimension, got ()")
+    idx = jnp.arange(shape[0], dtype=jnp.uint32) + jnp.asarray(offset).astype(jnp.uint32)
+    out = jax.vmap(lambda i: draw(jax.random.fold_in(key, i), shape[1:], dtype))(idx)
+    sharding = _TRACE_BATCH_SHARDING.get()
+    if sharding is not None and shape[0] % sharding.mesh.shape[DATA_AXIS] == 0:
+        out = jax.lax.with_sharding_constraint(out, sharding)
+    return out
+
+
 def per_sample_normal(key, shape, dtype=jnp.float32, *, offset=0) -> jax.Array:
     """Standard normal ``shape = [B, ...]`` whose row ``j`` is
     ``jax.random.normal(fold_in(key, offset + j), shape[1:], dtype)``.
 
     Row ``j`` depends only on ``key`` and the global sample index ``offset + j``: not on
     ``B``, on the other rows, nor on how the rows are sharded over devices or processes
-    (each device computes its own rows). ``offset`` may be a traced int. Under
-    ``shard_sampler`` the result is constrained to the batch sharding.
+    (``per_sample_random``). ``offset`` may be a traced int.
     """
-    shape = tuple(int(s) for s in shape)
-    if not shape:
-        raise ValueError("shape must have a leading batch dimension, got ()")
-    idx = jnp.arange(shape[0], dtype=jnp.uint32) + jnp.asarray(offset).astype(jnp.uint32)
-    z = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), shape[1:], dtype))(idx)
-    sharding = _TRACE_BATCH_SHARDING.get()
-    if sharding is not None and shape[0] % sharding.mesh.shape[DATA_AXIS] == 0:
-        z = jax.lax.with_sharding_constraint(z, sharding)
-    return z
+    return per_sample_random(jax.random.normal, key, shape, dtype, offset=offset)
 
 
 @contextlib.contextmanager

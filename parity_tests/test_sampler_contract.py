@@ -34,6 +34,7 @@ from jax_impl import samplers as js
 from jax_impl import samplers_discrete as jdisc
 from jax_impl import sde as jsde
 from jax_impl.diffusion import GaussianDiffusion as JDiffusion
+from jax_impl.sharding import per_sample_normal
 from parity_tests.helpers import to_np
 from parity_tests.test_samplers_pc import j_iso_score as j_score
 from parity_tests.test_samplers_pc import t_iso_score as t_score
@@ -140,32 +141,33 @@ def test_user_predictor_draws_from_the_key_like_ours():
 
 def test_given_start_equals_the_drawn_one():
     """``x_T`` is the actual start: passing the start a driver draws from ``split(rng)[0]``
-    (with the same rng for the rest) reproduces the all-drawn run, for every driver that
+    (per sample: row j from ``fold_in(split(rng)[0], j)``, ``sharding.per_sample_normal``;
+    with the same rng for the rest) reproduces the all-drawn run, for every driver that
     draws a start from a key."""
     key = jax.random.PRNGKey(7)
     k0 = jax.random.split(key)[0]
     shape = (4, 2)
     vp, ve = jsde.VPSDE(N=N), jsde.VESDE(N=N)
     cases = []
-    # PC: x_T = sde.prior_sampling(split(rng)[0])
-    x_T = ve.prior_sampling(k0, shape, jnp.float64)
+    # PC: x_T = sde.prior_from_noise(per-sample normal(split(rng)[0]))
+    x_T = ve.prior_from_noise(per_sample_normal(k0, shape, jnp.float64))
     cases.append((js.pc_sample(key, ve, j_score(ve), shape, dtype=jnp.float64)[0],
                   js.pc_sample(key, ve, j_score(ve), shape, x_T=x_T)[0]))
     # ALD: x_T = sigma_1 N(0, I)
     sig = (2.0, 0.5, 0.1)
     lvl = lambda x, level: -x  # noqa: E731
-    x_T = 2.0 * jax.random.normal(k0, shape, jnp.float64)
+    x_T = 2.0 * per_sample_normal(k0, shape, jnp.float64)
     cases.append((js.ald_sample(key, sig, lvl, shape, n_steps_each=3, dtype=jnp.float64)[0],
                   js.ald_sample(key, sig, lvl, shape, n_steps_each=3, x_T=x_T)[0]))
-    # ODE: x_T = sde.prior_from_noise(normal(split(rng)[0]))
-    x_T = ve.prior_from_noise(jax.random.normal(k0, shape, jnp.float64))
+    # ODE: x_T = sde.prior_from_noise(per-sample normal(split(rng)[0]))
+    x_T = ve.prior_from_noise(per_sample_normal(k0, shape, jnp.float64))
     kw = dict(method="euler", num_steps=5)
     cases.append((jode.ode_sample(key, ve, j_score(ve), shape, dtype=jnp.float64, **kw)[0],
                   jode.ode_sample(None, ve, j_score(ve), shape, x_T=x_T, **kw)[0]))
     # EDM (with churn: the step noise still comes from split(rng)[1]) and DPM-Solver++
     with jax.ensure_compile_time_eval():
         s_T = float(jfs.sigma_from_t(vp, jnp.asarray([0.0, 1.0, 1e-3]))[1])
-    x_T = s_T * jax.random.normal(k0, shape, jnp.float64)
+    x_T = s_T * per_sample_normal(k0, shape, jnp.float64)
     kw = dict(num_steps=4, S_churn=1.0)
     cases.append((jfs.edm_heun_sample(key, vp, j_score(vp), shape, dtype=jnp.float64, **kw)[0],
                   jfs.edm_heun_sample(key, vp, j_score(vp), shape, x_T=x_T, **kw)[0]))
@@ -174,7 +176,7 @@ def test_given_start_equals_the_drawn_one():
     # inpainting: x_T is the unconditional prior state
     data = jnp.zeros(shape) + 0.25
     mask = jnp.asarray([[1.0, 0.0]] * 4)
-    x_T = ve.prior_sampling(k0, shape, jnp.float64)
+    x_T = ve.prior_from_noise(per_sample_normal(k0, shape, jnp.float64))
     cases.append((jc.pc_inpaint(key, ve, j_score(ve), data, mask)[0],
                   jc.pc_inpaint(key, ve, j_score(ve), data, mask, x_T=x_T)[0]))
     for a, b in cases:

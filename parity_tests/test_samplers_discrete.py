@@ -22,6 +22,7 @@ import torch
 import spec
 from jax_impl import samplers_discrete as js
 from jax_impl.diffusion import GaussianDiffusion as JaxDiffusion
+from jax_impl.sharding import per_sample_normal
 from jax_impl.gmm import gmm_score
 from parity_tests.helpers import to_np, tol
 from spec.configs import ModelMeanType as MT
@@ -584,7 +585,8 @@ def test_nfe_counts_true_model_calls():
 
 
 def test_key_layout_and_generator_order():
-    """JAX: x_T from split(rng)[0], step i noise from fold_in(split(rng)[1], i). torch: x_T
+    """JAX: x_T's row j from fold_in(split(rng)[0], j), step i noise of sample j from
+    fold_in(fold_in(split(rng)[1], i), j) (per sample). torch: x_T
     then one randn per step from the generator. Both equal feeding those draws explicitly."""
     cfg = spec.DiffusionConfig(steps=40, timestep_respacing="5")
     w = _weights(2, 2, 0)
@@ -592,8 +594,8 @@ def test_key_layout_and_generator_order():
     shape, K = (4, 2), 5
     key = jax.random.PRNGKey(11)
     k0, k1 = jax.random.split(key)
-    x_T = jax.random.normal(k0, shape, jnp.float64)
-    noise = jnp.stack([jax.random.normal(jax.random.fold_in(k1, i), shape, jnp.float64) for i in range(K)])
+    x_T = per_sample_normal(k0, shape, jnp.float64)
+    noise = jnp.stack([per_sample_normal(jax.random.fold_in(k1, i), shape, jnp.float64) for i in range(K)])
     a, _ = jax.jit(lambda k: js.ddpm_sample(k, jd, jax_model(w), shape, dtype=jnp.float64))(key)
     b, _ = js.ddpm_sample(None, jd, jax_model(w), shape, x_T=x_T, noise=noise)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=1e-14)
