@@ -225,7 +225,7 @@ def test_flags_map_onto_the_configs_as_the_official_code():
 def test_config_validation_names_the_field():
     bad = [
         ({"model_channels": 48}, ValueError, "multiples of 32"),
-        ({"image_size": 10, "channel_mult": (1, 2, 2)}, ValueError, "image_size 10 must be divisible by the down-sampling factor 4"),
+        ({"image_size": 10, "channel_mult": (1, 2, 2)}, ValueError, "image_size 10 must be divisible by the down-sampling factor"),
         ({"image_size": 16}, ValueError, "channel_mult must be given for image_size 16"),
         ({"dims": 3}, ValueError, "dims must be 2"),
         ({"num_heads": 3}, ValueError, "num_heads=3 must divide the attention width"),
@@ -256,7 +256,7 @@ def test_unet_bad_inputs_raise_before_compute():
         ((x, t), {"y": S((2,), jnp.float32)}, TypeError, "y must hold integer class labels"),
         ((x, t), {"y": S((3,), jnp.int32)}, ValueError, "y must have shape"),
         ((S((2, 8, 8, 1), jnp.float32), t), {"y": y}, ValueError, "x has 1 channels"),
-        ((S((2, 6, 8, 3), jnp.float32), t), {"y": y}, ValueError, "not divisible by the down-sampling factor 2"),
+        ((S((2, 7, 8, 3), jnp.float32), t), {"y": y}, ValueError, "not divisible by the down-sampling factor 2"),
         ((x, S((3,), jnp.float32)), {"y": y}, ValueError, "t \\(the timesteps\\) must have shape"),
     ]
     for args, kwargs, exc, match in cases:
