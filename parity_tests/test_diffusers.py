@@ -488,3 +488,14 @@ def test_readme_snippet_ddim_equals_diffusers(saved, loaded):
     with torch.no_grad():
         out_t = tsd.ddim_sample(tdiffusion, tm, x_T.shape, x_T=torch.from_numpy(x_T), **kw)[0].numpy()
     netutils.assert_rel_close(out_t, ref, SAMPLER_RTOL, "torch DDIM vs diffusers")
+    # without clipping the float32 tables' rounding cancels, and diffusers' default step
+    # (eps as predicted) is the same map
+    unclipped = dict(DDPMScheduler.load_config(d), clip_sample=False)
+    sched = DDIMScheduler.from_config(unclipped)
+    sched.set_timesteps(10)
+    ref = _hf_loop(unet, sched, torch.from_numpy(x_T), {"eta": 0.0})
+    tdiffusion, kw = tdf.diffusion_from_diffusers(unclipped, num_inference_steps=10)
+    assert kw == {"clip_denoised": False}
+    with torch.no_grad():
+        out_t = tsd.ddim_sample(tdiffusion, tm, x_T.shape, x_T=torch.from_numpy(x_T), **kw)[0].numpy()
+    netutils.assert_rel_close(out_t, ref, 1e-5, "torch DDIM vs diffusers, no clipping")
