@@ -46,6 +46,7 @@ from spec.diffusers_format import (
     ddpm_state_dict_from_diffusers,
     diffusers_key_table,
     find_diffusers_weights,
+    find_unet_directory,
     read_diffusers_weights,
     scheduler_settings_from_diffusers,
 )
@@ -65,7 +66,8 @@ def from_diffusers(directory, *, dtype=np.float32):
 
     Args:
       directory: holds ``config.json`` and ``diffusion_pytorch_model.safetensors``
-        (read without torch) or ``diffusion_pytorch_model.bin`` (needs torch).
+        (read without torch) or ``diffusion_pytorch_model.bin`` (needs torch); or a
+        pipeline folder whose ``unet/`` does.
       dtype: parameter dtype (float32 by default; None keeps the stored one).
 
     Returns:
@@ -77,6 +79,7 @@ def from_diffusers(directory, *, dtype=np.float32):
         or the weights do not match it (the key and shape named); ``KeyError`` for
         missing / unexpected keys.
     """
+    directory = find_unet_directory(directory)
     config = ddpm_config_from_diffusers(directory)
     weights = find_diffusers_weights(directory)
     state_dict = ddpm_state_dict_from_diffusers(read_diffusers_weights(weights), config, what=str(weights))

@@ -234,6 +234,20 @@ def test_key_table_exact_both_ways(saved, loaded):
     assert all(tuple(leaves[km.flax_path].shape) == km.flax_shape for km in ltable)
 
 
+def test_pipeline_folder_loads(saved, loaded, tmp_path):
+    """A ``DDPMPipeline.save_pretrained`` folder (``unet/``, ``scheduler/``) loads too."""
+    from diffusers import DDPMPipeline
+
+    unet, d = saved["ddpm"]
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_pretrained(d)).save_pretrained(tmp_path)
+    assert sdf.find_unet_directory(tmp_path) == tmp_path / "unet"
+    sd, want = tdf.from_diffusers(tmp_path).state_dict(), loaded["ddpm"][0].state_dict()
+    assert list(sd) == list(want) and all(torch.equal(sd[k], want[k]) for k in sd)
+    for where in (tmp_path, tmp_path / "unet", tmp_path / "scheduler" / "scheduler_config.json"):
+        diffusion, kw = jdf.diffusion_from_diffusers(where, num_inference_steps=10)
+        assert diffusion.config.timestep_respacing == "ddim10" and kw == {"clip_denoised": True}
+
+
 def test_deprecated_attention_names_load(saved):
     unet, d = saved["ddpm"]
     config = sdf.ddpm_config_from_diffusers(d)
@@ -264,7 +278,7 @@ def test_bad_weights_raise_naming_the_key(saved, tmp_path):
         sdf.ddpm_state_dict_from_diffusers(dict(hf, **{"conv_in.weight": np.zeros((32, 3, 3, 1))}), config)
     with pytest.raises(FileNotFoundError, match="neither diffusion_pytorch_model.safetensors nor"):
         sdf.find_diffusers_weights(tmp_path)
-    with pytest.raises(FileNotFoundError, match="no config.json at"):
+    with pytest.raises(FileNotFoundError, match="no config.json in .* or in its unet/ folder"):
         jdf.from_diffusers(tmp_path)
     with pytest.raises(ValueError, match="no diffusers UNet2DModel layout: up_attention='per_level'"):
         sdf.diffusers_key_table(PRESETS["vp/ddpm/cifar10"])
@@ -318,8 +332,9 @@ def test_unet_config_errors_list_every_field_and_defaults_count():
     with pytest.raises(ValueError) as info:
         sdf.ddpm_config_from_diffusers(omitted)
     assert "  - norm_eps=1e-05" in str(info.value) and "  - downsample_padding=1" in str(info.value)
-    with pytest.raises(ValueError, match="unknown field\\(s\\) attn_bias"):
-        sdf.ddpm_config_from_diffusers(dict(DDPM_LAYOUT, attn_bias=True))
+    with pytest.warns(UserWarning, match="ignoring field\\(s\\) attn_bias, tensor_format"):  # as diffusers does
+        assert sdf.ddpm_config_from_diffusers(dict(DDPM_LAYOUT, attn_bias=True, tensor_format="pt")) == \
+            sdf.ddpm_config_from_diffusers(DDPM_LAYOUT)
     with pytest.raises(ValueError, match="_class_name 'UNet2DConditionModel'"):
         sdf.ddpm_config_from_diffusers(dict(DDPM_LAYOUT, _class_name="UNet2DConditionModel"))
     with pytest.raises(ValueError, match="up_block_types=.*attention at levels \\[0\\] of the up path"):
@@ -411,8 +426,8 @@ def test_scheduler_grid_and_class_errors():
     assert full.diffusion.timestep_respacing == ""
     with pytest.raises(ValueError, match="_class_name 'PNDMScheduler'"):
         sdf.scheduler_settings_from_diffusers(dict(ddim, _class_name="PNDMScheduler"))
-    with pytest.raises(ValueError, match="unknown field\\(s\\) variance_type"):
-        sdf.scheduler_settings_from_diffusers(dict(ddim, variance_type="fixed_small"))
+    with pytest.warns(UserWarning, match="ignoring field\\(s\\) variance_type"):  # DDIM has none
+        sdf.scheduler_settings_from_diffusers(dict(ddim, variance_type="learned"))
     with pytest.raises(FileNotFoundError, match="no scheduler_config.json"):
         sdf.find_scheduler_config("/nonexistent-dir")
 

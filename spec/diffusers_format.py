@@ -15,7 +15,10 @@ A diffusers DDPM directory (``save_pretrained`` of a ``UNet2DModel``, e.g. the
   express (block types other than ``DownBlock2D`` / ``AttnDownBlock2D`` / ``UpBlock2D`` /
   ``AttnUpBlock2D`` and the ``UNetMidBlock2D``, more than one attention head, a norm or
   activation it lacks, class embeddings, symmetric down-sampling padding, ...) is
-  listed, by field, in ONE ``ValueError``.
+  listed, by field, in ONE ``ValueError``. A field missing from the file takes
+  diffusers' default (``UNET2D_DEFAULTS``); a field diffusers does not know is ignored
+  with a warning, as diffusers ignores it. ``find_unet_directory`` accepts a pipeline
+  folder too (its ``unet/``).
 - ``diffusion_pytorch_model.safetensors`` (read without torch) or
   ``diffusion_pytorch_model.bin`` (a torch pickle, read with
   ``torch.load(weights_only=True)``): ``read_diffusers_weights``.
@@ -62,6 +65,7 @@ import json
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -93,6 +97,7 @@ __all__ = [
     "diffusers_key_table",
     "diffusers_state_dict_from_ddpm",
     "find_diffusers_weights",
+    "find_unet_directory",
     "find_scheduler_config",
     "read_diffusers_config",
     "read_diffusers_weights",
@@ -227,6 +232,21 @@ def find_scheduler_config(path) -> Path:
                             + ", ".join(repr(str(c)) for c in candidates))
 
 
+def find_unet_directory(path) -> Path:
+    """The ``UNet2DModel`` folder of ``path``: ``path`` itself when it holds
+    ``config.json``, else its ``unet/`` (a pipeline folder with ``model_index.json``)."""
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"directory must be a str or os.PathLike, got {type(path).__name__} {path!r}")
+    p = Path(path)
+    if not p.is_dir():
+        raise NotADirectoryError(f"diffusers model directory {str(p)!r} does not exist or is not a directory")
+    for d in (p, p / "unet"):
+        if (d / UNET_CONFIG_NAME).is_file():
+            return d
+    raise FileNotFoundError(f"no {UNET_CONFIG_NAME} in {str(p)!r} or in its unet/ folder: not a diffusers "
+                            "UNet2DModel (save_pretrained) or pipeline directory")
+
+
 def find_diffusers_weights(directory) -> Path:
     """The weight file of a diffusers model directory: ``diffusion_pytorch_model.safetensors``,
     else ``diffusion_pytorch_model.bin``. A directory with only sharded weights
@@ -286,14 +306,15 @@ def _config_dict(config, name: str) -> tuple[dict, str]:
 
 
 def _fields(data: dict, defaults: Mapping, where: str) -> dict:
-    """The config's fields with the defaults filled in; unknown fields raise (their
-    meaning is unknown here). Private ``_*`` entries (``_class_name``, ...) are dropped."""
+    """The config's fields with the defaults filled in. Fields the class does not take
+    are ignored with a ``UserWarning`` naming them, as diffusers' ``from_config`` ignores
+    them (old configs carry retired keys); private ``_*`` entries are dropped."""
     unknown = sorted(k for k in data if not k.startswith("_") and k not in defaults)
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)} (not arguments of diffusers 0.42.1's "
-                         f"{data.get('_class_name', 'class')}; their meaning is unknown here)")
+        warnings.warn(f"{where}: ignoring field(s) {', '.join(unknown)}: not arguments of diffusers 0.42.1's "
+                      f"{data.get('_class_name', 'class')} (diffusers ignores them too)", UserWarning, stacklevel=3)
     out = dict(defaults)
-    out.update({k: v for k, v in data.items() if not k.startswith("_")})
+    out.update({k: v for k, v in data.items() if not k.startswith("_") and k in defaults})
     return out
 
 
@@ -324,7 +345,7 @@ def ddpm_config_from_diffusers(unet_config) -> DDPMConfig:
 
     Raises:
       ValueError: naming every field (and value) this U-Net does not express, in one
-        message; unknown fields; ``_class_name`` other than ``UNet2DModel``.
+        message; ``_class_name`` other than ``UNet2DModel``.
     """
     data, where = _config_dict(unet_config, UNET_CONFIG_NAME)
     cls = data.get("_class_name", "UNet2DModel")

@@ -24,6 +24,7 @@ from spec.diffusers_format import (
     ddpm_state_dict_from_diffusers,
     diffusers_key_table,
     find_diffusers_weights,
+    find_unet_directory,
     read_diffusers_weights,
     scheduler_settings_from_diffusers,
 )
@@ -40,7 +41,8 @@ __all__ = [
 
 def from_diffusers(directory, *, dtype=torch.float32) -> torch.nn.Module:
     """Our torch DDPM (NCHW, eval mode) with the weights of a diffusers ``UNet2DModel``
-    directory (``config.json`` + ``diffusion_pytorch_model.safetensors`` or ``.bin``).
+    directory (``config.json`` + ``diffusion_pytorch_model.safetensors`` or ``.bin``;
+    or a pipeline folder whose ``unet/`` holds them).
 
     ``dtype`` is the parameter dtype (float32 by default; the ``sigmas`` buffer keeps
     float64). Errors as the twin's (every unsupported config field, missing /
@@ -48,6 +50,7 @@ def from_diffusers(directory, *, dtype=torch.float32) -> torch.nn.Module:
     """
     from torch_ref.models.registry import create_model
 
+    directory = find_unet_directory(directory)
     config = ddpm_config_from_diffusers(directory)
     weights = find_diffusers_weights(directory)
     state_dict = ddpm_state_dict_from_diffusers(read_diffusers_weights(weights), config, what=str(weights))
