@@ -13,17 +13,24 @@ the config mapping, the key table and the checks are framework-neutral data in
   inference grid) and ``{"clip_denoised": clip_sample}`` for ``ddpm_sample`` /
   ``ddim_sample`` (``jax_impl.samplers_discrete``).
 
-Sampling a diffusers DDPM model with the jit-compiled DDIM (50 steps)::
+Sampling a diffusers DDPM model with the jit-compiled DDIM (50 steps; the snippet is
+run by ``parity_tests/test_diffusers.py`` and checked against diffusers' DDIMScheduler)::
 
     import jax
+    import jax.numpy as jnp
     from jax_impl.diffusers_format import diffusion_from_diffusers, from_diffusers
     from jax_impl.samplers_discrete import ddim_sample
 
-    model, variables = from_diffusers("ddpm-cifar10-32")          # the save_pretrained folder
+    model, variables = from_diffusers("ddpm-cifar10-32")   # a UNet2DModel.save_pretrained folder
     diffusion, kwargs = diffusion_from_diffusers("ddpm-cifar10-32", num_inference_steps=50)
-    sample = jax.jit(lambda key: ddim_sample(
-        key, diffusion, lambda x, t: model.apply(variables, x, t), (16, 32, 32, 3), **kwargs)[0])
-    images = sample(jax.random.key(0))                            # [16, 32, 32, 3] in [-1, 1]
+
+    @jax.jit
+    def sample(variables, x_T):   # the whole 50-step DDIM loop is one XLA program
+        eps_fn = lambda x, t: model.apply(variables, x, t)
+        return ddim_sample(None, diffusion, eps_fn, x_T.shape, x_T=x_T, **kwargs)[0]
+
+    x_T = jax.random.normal(jax.random.key(0), (16, 32, 32, 3), jnp.float32)   # NHWC
+    images = sample(variables, x_T)   # [16, 32, 32, 3] in [-1, 1]; deterministic (eta = 0)
 
 Our DDIM re-derives eps from the clipped x_0 (improved-diffusion's ``ddim_sample``):
 that is diffusers' ``DDIMScheduler.step(..., use_clipped_model_output=True)``; with
