@@ -448,10 +448,27 @@ def shard_sampler(sampler_fn: Callable[..., Any], mesh, *, batch_size=None) -> C
     ``DATA_AXIS``.
 
     ``sampler_fn`` is a driver ``fn(rng, *args, **kwargs)`` returning samples, or a tuple
-    such as ``(samples, nfe)`` (e.g. ``lambda rng, **kw: pc_sample(rng, sde, score_fn,
-    (B, 2), **kw)``; the same for ``ddpm_sample`` / ``ddim_sample``, ``ode_sample``,
-    ``ald_sample``, the fast samplers and the controllable ones). The returned
-    ``fn(rng, *args, **kwargs)``:
+    such as ``(samples, nfe)``; close over the static parts (SDE / diffusion, score or
+    model function, shape, options) and pass what varies (the key, network variables
+    placed with ``replicate``, pre-drawn ``x_T`` / ``noise``) as arguments::
+
+        pc   = shard_sampler(lambda rng, v: pc_sample(rng, sde, score(v), (B, *S)), mesh)
+        ddpm = shard_sampler(lambda rng, v: ddpm_sample(rng, diffusion, model(v), (B, *S)), mesh)
+        ddim = shard_sampler(lambda rng, v: ddim_sample(rng, diffusion, model(v), (B, *S),
+                                                        eta=0.0), mesh)
+        ode  = shard_sampler(lambda rng, v: ode_sample(rng, sde, score(v), (B, *S),
+                                                       method="rk4", num_steps=50), mesh)
+        ald  = shard_sampler(lambda rng, v: ald_sample(rng, sigmas, score(v), (B, *S)), mesh)
+        edm  = shard_sampler(lambda rng, v: edm_heun_sample(rng, sde, score(v), (B, *S)), mesh)
+        inp  = shard_sampler(lambda rng, v, data, mask: pc_inpaint(rng, sde, score(v), data,
+                                                                   mask), mesh)
+        x, nfe = pc(jax.random.key(0), replicate(variables, mesh))
+        given = shard_sampler(lambda rng, v, **kw: ddpm_sample(rng, diffusion, model(v),
+                                                               (B, *S), **kw), mesh)
+        x, nfe = given(None, v, x_T=x_T, noise=noise)  # pre-drawn, constrained to the data axis
+
+    (``likelihood`` / ``bits_per_dim`` work the same way with ``x`` as a batch argument
+    placed by ``shard_batch``.) The returned ``fn(rng, *args, **kwargs)``:
 
     * is jitted (positional ``args`` after ``rng`` are traced; pass static settings through
       the closure, not as arguments);
