@@ -102,12 +102,18 @@ class _Plan:
 
     def up_level(self, config, level: int, in_ch: int, hs_c: list, **resnet_fields) -> int:
         """``num_res_blocks + 1`` x resnet on ``concat(h, skip)`` (popping ``hs_c``), then
-        ONE attn at attention levels; returns the width."""
+        ONE attn at attention levels (score_sde's ports); with a DDPMConfig's
+        ``up_attention="per_block"`` (the TF original, diffusers) an attn after EACH of
+        those resnets instead. Returns the width."""
+        attn = config.all_resolutions[level] in config.attn_resolutions
+        per_block = getattr(config, "up_attention", "per_level") == "per_block"
         for _ in range(config.num_res_blocks + 1):
             out_ch = config.nf * config.ch_mult[level]
             self.add("resnet", in_ch + hs_c.pop(), out_ch, "up", level=level, **resnet_fields)
             in_ch = out_ch
-        if config.all_resolutions[level] in config.attn_resolutions:
+            if attn and per_block:
+                self.add("attn", in_ch, in_ch, "up", level=level)
+        if attn and not per_block:
             self.add("attn", in_ch, in_ch, "up", level=level)
         return in_ch
 
@@ -124,7 +130,7 @@ def ddpm_plan(config) -> tuple[Block, ...]:
     [Dense(nf -> 4nf), Dense(4nf -> 4nf)] (conditional), conv3x3(C -> nf); per level
     ``num_res_blocks`` x (resnet [+ attn]) [+ downsample]; middle resnet, attn, resnet;
     per level (reversed) ``num_res_blocks + 1`` x resnet on ``concat(h, skip)``, ONE attn
-    at attention levels [+ upsample]; GroupNorm(32), conv3x3(-> ``out_channels``,
+    at attention levels (``up_attention="per_block"``: one after each of them) [+ upsample]; GroupNorm(32), conv3x3(-> ``out_channels``,
     init_scale 0): C, or 2C (eps, v) with ``learn_sigma``.
     """
     p = _Plan()
