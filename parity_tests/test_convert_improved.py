@@ -20,6 +20,7 @@ import torch
 
 from jax_impl import convert as jconv
 from jax_impl import diffusion as jdiff
+from jax_impl import resample as jresample
 from jax_impl import samplers_discrete as jsd
 from jax_impl import train as jt
 from jax_impl.models import registry as jreg
@@ -196,37 +197,70 @@ def _run_config(model):
         {"learn_sigma": True, "diffusion_steps": 4, "noise_schedule": "cosine", "rescale_learned_sigmas": False})
     assert process.loss_type is LossType.MSE  # with learned sigmas: the hybrid loss L_simple + L_vlb
     train = TrainConfig().with_overrides(["training.batch_size=8", "training.schedule_sampler=loss-second-moment",
-                                          "optim.lr=1e-3", "optim.warmup=0", "model.ema_rate=0.99"])
+                                          "optim.lr=1e-3", "optim.warmup=2", "model.ema_rate=0.99"])
     return RunConfig(model=model, process=process, train=train)
 
 
+def _jax_state_from_torch(cfg, ts) -> jt.TrainState:
+    """The JAX ``TrainState`` ``create_train_state`` builds, holding the torch state's weights
+    (converted through the key table; no init program to compile)."""
+    variables = jconv.torch_to_flax_variables({k: v.detach() for k, v in ts.model.state_dict().items()}, cfg.model)
+    params = variables.pop("params")
+    sampler = jresample.create_named_schedule_sampler(cfg.train.training.schedule_sampler, cfg.process.num_timesteps)
+    return jt.TrainState(step=jnp.zeros((), jnp.int32), params=params, constants=variables,
+                         opt_state=jt.get_optimizer(cfg.train).init(params),
+                         ema=tuple(jax.tree_util.tree_map(jnp.copy, params) for _ in cfg.train.model.ema_rate),
+                         rng=jax.random.key_data(jax.random.key(3)), sampler_state=sampler.init(jnp.float32),
+                         model=jreg.create_model(cfg.model))
+
+
 def test_training_class_conditional_with_hybrid_loss_and_importance_sampling(np_rng):
-    """A few trainer steps on (x, y) batches, both frameworks: finite losses, the parameters
-    move, and the loss-second-moment sampler's history fills (T = 4 steps x 10 losses, after
-    which t is importance-sampled)."""
-    cfg = _run_config(TINY)
-    S, B = 6, 8
-    x = np.clip(np_rng.normal(0, 0.5, size=(S, B, 8, 8, 3)), -1, 1).astype(np.float32)
-    y = np_rng.integers(0, 3, size=(S, B))
-    js = jt.create_train_state(jax.random.key(0), cfg)
+    """The trainer on (x, y) batches of a learned-sigma UNetModel, hybrid loss, the
+    loss-second-moment sampler over T = 4 steps. Step 1 from the same weights, t and noise:
+    JAX == torch (loss, gradient norm, updated parameters). Then JAX steps with t drawn by the
+    trainer (``draw_randomness``): finite losses, every parameter moves (the zero-initialised
+    convs too) and the sampler's history fills (4 x 10 losses), after which t is
+    importance-sampled."""
+    cfg = _run_config(dataclasses.replace(TINY, dropout=0.0))  # no dropout: masks differ by framework
+    B = 8
+    x = np.clip(np_rng.normal(0, 0.5, size=(B, 8, 8, 3)), -1, 1).astype(np.float32)
+    y = np_rng.integers(0, 3, size=B)
+    t = np_rng.integers(0, 4, size=B).astype(np.int32)  # the dtype draw_randomness gives
+    z = np_rng.standard_normal(x.shape).astype(np.float32)
+    ts = tt.create_train_state(cfg)
+    netutils.perturb_(ts.model, np_rng, 0.02)  # non-zero output convs: every gradient is exercised
+    js = _jax_state_from_torch(cfg, ts)
     p0 = jax.tree_util.tree_map(np.asarray, js.params)
-    js, metrics = jt.make_train_step(cfg, steps_per_call=S)(js, (jnp.asarray(x), jnp.asarray(y, jnp.int32)))
-    losses = np.asarray(metrics["loss"])
-    assert losses.shape == (S,) and np.isfinite(losses).all()
-    assert int(js.step) == S
+    batch = (jnp.asarray(x), jnp.asarray(y, jnp.int32))
+    core = netutils.compile_fast(lambda s, b, t, z: jt.train_step_core(cfg, s, b, t, z),
+                                 js, batch, jnp.asarray(t), jnp.asarray(z))
+    js, mj = core(js, batch, jnp.asarray(t), jnp.asarray(z))
+    nc = lambda a: torch.as_tensor(netutils.nchw(a))  # noqa: E731
+    ts, mt = tt.train_step_core(cfg, ts, (nc(x), torch.as_tensor(y)), torch.as_tensor(t), nc(z))
+    for k in ("loss", "grad_norm"):
+        np.testing.assert_allclose(float(mj[k]), mt[k], rtol=2e-4, err_msg=k)
+    assert mt["lr"] == 0.0  # warm-up: Adam's first moment holds 0.1 * the gradient
+    adam = [s for s in jax.tree_util.tree_leaves(js.opt_state, is_leaf=lambda s: hasattr(s, "mu"))
+            if hasattr(s, "mu")][0]
+    mu_t = {k: ts.opt_state.state[p]["exp_avg"].numpy() for k, p in ts.params.items()}
+    mu_t = jconv.torch_to_flax_variables(mu_t, cfg.model)["params"]
+    flat_j = tconv.flatten_paths(jax.tree_util.tree_map(np.asarray, adam.mu))
+    scale = max(np.abs(v).max() for v in flat_j.values())  # leaves with an exactly-zero true gradient
+    for path, leaf in tconv.flatten_paths(mu_t).items():       # (biases before a norm) hold only noise
+        np.testing.assert_allclose(flat_j[path], leaf, rtol=2e-4, atol=1e-5 * scale, err_msg="/".join(path))
+    draw = jax.jit(lambda key, s, b: jt.draw_randomness(key, cfg, s, b))
+    losses = [float(mj["loss"])]
+    for i in range(9):
+        t_i, z_i = draw(jax.random.fold_in(jax.random.key(0), i), js, batch)
+        js, m = core(js, batch, t_i, z_i)
+        losses.append(float(m["loss"]))
+    assert np.isfinite(losses).all() and int(js.step) == 10
     moved = [np.abs(np.asarray(a) - b).max() for a, b in zip(jax.tree_util.tree_leaves(js.params),
                                                             jax.tree_util.tree_leaves(p0))]
-    assert min(moved) > 0  # every parameter trained (the zero-initialised convs too)
+    assert min(moved) > 0
     counts = np.asarray(js.sampler_state.loss_counts)
     assert counts.shape == (4,) and (counts == 10).all()  # warmed up: importance sampling is on
-    with pytest.raises(ValueError, match="y"):
-        jt.make_train_step(cfg)(js, jnp.asarray(x[0]))
-
-    ts = tt.create_train_state(cfg)
-    step = tt.make_train_step(cfg)
-    t_losses = []
-    for i in range(3):
-        ts, m = step(ts, (torch.as_tensor(netutils.nchw(x[i])), torch.as_tensor(y[i])),
-                     generator=torch.Generator().manual_seed(i))
-        t_losses.append(m["loss"])
-    assert np.isfinite(t_losses).all()
+    w = np.asarray(jresample.create_named_schedule_sampler("loss-second-moment", 4).weights(js.sampler_state))
+    assert not np.allclose(w, w[0])  # no longer uniform
+    with pytest.raises(ValueError, match="y"):  # a class-conditional model needs (x, y) batches
+        jt.make_train_step(cfg)(js, jnp.asarray(x))
