@@ -114,8 +114,13 @@ FULL = Sizes(mode="full", repeats=5, mlp=_mlp2d(), mlp_fit_steps=300, mlp_N=1000
              compile_cases=("mlp_pc_b64", "unet32_forward_b4", "unet32_ddim50_b4"))
 TINY = Sizes(mode="tiny", repeats=1, mlp=_mlp2d((16, 16)), mlp_fit_steps=20, mlp_N=25, mlp_batches=(8,), mlp_pc_batches=(8,),
              mlp_ode_steps=10, mlp_train_batches=(8,),
-             unet8=_unet8(), unet8_batch=4, unet32=_unet32(ch_mult=(1,), size=8), unet32_batch=4,
-             ncsnpp32=_ncsnpp32(nf=8, ch_mult=(1, 2), size=8), ncsnpp_batch=4, ddpm_steps=5, ddim_steps=5,
+             # one level, no attention: the fewest ops, so the test's compiles stay short
+             unet8=DDPMConfig(image_size=4, num_channels=1, centered=True, nf=32, ch_mult=(1,), num_res_blocks=1,
+                              attn_resolutions=(), dropout=0.0), unet8_batch=4,
+             unet32=DDPMConfig(image_size=4, num_channels=3, nf=32, ch_mult=(1,), num_res_blocks=1,
+                               attn_resolutions=(), dropout=0.0), unet32_batch=4,
+             ncsnpp32=NCSNppConfig(image_size=4, num_channels=3, nf=8, ch_mult=(1,), num_res_blocks=1,
+                                   attn_resolutions=(), dropout=0.0), ncsnpp_batch=4, ddpm_steps=5, ddim_steps=5,
              ncsnpp_pc_N=3, ncsnpp_ode_steps=3, train_image_batch=4, ode_tol=1e-2,
              compile_cases=("mlp_pc_b8",))
 SIZES = {"full": FULL, "tiny": TINY}
