@@ -440,9 +440,6 @@ def _batch_constraint(sharding):
         _TRACE_BATCH_SHARDING.reset(token)
 
 
-_BATCH_INPUTS = ("x_T", "noise")
-
-
 def shard_sampler(sampler_fn: Callable[..., Any], mesh, *, batch_size=None) -> Callable[..., Any]:
     """``sampler_fn`` jitted for ``mesh``: its batch inputs and outputs sharded along
     ``DATA_AXIS``.
@@ -472,8 +469,11 @@ def shard_sampler(sampler_fn: Callable[..., Any], mesh, *, batch_size=None) -> C
 
     * is jitted (positional ``args`` after ``rng`` are traced; pass static settings through
       the closure, not as arguments);
-    * constrains the keyword batch inputs ``x_T`` and ``noise`` (every leaf of the ``noise``
-      dict / array, leading dimension = the batch) to the batch sharding;
+    * constrains the keyword batch inputs to the batch sharding: ``x_T [B, ...]`` on its
+      leading dimension and, when ``x_T`` is given, every leaf of ``noise`` (an array or a
+      dict of ``[*lead, B, ...]`` arrays with x_T's sample dimensions last, e.g. PC's
+      ``[N, n_steps, B, ...]``) on its batch dimension (without ``x_T`` the noise keeps
+      the placement XLA propagates: the values are the same either way);
     * while tracing, makes ``per_sample_normal`` (every sampler's default prior and step
       noise) produce batch-sharded draws, so the sampler's state is split from step 0;
     * returns every output leaf whose leading dimension is the batch size (``batch_size``,
@@ -492,17 +492,21 @@ def shard_sampler(sampler_fn: Callable[..., Any], mesh, *, batch_size=None) -> C
         batch_size = check_divisible(batch_size, mesh)
     bsh, rep = batch_sharding(mesh), replicated_sharding(mesh)
 
-    def constrain_input(a):
-        a = jnp.asarray(a)
-        if a.ndim >= 1:
-            check_divisible(a.shape[0], mesh, "batch_size")
-            return jax.lax.with_sharding_constraint(a, bsh)
-        return a
+    def constrain(a, axis: int):
+        """``a`` split along DATA_AXIS on its batch ``axis``."""
+        check_divisible(a.shape[axis], mesh, "batch_size")
+        return jax.lax.with_sharding_constraint(
+            a, NamedSharding(mesh, P(*([None] * axis), DATA_AXIS)))
 
     def traced(rng, *args, **kwargs):
-        for name in _BATCH_INPUTS:
-            if kwargs.get(name) is not None:
-                kwargs[name] = jax.tree_util.tree_map(constrain_input, kwargs[name])
+        x_T = kwargs.get("x_T")
+        if x_T is not None:
+            x_T = kwargs["x_T"] = constrain(jnp.asarray(x_T), 0) if jnp.ndim(x_T) >= 1 else x_T
+        if kwargs.get("noise") is not None and x_T is not None and jnp.ndim(x_T) >= 1:
+            # a noise leaf is [*lead, B, ...] with x_T's sample dims last
+            kwargs["noise"] = jax.tree_util.tree_map(
+                lambda z: (constrain(jnp.asarray(z), jnp.ndim(z) - jnp.ndim(x_T))
+                           if jnp.ndim(z) >= jnp.ndim(x_T) else z), kwargs["noise"])
         with _batch_constraint(bsh):
             out = sampler_fn(rng, *args, **kwargs)
         leaves, treedef = jax.tree_util.tree_flatten(out)
