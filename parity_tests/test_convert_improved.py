@@ -81,7 +81,8 @@ def test_conversion_errors_name_the_key(tmp_path):
     with pytest.raises(KeyError, match=r"unexpected key\(s\).*input_blocks\.9\.0\.op\.weight"):
         tconv.from_improved_diffusion(extra, TWO_LEVELS)
     bad = dict(sd, **{"label_emb.weight": torch.zeros(1000, 128)})  # class_cond=True's 1000 classes
-    with pytest.raises(ValueError, match=r"label_emb\.weight: shape \(1000, 128\) does not match the expected \(4, 128\)"):
+    with pytest.raises(ValueError,
+                       match=r"label_emb\.weight: shape \(1000, 128\) does not match the expected \(4, 128\)"):
         jconv.from_improved_diffusion(bad, TWO_LEVELS)
     nan = dict(sd, **{"out.2.bias": torch.full((6,), float("nan"))})
     with pytest.raises(ValueError, match=r"out\.2\.bias"):

@@ -241,7 +241,8 @@ def test_flags_map_onto_the_configs_as_the_official_code():
 def test_config_validation_names_the_field():
     bad = [
         ({"model_channels": 48}, ValueError, "multiples of 32"),
-        ({"image_size": 10, "channel_mult": (1, 2, 2)}, ValueError, "image_size 10 must be divisible by the down-sampling factor"),
+        ({"image_size": 10, "channel_mult": (1, 2, 2)}, ValueError,
+         "image_size 10 must be divisible by the down-sampling factor"),
         ({"image_size": 16}, ValueError, "channel_mult must be given for image_size 16"),
         ({"dims": 3}, ValueError, "dims must be 2"),
         ({"num_heads": 3}, ValueError, "num_heads=3 must divide the attention width"),

@@ -10,9 +10,9 @@ is guessed from names or ranks.
   values; ``KeyError`` (missing / unexpected keys) or ``ValueError`` / ``TypeError``
   naming the key otherwise.
 - ``torch_to_flax(state_dict, table)`` -> nested ``{collection: {module: {leaf: array}}}``
-  (conv kernels OIHW -> HWIO, 1-D conv kernels OIK -> KIO, dense (out, in) -> (in, out)); ``flax_to_torch(variables,
-  table)`` -> the flat OrderedDict in state_dict order (derived buffers first). The round
-  trip is exact (a transpose permutes the same values).
+  (conv kernels OIHW -> HWIO, 1-D conv kernels OIK -> KIO, dense (out, in) -> (in, out));
+  ``flax_to_torch(variables, table)`` -> the flat OrderedDict in state_dict order (derived
+  buffers first). The round trip is exact (a transpose permutes the same values).
 - ``score_sde_state_dict(checkpoint, config, weights)``: the official-named state_dict of
   a score_sde_pytorch checkpoint (``model``, ``ema.shadow_params`` in trainable-parameter
   order, ``step``), EMA substituted for ``weights="ema"``.
