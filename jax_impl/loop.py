@@ -21,8 +21,8 @@ trains ``config`` (a ``spec.RunConfig``) in ``workdir``:
 - ``workdir/samples/step_<step>.png``: 64 samples from the first EMA parameters at every
   snapshot (the SDE's N steps of Euler-Maruyama for the continuous "sde" loss, of the
   reverse-diffusion predictor for "smld" / "ddpm", no corrector; ancestral DDPM for a
-  DiffusionConfig; annealed Langevin for ``anneal_dsm``): a scatter for 2-D data, an image
-  grid otherwise;
+  DiffusionConfig; annealed Langevin for ``anneal_dsm``; a class-conditional model draws
+  sample j of class ``j mod C``): a scatter for 2-D data, an image grid otherwise;
 - a tqdm bar on stderr with the loss and steps/s (``progress=False`` turns it off).
 
 Class-conditional models (``getattr(config.model, "num_classes", 0) > 0``) train on ``(x, y)``
@@ -230,8 +230,12 @@ def _make_sampler(config):
     loss = config.resolved_loss
     process = config.process
 
+    y = _snapshot_labels(config, NUM_SNAPSHOT_SAMPLES)
+
     def apply(variables):
-        return lambda x, labels: model.apply(variables, x, labels, train=False)
+        if y is None:
+            return lambda x, labels: model.apply(variables, x, labels, train=False)
+        return lambda x, labels: model.apply(variables, x, labels, y=jnp.asarray(y, jnp.int32), train=False)
 
     if loss == "anneal_dsm":
         sigmas = np.asarray(config.model.sigmas, np.float64)
@@ -386,11 +390,28 @@ def _labels(config, num_examples: int):
     y, _ = load_labels(config.data)
     if len(y) != num_examples:  # pragma: no cover -- load_labels aligns them
         raise ValueError(f"data: {len(y)} labels for {num_examples} training examples")
-    k = int(config.model.num_classes)
+    k = _data_classes(config)
     if len(y) and int(y.max()) >= k:
-        raise ValueError(f"model.num_classes={k} but the data's labels reach {int(y.max())} "
-                         f"(data.dataset={config.data.dataset!r}); set model.num_classes >= {int(y.max()) + 1}")
+        null = " (the last class is label_dropout's null class)" if k < config.model.num_classes else ""
+        raise ValueError(f"model.num_classes={config.model.num_classes} leaves {k} data classes{null} but the "
+                         f"data's labels reach {int(y.max())} (data.dataset={config.data.dataset!r}); set "
+                         f"model.num_classes >= {int(y.max()) + 1 + (k < config.model.num_classes)}")
     return y
+
+
+def _data_classes(config) -> int:
+    """How many classes the data may use: ``num_classes``, less the null class when
+    ``training.label_dropout > 0`` (classifier-free guidance)."""
+    k = int(config.model.num_classes)
+    return k - 1 if getattr(config.train.training, "label_dropout", 0.0) > 0 else k
+
+
+def _snapshot_labels(config, n: int):
+    """The class of each snapshot sample: ``0, 1, ..., C-1, 0, 1, ...`` over the data's C
+    classes (int64 numpy), so the picture shows every class; None when unconditional."""
+    if not getattr(config.model, "num_classes", 0) > 0:
+        return None
+    return np.arange(n, dtype=np.int64) % max(_data_classes(config), 1)
 
 
 class _HostBatches:

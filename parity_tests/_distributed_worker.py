@@ -4,7 +4,8 @@
 
 Joins the job through the command line's own start-up (``scorediff.distributed``:
 ``SCOREDIFF_HOST_DEVICES`` host devices, gloo collectives, ``jax.distributed.initialize``
-at ``127.0.0.1:PORT``), trains :func:`tiny_config` (``n_iters`` N_ITERS) for STEPS steps in WORKDIR with
+at ``127.0.0.1:PORT``), trains :func:`train_config` (``n_iters`` N_ITERS; class-conditional, so the batches carry
+labels) for STEPS steps in WORKDIR with
 ``jax_impl.loop.train`` (the mesh over every process's devices) and, in process 0, writes
 the final parameters and EMA (host numpy, keyed by their pytree paths), the device /
 process counts and ``NUM_SAMPLES`` samples drawn by ``scorediff sample``'s multi-process
@@ -25,17 +26,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scorediff import distributed  # noqa: E402
 
 
-def tiny_config(n_iters: int):
-    """MLP (32, 32) on 2000 mixture points, VP SDE with N=20, global batch 16."""
+def tiny_config(n_iters: int, *, num_classes: int = 0, label_dropout: float = 0.0):
+    """MLP (32, 32) on 2000 mixture points, VP SDE with N=20, global batch 16; with
+    ``num_classes`` class-conditional on the mixture component (and ``label_dropout``)."""
     from spec.configs import VPSDEConfig
     from spec.datasets import DataConfig
     from spec.model_configs import MLPConfig
     from spec.train_config import EMAConfig, OptimConfig, RunConfig, TrainConfig, TrainingConfig
 
-    return RunConfig(model=MLPConfig(hidden_dims=(32, 32), embedding_dim=16),
+    return RunConfig(model=MLPConfig(hidden_dims=(32, 32), embedding_dim=16, num_classes=num_classes),
                      train=TrainConfig(training=TrainingConfig(batch_size=16, n_iters=n_iters,
                                                                snapshot_freq=n_iters, log_freq=1,
-                                                               keep=2),
+                                                               keep=2, label_dropout=label_dropout),
                                        optim=OptimConfig(lr=2e-3, warmup=2, grad_clip=1.0),
                                        model=EMAConfig(ema_rate=(0.9,))),
                      data=DataConfig(dataset="gmm", num_train=2000, num_test=500),
@@ -46,6 +48,21 @@ def tiny_config(n_iters: int):
 SAMPLER = {"name": "pc", "predictor": "euler_maruyama", "corrector": "none"}
 NUM_SAMPLES = 16
 SEED = 3
+
+
+def train_config(n_iters: int):
+    """The run the processes train: class-conditional on the 3 mixture components plus
+    classifier-free guidance's null class (label dropout 0.25)."""
+    return tiny_config(n_iters, num_classes=4, label_dropout=0.25)
+
+
+def sampling_params():
+    """The parameters of the sampling check: a fresh unconditional tiny MLP (any weights do)."""
+    import jax
+
+    from jax_impl.train import create_train_state
+
+    return {"params": create_train_state(jax.random.key(7), tiny_config(1)).params}
 
 
 def flat(tree) -> dict:
@@ -71,15 +88,15 @@ def main() -> None:
     jax.config.update("jax_numpy_rank_promotion", "raise")
     from jax_impl.loop import train
 
-    config = tiny_config(int(n_iters))
+    config = train_config(int(n_iters))
     state = train(config, workdir, max_steps=int(steps), progress=False)
     params, ema = flat(state.params), flat(state.ema)  # every process takes part
     # `scorediff sample`'s multi-process path: each process computes its share of the samples
     from jax_impl.sharding import to_host
     from scorediff import cli, sampling
 
-    plan = sampling.resolve(config, SAMPLER, num=NUM_SAMPLES)
-    samples, nfe, _, _ = cli._sample_on_mesh(plan, {"params": to_host(state.ema[0])}, SEED)
+    plan = sampling.resolve(tiny_config(1), SAMPLER, num=NUM_SAMPLES)
+    samples, nfe, _, _ = cli._sample_on_mesh(plan, to_host(sampling_params()), SEED)
     if jax.process_index() == 0:
         np.savez(out, **{"params" + k: v for k, v in params.items()},
                  **{"ema" + k: v for k, v in ema.items()}, samples=samples, nfe=np.int64(nfe),

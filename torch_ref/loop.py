@@ -241,6 +241,10 @@ def _draw_samples(config, state, shape, *, generator=None) -> torch.Tensor:
 
     model = _ema_model(state, state.model)
     model_fn = get_model_fn(model)
+    y = _snapshot_labels(config, shape[0])
+    if y is not None:  # class-conditional: sample j of class j mod C (as the twin)
+        y = torch.as_tensor(y, dtype=torch.int64)
+        model_fn = lambda x, labels: model(x, labels, y=y)  # noqa: E731
     loss = config.resolved_loss
     if loss == "anneal_dsm":
         out, _ = samplers.ald_sample(config.model.sigmas, model_fn, shape, generator=generator)
@@ -346,11 +350,28 @@ def _labels(config, num_examples: int):
     y, _ = datasets.load_labels(config.data)
     if len(y) != num_examples:  # pragma: no cover -- load_labels aligns them
         raise ValueError(f"data: {len(y)} labels for {num_examples} training examples")
-    k = int(config.model.num_classes)
+    k = _data_classes(config)
     if len(y) and int(y.max()) >= k:
-        raise ValueError(f"model.num_classes={k} but the data's labels reach {int(y.max())} "
-                         f"(data.dataset={config.data.dataset!r}); set model.num_classes >= {int(y.max()) + 1}")
+        null = " (the last class is label_dropout's null class)" if k < config.model.num_classes else ""
+        raise ValueError(f"model.num_classes={config.model.num_classes} leaves {k} data classes{null} but the "
+                         f"data's labels reach {int(y.max())} (data.dataset={config.data.dataset!r}); set "
+                         f"model.num_classes >= {int(y.max()) + 1 + (k < config.model.num_classes)}")
     return y
+
+
+def _data_classes(config) -> int:
+    """How many classes the data may use: ``num_classes``, less the null class when
+    ``training.label_dropout > 0`` (classifier-free guidance)."""
+    k = int(config.model.num_classes)
+    return k - 1 if getattr(config.train.training, "label_dropout", 0.0) > 0 else k
+
+
+def _snapshot_labels(config, n: int):
+    """The class of each snapshot sample: ``0, 1, ..., C-1, 0, 1, ...`` over the data's C
+    classes (int64 numpy), so the picture shows every class; None when unconditional."""
+    if not getattr(config.model, "num_classes", 0) > 0:
+        return None
+    return np.arange(n, dtype=np.int64) % max(_data_classes(config), 1)
 
 
 def train(config, workdir, *, max_steps: int | None = None, progress: bool = True, eval_fn=None):
