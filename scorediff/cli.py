@@ -434,7 +434,8 @@ def cmd_sample(args) -> int:
         raise UsageError(f"--out {str(out)!r} is a directory")
     plan = sampling.resolve(config, default, name=args.sampler, overrides=_sampler_overrides(args),
                             num=args.num)
-    if jax.device_count() > 1:  # several devices / processes: each computes its share
+    if jax.process_count() > 1:  # several processes: each computes its share (one process
+        # with several devices: JaxSampler splits the batch over them itself)
         x, nfe, compile_s, wall = _sample_on_mesh(plan, variables, args.seed)
         if jax.process_index() != 0:
             return 0  # process 0 writes the files
@@ -469,8 +470,8 @@ def cmd_sample(args) -> int:
 
 
 def _sample_on_mesh(plan, variables, seed: int):
-    """The plan's sampler over a mesh of every device (every process): the batch split along
-    its data axis, each device computing its own samples (per-sample noise, so they equal
+    """The plan's sampler over a mesh of every device of every process (``--num`` must divide
+    by their count; ValueError naming it otherwise): the batch split along its data axis, each device computing its own samples (per-sample noise, so they equal
     the 1-device samples); returns ``(samples on the host, nfe, None, wall_s)`` (the wall
     time includes the compilation)."""
     import jax
