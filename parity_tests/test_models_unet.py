@@ -60,20 +60,31 @@ def _pair(config, rng):
     return tm, junet.UNetModel(config), variables
 
 
+#: The config whose parity program also runs flax's train mode twice (dropout keys 1 and 2).
+DROPOUT_CHECKED = "three_levels_no_attn_add_norm_pool_resample"
+
+
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_unet_parity_outputs_and_input_gradients(name, np_rng):
+    """Eval-mode outputs and input gradients, flax (one jit program) == torch; for
+    ``DROPOUT_CHECKED`` the same program applies dropout (``train=True``) with two keys:
+    they differ from each other and from eval mode (compiled once, with the parity)."""
     config = CONFIGS[name]
     tm, fm, variables = _pair(config, np_rng)
     x, t, y = _inputs(config, np_rng)
     w = np_rng.normal(size=x.shape[:3] + (config.out_channels,)).astype(np.float32)
     yj = None if y is None else jnp.asarray(y, jnp.int32)
+    dropout = name == DROPOUT_CHECKED
 
     def out_and_grad(v, x, t, w):
         out, vjp = jax.vjp(lambda x: fm.apply(v, x, t, y=yj), x)
-        return out, vjp(w)[0]
+        if not dropout:
+            return out, vjp(w)[0]
+        train = lambda k: fm.apply(v, x, t, y=yj, train=True, rngs={"dropout": jax.random.PRNGKey(k)})  # noqa: E731
+        return out, vjp(w)[0], train(1), train(2)
 
     args = (variables, jnp.asarray(x), jnp.asarray(t), jnp.asarray(w))
-    out_j, grad_j = (np.asarray(a) for a in netutils.compile_fast(out_and_grad, *args)(*args))
+    out_j, grad_j, *trained = (np.asarray(a) for a in netutils.compile_fast(out_and_grad, *args)(*args))
     xt = torch.as_tensor(netutils.nchw(x)).requires_grad_(True)
     out_t = tm(xt, torch.as_tensor(t), y=None if y is None else torch.as_tensor(y))
     (out_t * torch.as_tensor(netutils.nchw(w))).sum().backward()
@@ -82,34 +93,26 @@ def test_unet_parity_outputs_and_input_gradients(name, np_rng):
     err_out = netutils.assert_rel_close(out_j, netutils.nhwc(out_t.detach().numpy()), 1e-5, "output")
     err_grad = netutils.assert_rel_close(grad_j, netutils.nhwc(xt.grad.numpy()), 1e-5, "input gradient")
     print(f"{name}: max normalised flax-torch difference output {err_out:.2e}, input gradient {err_grad:.2e}")
+    if dropout:
+        a, b = trained
+        assert np.abs(a - b).max() > 1e-4 and np.abs(a - out_j).max() > 1e-4
 
 
-def test_unet_dropout_train_modes_and_labels_change_the_output(np_rng):
-    """flax: dropout only with ``train=True`` (two keys differ, eval is deterministic); torch:
-    the same in train / eval mode, and the class label reaches the output."""
-    config = CONFIGS["three_levels_no_attn_add_norm_pool_resample"]
-    tm, fm, variables = _pair(config, np_rng)
+def test_unet_torch_dropout_modes_and_labels_change_the_output(np_rng):
+    """torch: dropout only in train mode, eval deterministic; the class label reaches the
+    output (flax's train mode is checked inside the parity program of ``DROPOUT_CHECKED``)."""
+    config = CONFIGS[DROPOUT_CHECKED]
+    tm = _official_like(config, np_rng)
     x, t, _ = _inputs(config, np_rng)
-    xj, tj = jnp.asarray(x), jnp.asarray(t)
-
-    def outputs(v, x, t):
-        train = lambda k: fm.apply(v, x, t, train=True, rngs={"dropout": jax.random.PRNGKey(k)})  # noqa: E731
-        return train(1), train(2), fm.apply(v, x, t)
-
-    a, b, e = (np.asarray(o) for o in netutils.compile_fast(outputs, variables, xj, tj)(variables, xj, tj))
-    assert np.abs(a - b).max() > 1e-4 and np.abs(a - e).max() > 1e-4
     xt, tt = torch.as_tensor(netutils.nchw(x)), torch.as_tensor(t)
     with torch.no_grad():
         tm.train()
         ta, tb = tm(xt, tt), tm(xt, tt)
         tm.eval()
         te = tm(xt, tt)
-    assert (ta - tb).abs().max() > 1e-4 and torch.equal(te, tm(xt, tt))
-    netutils.assert_rel_close(e, netutils.nhwc(te.numpy()), 1e-5, "eval output")
-    cond = CONFIGS["attn_heads_scaleshift_classcond_learnsigma_dropout_checkpoint"]
-    tc = _official_like(cond, np_rng)
-    with torch.no_grad():
-        y0, y1 = tc(xt, tt, y=torch.tensor([0, 0])), tc(xt, tt, y=torch.tensor([1, 0]))
+        assert (ta - tb).abs().max() > 1e-4 and (ta - te).abs().max() > 1e-4 and torch.equal(te, tm(xt, tt))
+        cond = _official_like(CONFIGS["attn_heads_scaleshift_classcond_learnsigma_dropout_checkpoint"], np_rng)
+        y0, y1 = cond(xt, tt, y=torch.tensor([0, 0])), cond(xt, tt, y=torch.tensor([1, 0]))
     assert (y0[0] - y1[0]).abs().max() > 1e-4 and torch.equal(y0[1], y1[1])
 
 
