@@ -25,7 +25,7 @@ from jax_impl.models import registry as jreg
 from jax_impl.models.mlp import MLP as JMLP
 from parity_tests.helpers import tol
 from spec.convert import flax_to_torch, torch_to_flax
-from spec.keytables import KeyMap, mlp_key_table
+from spec.keytables import mlp_key_table
 from spec.model_configs import MLPConfig
 from spec.train_config import RunConfig, TrainConfig, null_label
 from torch_ref import train as tt
@@ -39,14 +39,11 @@ IMG = MLPConfig(data_dim=16, image_size=4, num_channels=1, hidden_dims=(16,), em
 
 
 def key_table(cfg):
-    """The MLP's key table plus its class embedding (``label_emb.weight [K, 4E]`` <->
+    """The MLP's key table, class embedding included (``label_emb.weight [K, 4E]`` <->
     ``params/label_emb/embedding``; torch registers it after ``temb_proj``)."""
-    table = list(mlp_key_table(cfg))
-    if cfg.num_classes:
-        at = max(i for i, km in enumerate(table) if km.torch_key.startswith(("temb", "embed"))) + 1
-        table.insert(at, KeyMap("label_emb.weight", ("params", "label_emb", "embedding"), "same",
-                                (cfg.num_classes, cfg.temb_dim)))
-    return tuple(table)
+    table = mlp_key_table(cfg)
+    assert ("label_emb.weight" in [km.torch_key for km in table]) == bool(cfg.num_classes)
+    return table
 
 
 def _to_torch(cfg, variables, module):

@@ -28,7 +28,7 @@ OFFICIAL_COUNTS = {  # measured from the official score_sde code (DESIGN.md / is
 
 def test_registries_list_the_same_models():
     assert set(jreg.MODELS) == set(treg.MODELS) == {
-        "mlp", "ddpm", "ncsnpp", "ncsn", "ncsnv2_64", "ncsnv2_128", "ncsnv2_256"}
+        "mlp", "ddpm", "ncsnpp", "ncsn", "ncsnv2_64", "ncsnv2_128", "ncsnv2_256", "improved_unet"}
     for name in jreg.MODELS:
         assert jreg.get_config_class(name) is treg.get_config_class(name)
     with pytest.raises(ValueError, match="unknown model name 'unet'.*valid choices"):

@@ -216,6 +216,8 @@ def mlp_key_table(config: MLPConfig) -> KeyTable:
         tb.dense("temb_1.", ("params", "temb_1"), T, T)
         for i, w in enumerate(config.hidden_dims):
             tb.dense(f"temb_proj.{i}.", ("params", f"temb_proj_{i}"), T, w)
+        if config.num_classes:  # the class embedding [K, 4E], registered after temb_proj
+            tb.add("label_emb.weight", ("params", "label_emb", "embedding"), "same", (config.num_classes, T))
     widths = (config.data_dim,) + tuple(config.hidden_dims)
     for i in range(len(config.hidden_dims)):
         tb.dense(f"layers.{i}.", ("params", f"layers_{i}"), widths[i], widths[i + 1])
