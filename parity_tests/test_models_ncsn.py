@@ -11,6 +11,7 @@ InstanceNorm++ is checked against a float64 numpy oracle of its formula.
 from __future__ import annotations
 
 import copy
+import functools
 import subprocess
 import sys
 
@@ -256,8 +257,11 @@ CASES = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def converted(case):
-    """(jax model, torch model, flax variables) with random perturbed torch weights."""
+    """(jax model, torch model, flax variables) with random perturbed torch weights; built
+    once per case in this file (the float32 and float64 parity tests share it; neither
+    changes it: the torch model is deep-copied before use)."""
     jcls, jcfg_cls, jtable, tcls, tcfg_cls, kw = CASES[case]
     jcfg, tcfg = jcfg_cls(**kw), tcfg_cls(**kw)
     torch.manual_seed(0)  # the default init draws from the global generator
@@ -403,7 +407,7 @@ def test_from_ncsnv2_matches_torch(ckpt, tmp_path, np_rng):
     with torch.no_grad():
         out_t = tmodel(torch.from_numpy(x), torch.from_numpy(y)).numpy()
         out_ema = ema(torch.from_numpy(x), torch.from_numpy(y)).numpy()
-    apply = jax.jit(jmodel.apply)
+    apply = jit_fast(jmodel.apply)  # one program: EMA and raw weights have the same shapes
     out_j = nchw(np.asarray(apply(variables, jnp.asarray(nhwc(x)), jnp.asarray(y))))
     np.testing.assert_array_equal(out_t, out_ema)
     assert max_rel(out_j, out_t) < REL
