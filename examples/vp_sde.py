@@ -74,13 +74,14 @@ def main(argv=None) -> dict:
     # Predictor: reverse diffusion (the discretisation of the reverse SDE, Eq. (6) and
     # (46)); corrector: one Langevin step per time (Algorithm 5, snr 0.16).
     # pc_sample runs the N steps in one lax.scan; here pc_loop runs the same steps in ten
-    # chunks (five with --tiny; equal lengths: one compilation) to look at x_t in between.
+    # chunks (equal lengths: one compilation per kind of chunk) to look at x_t in between;
+    # --tiny runs them as one chunk (one compilation: the denoised last chunk).
     n = 64 if tiny else 1000
     N = 25 if tiny else process.N          # the discrete steps need N > beta_max
     sde_s = VPSDE(beta_min=0.1, beta_max=20.0, N=N)
     pred, corr, ts = samplers.pc_components(sde_s, predictor="reverse_diffusion",
                                             corrector="langevin", snr=0.16)
-    chunks = np.split(ts, 5 if tiny else 10)
+    chunks = np.split(ts, 1 if tiny else 10)
     key = jax.random.key(1)
     x = sde_s.prior_sampling(jax.random.fold_in(key, 0), (n, 2))   # x_T ~ N(0, I)
     run_chunk = jax.jit(lambda k, x, t, last: samplers.pc_loop(k, sde_s, score_fn, x, pred, corr, t,
