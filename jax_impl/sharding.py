@@ -371,7 +371,9 @@ def make_sharded_train_step(run_config, mesh, *, shard_params=False):
     def one_step(state, batch, base=None):
         key = jax.random.fold_in(state.rng if base is None else base, state.step)
         t, noise = _train.draw_randomness(key, run_config, state, batch)
-        return _train.train_step_core(run_config, state, batch, t, noise)
+        # the label-dropout mask from the same step key as t and the noise (as make_train_step)
+        label_drop = _train.draw_label_drop(key, run_config, state, batch)
+        return _train.train_step_core(run_config, state, batch, t, noise, label_drop=label_drop)
 
     cache: dict = {}
 
