@@ -20,6 +20,10 @@ in ``spec.checkpoints``; ``save_checkpoint`` writes them) load without torch ins
   ``from_improved_diffusion(checkpoint, config)`` for openai/improved-diffusion's ``.pt``
   files (``config``: a ``UNetModelConfig`` or the flags dict), ``model.apply(variables,
   x_nhwc, t)`` (``y=`` labels for class-conditional models).
+- ``from_diffusers(directory)`` -> ``(model, variables)``: a diffusers ``UNet2DModel``
+  directory (``config.json`` + ``.safetensors`` read without torch, or ``.bin``) as our DDPM
+  in the TF/diffusers layout; ``diffusion_from_diffusers(directory)`` its scheduler config
+  as a ``GaussianDiffusion`` (re-exported from ``jax_impl.diffusers_format``).
 - ``score_sde_state_dict`` / ``ncsnv2_state_dict`` / ``improved_diffusion_state_dict``: the
   validated numpy state_dicts.
 
@@ -55,6 +59,8 @@ from spec.convert import (
     torch_to_flax,
 )
 from spec.keytables import LAYOUTS, KeyMap, KeyTable, derived_buffers, key_table, num_parameters
+# diffusers' UNet2DModel directories and scheduler configs (the module's own docstring has the details)
+from jax_impl.diffusers_format import diffusion_from_diffusers, from_diffusers  # noqa: E402,F401
 
 __all__ = [
     "KeyMap",
@@ -79,6 +85,8 @@ __all__ = [
     "from_score_sde",
     "from_ncsnv2",
     "from_improved_diffusion",
+    "from_diffusers",
+    "diffusion_from_diffusers",
     "save_variables",
     "load_variables",
 ]

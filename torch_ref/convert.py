@@ -41,6 +41,8 @@ from spec import convert as _convert
 from spec.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
 from spec.convert import WEIGHTS, check_state_dict, flatten_paths, strip_prefix, torch_to_flax
 from spec.keytables import LAYOUTS, KeyMap, KeyTable, derived_buffers, key_table, num_parameters
+# diffusers' UNet2DModel directories and scheduler configs (the module's own docstring has the details)
+from torch_ref.diffusers_format import diffusion_from_diffusers, from_diffusers  # noqa: E402,F401
 
 __all__ = [
     "KeyMap",
@@ -65,6 +67,8 @@ __all__ = [
     "from_score_sde",
     "from_ncsnv2",
     "from_improved_diffusion",
+    "from_diffusers",
+    "diffusion_from_diffusers",
     "save_state_dict",
     "load_state_dict",
 ]
