@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(args, timeout=900, env_extra=None):
+def _run(args, timeout=3600, env_extra=None):  # a hang guard only (shared machines are slow)
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)  # the main process runs on JAX's default device set-up
     env.update(env_extra or {})
@@ -146,6 +146,6 @@ _SHARDED_SAMPLER = textwrap.dedent("""
 
 
 def test_sampler_shards_the_batch():
-    proc = _run(["-c", _SHARDED_SAMPLER], timeout=600)
+    proc = _run(["-c", _SHARDED_SAMPLER])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "OK" in proc.stdout
