@@ -1,7 +1,8 @@
 """The benchmark harness (``python -m benchmarks.run``, issue 11) and the CLI sampler's
 automatic batch sharding (``scorediff.sampling.JaxSampler``).
 
-* ``test_tiny_suite``: the one command runs EVERY configuration of ``benchmarks.cases`` at its
+* ``test_tiny_suite`` (slow: ~16 configurations x 2 compiles; measured 5-8 CPU minutes on the
+  loaded shared machine): the one command runs EVERY configuration of ``benchmarks.cases`` at its
   tiny size (one repeat) in a subprocess, with every contender except ``torch.compile``
   (whose compile alone costs ~20-40 s of CPU even for the tiny MLP: ``test_torch_compile_row``,
   marked slow); each contender's output must agree with the ``jax`` row's, and the JSON
@@ -53,6 +54,7 @@ def _check_result(out_dir: Path, names, contenders_of):
     return doc
 
 
+@pytest.mark.slow  # minutes of CPU on the shared 2-core machine (> the 60 s aim): the lead may unmark
 def test_tiny_suite(tmp_path):
     from benchmarks import cases as C
 
