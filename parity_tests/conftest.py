@@ -69,16 +69,19 @@ torch.set_num_threads(1)
 # the older wall-clock figures under ``-n 2``. Files not listed (new ones) go first, with the
 # unknown-but-maybe-long ones.
 FILE_SECONDS = {
-    "test_examples.py": 162, "test_cli.py": 137, "test_ode.py": 120, "test_diffusion.py": 107,
-    "test_likelihood.py": 107, "test_models_ncsn.py": 103, "test_samplers_discrete.py": 95,
-    "test_readme.py": 95, "test_train.py": 90, "test_models_ncsnpp.py": 86, "test_samplers_pc.py": 73,
-    "test_demo.py": 66, "test_checkpoints.py": 61, "test_torch_train_loop.py": 59, "test_train_loop.py": 58,
-    "test_sampler_contract.py": 47, "test_train_loop_quality.py": 36, "test_sde.py": 34,
-    "test_fast_samplers.py": 33, "test_losses.py": 32, "test_registry.py": 27, "test_models_ddpm.py": 19,
-    "test_controllable.py": 19, "test_samplers_ald.py": 18, "test_gmm.py": 15, "test_models_mlp.py": 13,
-    "test_checkpoint_manager.py": 10, "test_resample.py": 8, "test_convert.py": 7, "test_boundaries.py": 6,
-    "test_validation.py": 5, "test_score_fn.py": 5, "test_data.py": 1, "test_spec.py": 1,
-    "test_mirror.py": 0.2, "test_train_config.py": 0.1,
+    "test_examples.py": 215, "test_distributed.py": 142, "test_cli.py": 137, "test_ode.py": 120,
+    "test_class_conditional.py": 110, "test_diffusion.py": 107, "test_likelihood.py": 107,
+    "test_models_ncsn.py": 104, "test_sharding.py": 96, "test_samplers_discrete.py": 95, "test_readme.py": 95,
+    "test_train.py": 90, "test_models_ncsnpp.py": 86, "test_samplers_pc.py": 73, "test_demo.py": 66,
+    "test_checkpoints.py": 61, "test_torch_train_loop.py": 59, "test_train_loop.py": 58,
+    "test_models_unet.py": 51, "test_diffusers.py": 50, "test_convert_improved.py": 47,
+    "test_guidance.py": 47, "test_sampler_contract.py": 47, "test_benchmarks.py": 40,
+    "test_train_loop_quality.py": 36, "test_sde.py": 34, "test_fast_samplers.py": 33, "test_losses.py": 32,
+    "test_registry.py": 27, "test_mlp_images.py": 21, "test_models_ddpm.py": 19, "test_controllable.py": 19,
+    "test_samplers_ald.py": 18, "test_gmm.py": 15, "test_models_mlp.py": 13, "test_checkpoint_manager.py": 10,
+    "test_resample.py": 8, "test_convert.py": 7, "test_boundaries.py": 6, "test_validation.py": 5,
+    "test_score_fn.py": 5, "test_data.py": 1, "test_spec.py": 1, "test_mirror.py": 0.2,
+    "test_train_config.py": 0.1,
 }
 
 
