@@ -66,6 +66,11 @@ def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-steps-each", dest="n_steps_each", type=int, help="ald: Langevin steps per noise level")
     g.add_argument("--step-lr", dest="step_lr", type=float, help="ald: the step size eps")
     g.add_argument("--eta", type=float, help="ddim: 0 deterministic, 1 DDPM-like")
+    g.add_argument("--class", dest="class_label", type=int, metavar="K",
+                   help="class-conditional runs: every sample of class K (default: sample j of class j mod C)")
+    g.add_argument("--guidance-scale", dest="guidance_scale", type=float, metavar="W",
+                   help="class-conditional runs trained with label dropout: classifier-free guidance "
+                        "scale (1: the conditional model, 0: unconditional, > 1: guided)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -723,10 +728,17 @@ def cmd_compare(args) -> int:
     x0 = x0 if x0 is not None and len(x0) == shape[0] else rng.standard_normal(shape).astype(np.float32)
     x_in = (x0 + 0.5 * rng.standard_normal(shape)).astype(np.float32)
     labels = _labels(config, rng, shape[0])
-    out_j = np.asarray(jax.jit(lambda v, x, t: model.apply(v, x, t, train=False))(
-        variables, jnp.asarray(x_in), jnp.asarray(labels)))
-    with torch.no_grad():
-        out_t = module(_to_torch(x_in), torch.as_tensor(labels)).numpy()
+    classes = sampling.sample_labels(plan)   # class-conditional runs: the classes sampled
+    if classes is None:
+        out_j = np.asarray(jax.jit(lambda v, x, t: model.apply(v, x, t, train=False))(
+            variables, jnp.asarray(x_in), jnp.asarray(labels)))
+        with torch.no_grad():
+            out_t = module(_to_torch(x_in), torch.as_tensor(labels)).numpy()
+    else:
+        out_j = np.asarray(jax.jit(lambda v, x, t, y: model.apply(v, x, t, y=y, train=False))(
+            variables, jnp.asarray(x_in), jnp.asarray(labels), jnp.asarray(classes, jnp.int32)))
+        with torch.no_grad():
+            out_t = module(_to_torch(x_in), torch.as_tensor(labels), y=torch.as_tensor(classes)).numpy()
     if out_t.ndim == 4:
         out_t = np.moveaxis(out_t, 1, -1)
     net_diff = float(np.max(np.abs(out_j - out_t)))

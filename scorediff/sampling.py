@@ -44,7 +44,7 @@ from spec.configs import DiffusionConfig, VESDEConfig
 from spec.train_config import RunConfig
 
 __all__ = ["SAMPLERS", "SAMPLER_OPTIONS", "Plan", "resolve", "JaxSampler", "shard_devices", "torch_sampler",
-           "draw_inputs", "jax_trajectory"]
+           "draw_inputs", "jax_trajectory", "data_classes", "sample_labels"]
 
 SAMPLERS = ("pc", "ode", "ald", "ddpm", "ddim")
 
@@ -62,6 +62,11 @@ SAMPLER_OPTIONS: Mapping[str, tuple[type, tuple[str, ...]]] = {
     "n_steps_each": (int, ("ald",)),
     "step_lr": (float, ("ald",)),
     "eta": (float, ("ddim",)),
+    # class-conditional runs (model.num_classes > 0): the class of every sample (default:
+    # sample j of class j mod C) and the classifier-free guidance scale w (default 1: the
+    # conditional model; w != 1 needs training.label_dropout > 0, the null class)
+    "class_label": (int, SAMPLERS),
+    "guidance_scale": (float, SAMPLERS),
 }
 
 
@@ -139,9 +144,79 @@ def resolve(config: RunConfig, default: Mapping[str, Any], *, name: str | None =
     for key in ("steps", "n_steps", "n_steps_each"):
         if key in opts and (isinstance(opts[key], bool) or int(opts[key]) < 1):
             raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, got {opts[key]}")
+    _check_class_options(config, opts)
     from spec.validate import check_int
     num = check_int("--num", num, minimum=1)
     return Plan(name, tuple(sorted(opts.items())), (num, *_data_shape(config)), config)
+
+
+def data_classes(config: RunConfig) -> int:
+    """How many real classes a class-conditional run's network knows: ``num_classes``, less
+    label dropout's null class (the last label) when the run was trained with it; 0 for an
+    unconditional run."""
+    from spec.train_config import num_classes
+
+    k = num_classes(config.model)
+    if k and config.train.training.label_dropout > 0:
+        return k - 1
+    return k
+
+
+def _check_class_options(config: RunConfig, opts: dict) -> None:
+    k = data_classes(config)
+    if not k:
+        for key in ("class_label", "guidance_scale"):
+            if key in opts:
+                raise ValueError(f"--{key.replace('_', '-').replace('class-label', 'class')}: the run's "
+                                 f"network is not class-conditional (model.num_classes=0)")
+        return
+    if "class_label" in opts:
+        c = opts["class_label"]
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= int(c) < k:
+            raise ValueError(f"--class must be a class of the run, 0..{k - 1}, got {c!r}")
+    if "guidance_scale" in opts:
+        w = opts["guidance_scale"]
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w):
+            raise ValueError(f"--guidance-scale must be a finite number, got {w!r}")
+        if float(w) != 1.0 and config.train.training.label_dropout <= 0:
+            raise ValueError(f"--guidance-scale {w}: classifier-free guidance needs a network trained with "
+                             f"label dropout (training.label_dropout > 0: the null class); this run has "
+                             f"label_dropout=0, so only --guidance-scale 1 (the conditional model) applies")
+
+
+def sample_labels(plan: Plan) -> np.ndarray | None:
+    """The class labels ``[B]`` (int64) a class-conditional plan samples: every sample of
+    ``--class`` when given, else sample j of class ``j mod C`` (as the training snapshots);
+    None for an unconditional run."""
+    k = data_classes(plan.config)
+    if not k:
+        return None
+    b = int(plan.shape[0])
+    c = plan.opts.get("class_label")
+    return np.full((b,), int(c), np.int64) if c is not None else np.arange(b, dtype=np.int64) % k
+
+
+def _guided(plan: Plan, conditional_fn, guidance_module, channel_axis=None):
+    """``model_fn(x, t)`` of a class-conditional plan: ``conditional_fn(x, t, y)`` at the
+    plan's labels, classifier-free guided when ``--guidance-scale`` is not 1."""
+    y = sample_labels(plan)
+    w = float(plan.opts.get("guidance_scale", 1.0))
+    if w == 1.0:
+        return lambda x, t, y_=y: conditional_fn(x, t, _labels_like(guidance_module, y_))
+    from spec.train_config import null_label
+
+    kw = {} if channel_axis is None else {"channel_axis": channel_axis}
+    return guidance_module.cfg_model_fn(conditional_fn, _labels_like(guidance_module, y), scale=w,
+                                        null_label=null_label(plan.config.model),
+                                        learn_sigma=bool(getattr(plan.config.model, "learn_sigma", False)), **kw)
+
+
+def _labels_like(guidance_module, y):
+    if guidance_module.__name__.startswith("torch_ref"):
+        import torch
+        return torch.as_tensor(y)
+    import jax.numpy as jnp
+    return jnp.asarray(y, jnp.int32)
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -260,12 +335,18 @@ class JaxSampler:
         model = registry.create_model(config.model)
         progress = self.progress
 
+        conditional = data_classes(config) > 0
+
         def model_fn_of(variables):
-            def fn(x, labels):
-                out = model.apply(variables, x, labels, train=False)
+            def fn(x, labels, y=None):
+                out = (model.apply(variables, x, labels, y=y, train=False) if conditional
+                       else model.apply(variables, x, labels, train=False))
                 if progress:
                     jax.debug.callback(self._tick, labels[0])
                 return out
+            if conditional:
+                from jax_impl import guidance
+                return _guided(plan, fn, guidance)
             return fn
 
         if plan.name == "ald":
@@ -419,11 +500,16 @@ def torch_sampler(plan: Plan, *, progress: bool = False):
 
     bar = {}
 
+    conditional = data_classes(config) > 0
+
     def model_fn_of(module):
-        def fn(x, labels):
+        def fn(x, labels, y=None):
             if bar.get("bar") is not None:
                 bar["bar"].update(1)
-            return module(x, labels)
+            return module(x, labels, y=y) if conditional else module(x, labels)
+        if conditional:
+            from torch_ref import guidance
+            return _guided(plan, fn, guidance)
         return fn
 
     def wrap(x_T, noise):
@@ -516,7 +602,12 @@ def jax_trajectory(plan: Plan, variables, seed: int, *, frames: int = 8) -> tupl
     one = dataclasses.replace(plan, shape=(1 if image else 512, *plan.shape[1:]))
     pick = (lambda xs: xs[:, 0]) if image else (lambda xs: xs)  # noqa: E731
     model = registry.create_model(config.model)
-    model_fn = lambda x, labels: model.apply(variables, x, labels, train=False)  # noqa: E731
+    if data_classes(config):
+        from jax_impl import guidance
+        model_fn = _guided(one, lambda x, labels, y: model.apply(variables, x, labels, y=y, train=False),
+                           guidance)
+    else:
+        model_fn = lambda x, labels: model.apply(variables, x, labels, train=False)  # noqa: E731
     key = jax.random.key(seed)
     if plan.name == "ald":
         o = plan.opts
@@ -539,7 +630,7 @@ def jax_trajectory(plan: Plan, variables, seed: int, *, frames: int = 8) -> tupl
             x = jax.random.normal(jax.random.fold_in(k, -1 % (2**31)), one.shape)
 
             def body(x, i):
-                t = jnp.full((1,), K - 1 - i, jnp.int32)
+                t = jnp.full((one.shape[0],), K - 1 - i, jnp.int32)
                 z = jax.random.normal(jax.random.fold_in(k, i), one.shape)
                 if plan.name == "ddpm":
                     x = ddpm_step(diffusion, model_fn, x, t, z, clip_denoised=clip)["sample"]
