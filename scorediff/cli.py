@@ -389,7 +389,7 @@ def _official_model(checkpoint: str, preset_name: str | None, overrides=()):
 
     if not preset_name:
         raise UsageError("--checkpoint needs --preset (the architecture of the checkpoint, e.g. "
-                         "cifar10/ncsnpp-continuous)")
+                         "cifar10/ncsnpp-continuous or cifar10/improved-ddpm)")
     preset = presets.get_preset(preset_name)
     config = apply_overrides(preset.run_config, list(overrides)) if overrides else preset.run_config
     path = Path(checkpoint)
@@ -402,9 +402,14 @@ def _official_model(checkpoint: str, preset_name: str | None, overrides=()):
     if isinstance(m, NCSNConfig):
         raise UsageError(f"--checkpoint: loading ermongroup/ncsn (v1) checkpoints is not supported; "
                          f"preset {preset.name} trains from scratch")
+    from spec.unet_model import UNetModelConfig
+
     if isinstance(m, NCSNv2Config):
         from jax_impl.convert import from_ncsnv2
         _, variables = from_ncsnv2(str(path), m)
+    elif isinstance(m, UNetModelConfig):  # openai/improved-diffusion's .pt (or .npz / .safetensors)
+        from jax_impl.convert import from_improved_diffusion
+        _, variables = from_improved_diffusion(str(path), m)
     else:
         from jax_impl.convert import from_score_sde
         _, variables = from_score_sde(str(path), m)
