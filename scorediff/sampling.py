@@ -196,25 +196,21 @@ def sample_labels(plan: Plan) -> np.ndarray | None:
     return np.full((b,), int(c), np.int64) if c is not None else np.arange(b, dtype=np.int64) % k
 
 
-def _guided(plan: Plan, conditional_fn, guidance_module, channel_axis=None):
+def _guided(plan: Plan, conditional_fn, guidance_module, as_labels):
     """``model_fn(x, t)`` of a class-conditional plan: ``conditional_fn(x, t, y)`` at the
-    plan's labels, classifier-free guided when ``--guidance-scale`` is not 1."""
-    y = sample_labels(plan)
+    plan's labels (``as_labels`` turns the numpy labels into the framework's array),
+    classifier-free guided when ``--guidance-scale`` is not 1."""
+    y = as_labels(sample_labels(plan))
     w = float(plan.opts.get("guidance_scale", 1.0))
     if w == 1.0:
-        return lambda x, t, y_=y: conditional_fn(x, t, _labels_like(guidance_module, y_))
+        return lambda x, t: conditional_fn(x, t, y)
     from spec.train_config import null_label
 
-    kw = {} if channel_axis is None else {"channel_axis": channel_axis}
-    return guidance_module.cfg_model_fn(conditional_fn, _labels_like(guidance_module, y), scale=w,
-                                        null_label=null_label(plan.config.model),
-                                        learn_sigma=bool(getattr(plan.config.model, "learn_sigma", False)), **kw)
+    return guidance_module.cfg_model_fn(conditional_fn, y, scale=w, null_label=null_label(plan.config.model),
+                                        learn_sigma=bool(getattr(plan.config.model, "learn_sigma", False)))
 
 
-def _labels_like(guidance_module, y):
-    if guidance_module.__name__.startswith("torch_ref"):
-        import torch
-        return torch.as_tensor(y)
+def _jax_labels(y):
     import jax.numpy as jnp
     return jnp.asarray(y, jnp.int32)
 
@@ -346,7 +342,7 @@ class JaxSampler:
                 return out
             if conditional:
                 from jax_impl import guidance
-                return _guided(plan, fn, guidance)
+                return _guided(plan, fn, guidance, _jax_labels)
             return fn
 
         if plan.name == "ald":
@@ -509,7 +505,7 @@ def torch_sampler(plan: Plan, *, progress: bool = False):
             return module(x, labels, y=y) if conditional else module(x, labels)
         if conditional:
             from torch_ref import guidance
-            return _guided(plan, fn, guidance)
+            return _guided(plan, fn, guidance, torch.as_tensor)
         return fn
 
     def wrap(x_T, noise):
@@ -605,7 +601,7 @@ def jax_trajectory(plan: Plan, variables, seed: int, *, frames: int = 8) -> tupl
     if data_classes(config):
         from jax_impl import guidance
         model_fn = _guided(one, lambda x, labels, y: model.apply(variables, x, labels, y=y, train=False),
-                           guidance)
+                           guidance, _jax_labels)
     else:
         model_fn = lambda x, labels: model.apply(variables, x, labels, train=False)  # noqa: E731
     key = jax.random.key(seed)
