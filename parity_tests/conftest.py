@@ -28,6 +28,12 @@ import time
 
 # Before jax is imported anywhere: no GPU probing noise on CPU machines.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+#: The command line splits a CPU host into per-core devices for convolutional networks when
+#: ``SCOREDIFF_HOST_DEVICES`` is unset (``scorediff.distributed``). The tests run 2 xdist
+#: workers on 2 cores, so they pin one device per process (this process, the workers and
+#: the subprocesses inherit it); the tests of the split set the variable themselves, and
+#: ``test_cli_host_split.py`` unsets it to check the default.
+os.environ.setdefault("SCOREDIFF_HOST_DEVICES", "1")
 
 #: XLA options that compile about twice as fast (measured: an MLP's init program 3.6 -> 1.5 CPU
 #: seconds): they lower LLVM's optimisation effort only; the HLO passes stay as they are, but

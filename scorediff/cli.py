@@ -15,7 +15,10 @@ auto`` on Cloud TPU / SLURM): jax.distributed joins the processes' devices into 
 each process reads its own rows of every batch (sampling: computes its own samples), and
 process 0 writes the logs, pictures and output files (checkpoints are written by all). The
 environment variable ``SCOREDIFF_HOST_DEVICES`` ("1", an int, "auto") splits a CPU host
-into several XLA devices at start-up. See ``scorediff/distributed.py`` and docs/scale-out.md.
+into several XLA devices at start-up; unset, ``train`` / ``sample`` / ``evaluate`` of a
+convolutional network split it into one device per core (when the batch divides; XLA:CPU's
+convolutions use one core each) and MLPs stay on one device. See ``scorediff/distributed.py``
+and docs/scale-out.md.
 
 Every command has ``--help``. Bad input (an unknown preset, override, sampler option, a
 missing or foreign file, a workdir of another preset) prints one line
@@ -343,8 +346,14 @@ def _run_train(args, preset, config, workdir, framework, *, primary: bool) -> in
 
     tc = config.train.training
     if primary:
+        where = ""
+        if framework == "jax":
+            import jax
+
+            n = jax.device_count()
+            where = f" on {n} {jax.devices()[0].platform.upper()} devices" if n > 1 else ""
         _say(f"train {preset.name} ({framework}): {type(config.model).__name__}, {config.resolved_loss} loss, "
-             f"{tc.n_iters} steps of batch {tc.batch_size}; run directory {workdir}")
+             f"{tc.n_iters} steps of batch {tc.batch_size}{where}; run directory {workdir}")
     if framework == "jax":
         from jax_impl.loop import train
     else:
@@ -464,8 +473,11 @@ def cmd_sample(args) -> int:
     png = _write_sample_pictures(out.with_suffix(".png"), x, config,
                                  f"generated: {plan.describe()}\nNFE {nfe}" + ("" if step is None else f", step {step}"))
     bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).sum())
-    timing = (f"{wall:.2f} s compiling and sampling on {jax.device_count()} devices" if compile_s is None
-              else f"compile {compile_s:.2f} s, {wall - compile_s:.2f} s sampling")
+    if compile_s is None:
+        timing = f"{wall:.2f} s compiling and sampling on {jax.device_count()} devices"
+    else:
+        timing = f"compile {compile_s:.2f} s, {wall - compile_s:.2f} s sampling" + (
+            f" on {sampler.devices} devices" if sampler.devices > 1 else "")
     _say(f"{len(x)} samples {tuple(x.shape[1:])} with {plan.describe()}: NFE {nfe}, {timing}"
          + (f"; {bad} samples are not finite" if bad else ""))
     _say(f"wrote {out} and {png}")
@@ -550,7 +562,8 @@ def cmd_evaluate(args) -> int:
     if clipped is not None:
         report["clipped_pixel_fraction"] = clipped
     report.update({"step": step, "sampler": plan.describe(), "nfe": nfe, "num_samples": len(x),
-                   "sample_seconds": sample_s, "compile_seconds": sampler.compile_s})
+                   "sample_seconds": sample_s, "compile_seconds": sampler.compile_s,
+                   "devices": sampler.devices})
     if config.data.dataset == "gmm" and config.resolved_loss == "sde" and args.likelihood_points != 0:
         from jax_impl import metrics
         from jax_impl.models import registry
@@ -928,9 +941,45 @@ def main(argv=None) -> int:
     return status
 
 
+def _default_host_devices(args) -> int | None:
+    """The host split this command chooses when ``SCOREDIFF_HOST_DEVICES`` is unset (see
+    ``scorediff.distributed``): for a single-process ``train`` (JAX), ``sample`` or
+    ``evaluate`` of a convolutional network, ``distributed.default_host_devices(batch)``;
+    None otherwise (an MLP, torch, another command, several processes, or a config that
+    cannot be read yet: the command then reports its own error)."""
+    if args.command not in ("train", "sample", "evaluate") or getattr(args, "coordinator", None):
+        return None
+    try:
+        if args.command == "train":
+            preset, config, _, framework = _prepare_train(args, write=False)
+            if framework != "jax":
+                return None
+            batch = config.train.training.batch_size
+        else:
+            if getattr(args, "checkpoint", None) is not None:
+                from scorediff import presets
+                from scorediff.overrides import apply_overrides
+
+                config = apply_overrides(presets.get_preset(args.preset).run_config, list(args.overrides))
+            else:
+                from scorediff import runs
+
+                config = runs.load_run(args.workdir).config
+            batch = args.num
+            if batch is None:  # evaluate's default
+                batch = 359 if config.data and config.data.dataset == "digits" else 2000
+    except Exception:  # noqa: BLE001 -- any problem is the command's to report
+        return None
+    from spec.model_configs import MLPConfig
+
+    if isinstance(config.model, MLPConfig):
+        return None
+    return distributed.default_host_devices(batch)
+
+
 def _start_and_run(args) -> int:
     """The host-device split, jax.distributed (train / sample), then the command."""
-    distributed.configure_host_devices()
+    distributed.configure_host_devices(default=_default_host_devices(args))
     if hasattr(args, "coordinator"):
         args.launch = distributed.launch_spec(args.coordinator, args.num_processes, args.process_id,
                                               args.init_timeout)

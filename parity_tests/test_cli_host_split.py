@@ -1,0 +1,84 @@
+"""The command line's default host split (``scorediff.distributed``, issue 11): with
+``SCOREDIFF_HOST_DEVICES`` unset, ``train`` / ``sample`` / ``evaluate`` of a convolutional
+network split a CPU host into per-core devices (XLA:CPU runs each convolution on one core),
+and the samples equal the one-device samples; MLPs, torch and multi-process runs are left
+alone.
+
+* ``test_default_host_devices``: the largest divisor of the batch <= the cores.
+* ``test_which_commands_split``: the choice from parsed arguments (no JAX started).
+* ``test_conv_sample_splits_and_matches``: a tiny U-Net run trained in this process (one
+  device), sampled by ``scorediff sample`` in a fresh process with the variable unset (2 host
+  devices), equals the same plan sampled here on one device.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scorediff import cli, distributed
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_UNET = ["--set", "training.n_iters=2", "--set", "training.batch_size=4", "--set", "training.snapshot_freq=2",
+             "--set", "training.log_freq=1", "--set", "model.nf=32", "--set", "model.ch_mult=1",
+             "--set", "model.num_res_blocks=1", "--set", "model.attn_resolutions=", "--set", "optim.warmup=0", "--set", "process.N=25"]
+
+
+def test_default_host_devices():
+    f = distributed.default_host_devices
+    assert f(64, 2) == 2 and f(359, 2) == 1 and f(6, 4) == 3 and f(7, 4) == 1 and f(1, 8) == 1
+    assert f(64, 16) == 16 and f(48, 16) == 16 and f(40, 16) == 10
+    assert 1 <= distributed.usable_cores() <= (os.cpu_count() or 1)
+
+
+def _choice(monkeypatch, argv, cores=2):
+    monkeypatch.setattr(distributed, "usable_cores", lambda: cores)
+    return cli._default_host_devices(cli.build_parser().parse_args(argv))
+
+
+def test_which_commands_split(monkeypatch, tmp_path):
+    conv = ["train", "--preset", "digits/ddpm-unet", "--workdir", str(tmp_path / "a")]
+    assert _choice(monkeypatch, conv) == 2  # batch 64 (the preset's) on 2 cores
+    assert _choice(monkeypatch, conv + ["--set", "training.batch_size=63"]) == 1
+    assert _choice(monkeypatch, conv + ["--set", "training.batch_size=12"], cores=8) == 6
+    assert _choice(monkeypatch, conv + ["--framework", "torch"]) is None
+    assert _choice(monkeypatch, conv + ["--coordinator", "localhost:1234", "--num-processes", "2",
+                                        "--process-id", "0"]) is None
+    assert _choice(monkeypatch, ["train", "--preset", "digits/improved-ddpm",
+                                 "--workdir", str(tmp_path / "b")]) is None  # an MLP
+    assert _choice(monkeypatch, ["train", "--preset", "no/such-preset"]) is None  # train reports it
+    assert _choice(monkeypatch, ["sample", "--workdir", str(tmp_path / "missing")]) is None
+    assert _choice(monkeypatch, ["presets"]) is None
+    assert not (tmp_path / "a").exists()  # choosing wrote nothing
+
+
+def test_conv_sample_splits_and_matches(tmp_path, monkeypatch):
+    import jax
+
+    from scorediff import runs, sampling
+
+    wd = tmp_path / "run"
+    assert cli.main(["train", "--preset", "digits/ddpm-unet", "--workdir", str(wd), "--no-progress",
+                     *TINY_UNET]) == 0
+    out = tmp_path / "split.npz"
+    env = {k: v for k, v in os.environ.items() if k != distributed.HOST_DEVICES_ENV}
+    proc = subprocess.run([sys.executable, "-m", "scorediff.cli", "sample", "--workdir", str(wd), "--num", "4",
+                           "--seed", "5", "--no-progress", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    cores = distributed.usable_cores()
+    want = distributed.default_host_devices(4, cores)
+    if want > 1:
+        assert f"on {want} devices" in proc.stdout, proc.stdout
+    run, default = cli._run_and_preset(wd)
+    variables, _ = runs.ema_variables(run)
+    plan = sampling.resolve(run.config, default, num=4)
+    one = sampling.JaxSampler(plan, num_devices=1)
+    x, _ = one(variables, jax.random.key(5))
+    got = np.load(out)["samples"]
+    np.testing.assert_allclose(got, np.asarray(x), rtol=1e-5, atol=1e-5)
