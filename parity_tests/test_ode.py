@@ -129,31 +129,42 @@ def assert_reproduces_mixture(x, mixture, *, n_se=4.0, what=""):
 # -------------------------------------------------------------------- parity
 
 
-@pytest.mark.parametrize("kind,methods", [
-    ("vp", ("euler", "heun", "rk4")),
-    ("ve", ("euler", "heun", "rk4")),
-    ("subvp", ("rk4",)),
-])
-def test_fixed_step_three_way_float64(kind, methods, np_rng):
-    js, ts = _pair(kind)
-    jscore, tscore = _scores(js, ts)
+FIXED_CASES = [(kind, method, denoise)
+               for kind, methods in (("vp", ("euler", "heun", "rk4")), ("ve", ("euler", "heun", "rk4")),
+                                     ("subvp", ("rk4",)))
+               for method in methods for denoise in (False, True)]
+
+
+def test_fixed_step_three_way_float64(np_rng):
+    """Every (kind, method, denoise) case solved by jax in ONE jitted program (one compile
+    instead of one per case), by torch, and by the float64 numpy oracle."""
     z = np_rng.standard_normal((6, 2))
     eps, n = 1e-3, 6
-    for method in methods:
-        for denoise in (False, True):
-            run = jax.jit(lambda z, m=method, d=denoise: jode.ode_sample(
-                None, js, jscore, z.shape, method=m, num_steps=n, eps=eps, denoise=d, x_T=js.prior_from_noise(z)))
-            xj, nj = run(jnp.asarray(z))
-            xt, nt = tode.ode_sample(ts, tscore, z.shape, method=method, num_steps=n, eps=eps,
-                                     denoise=denoise, x_T=ts.prior_from_noise(torch.as_tensor(z)))
-            xo = _np_solve(js, MIX, np.asarray(js.prior_from_noise(z)), method, n, 1.0, eps)
-            if denoise:
-                xo = _np_denoise(js, MIX, xo, eps)
-            expected_nfe = {"euler": 1, "heun": 2, "rk4": 4}[method] * n + int(denoise)
-            assert int(nj) == nt == expected_nfe
-            what = f"{kind} {method} denoise={denoise}"
-            np.testing.assert_allclose(to_np(xj), to_np(xt), rtol=1e-9, atol=1e-12, err_msg=what)
-            np.testing.assert_allclose(to_np(xj), xo, rtol=1e-9, atol=1e-12, err_msg=what)
+    pairs = {kind: _pair(kind) for kind in KINDS}
+    jscores = {kind: _scores(*pairs[kind])[0] for kind in KINDS}
+
+    def run_all(z):
+        out = []
+        for kind, method, denoise in FIXED_CASES:
+            js = pairs[kind][0]
+            out.append(jode.ode_sample(None, js, jscores[kind], z.shape, method=method, num_steps=n,
+                                       eps=eps, denoise=denoise, x_T=js.prior_from_noise(z)))
+        return out
+
+    results = jax.jit(run_all)(jnp.asarray(z))
+    for (kind, method, denoise), (xj, nj) in zip(FIXED_CASES, results):
+        js, ts = pairs[kind]
+        tscore = _scores(js, ts)[1]
+        xt, nt = tode.ode_sample(ts, tscore, z.shape, method=method, num_steps=n, eps=eps,
+                                 denoise=denoise, x_T=ts.prior_from_noise(torch.as_tensor(z)))
+        xo = _np_solve(js, MIX, np.asarray(js.prior_from_noise(z)), method, n, 1.0, eps)
+        if denoise:
+            xo = _np_denoise(js, MIX, xo, eps)
+        expected_nfe = {"euler": 1, "heun": 2, "rk4": 4}[method] * n + int(denoise)
+        assert int(nj) == nt == expected_nfe
+        what = f"{kind} {method} denoise={denoise}"
+        np.testing.assert_allclose(to_np(xj), to_np(xt), rtol=1e-9, atol=1e-12, err_msg=what)
+        np.testing.assert_allclose(to_np(xj), xo, rtol=1e-9, atol=1e-12, err_msg=what)
 
 
 def test_fixed_step_parity_float32(np_rng):
@@ -169,60 +180,87 @@ def test_fixed_step_parity_float32(np_rng):
     np.testing.assert_allclose(to_np(xj), to_np(xt), rtol=10 * t32["rtol"], atol=10 * t32["atol"])
 
 
+#: The jax adaptive solves, one per method (the solver code does not depend on the SDE's
+#: kind; torch runs every kind x method below): one jitted program for all of them, with
+#: score functions that count their evaluations (``jax.debug.callback``).
+ADAPTIVE_JAX_CASES = (("vp", "dopri5"), ("ve", "tsit5"))
+ADAPTIVE_LOOSE, ADAPTIVE_TIGHT = 1e-7, 1e-10
+
+
+@pytest.fixture(scope="module")
+def adaptive_jax_runs():
+    """{(kind, method): (x, nfe, counted score evaluations)} from ONE compiled program."""
+    z = np.random.default_rng(0).standard_normal((16, 2))
+    calls = {case: [0] for case in ADAPTIVE_JAX_CASES}
+
+    def counted(case, jscore):
+        def bump():
+            calls[case][0] += 1
+
+        def counted_jscore(x, t):
+            jax.debug.callback(bump)
+            return jscore(x, t)
+        return counted_jscore
+
+    def run_all(z):
+        out = {}
+        for kind, method in ADAPTIVE_JAX_CASES:
+            js, ts = _pair(kind)
+            score = counted((kind, method), _scores(js, ts)[0])
+            out[kind, method] = jode.ode_sample(None, js, score, z.shape, method=method, rtol=ADAPTIVE_LOOSE,
+                                                atol=ADAPTIVE_LOOSE, x_T=js.prior_from_noise(z), max_steps=20000)
+        return out
+
+    out = jax.jit(run_all)(jnp.asarray(z))
+    jax.block_until_ready(out)
+    jax.effects_barrier()
+    return z, {case: (x, nfe, calls[case][0]) for case, (x, nfe) in out.items()}
+
+
 @pytest.mark.parametrize("kind", ["vp", "ve"])
-def test_adaptive_jax_vs_torch_within_tolerance(kind, np_rng):
+def test_adaptive_jax_vs_torch_within_tolerance(kind, adaptive_jax_runs):
+    """jax (the ``ADAPTIVE_JAX_CASES`` of this kind) and torch dopri5 / tsit5 against a tight
+    reference, and jax vs torch for the same method. The tight reference is torch tsit5 at
+    rtol = atol = 1e-10 (its error against a closed form at that tolerance is ~1e-10:
+    test_torch_tsit5_against_closed_form_both_directions)."""
+    z, runs = adaptive_jax_runs
     js, ts = _pair(kind)
-    jscore, tscore = _scores(js, ts)
-    z = np_rng.standard_normal((32, 2))
-    tight, loose = 1e-10, 1e-7
+    tscore = _scores(js, ts)[1]
+    loose = ADAPTIVE_LOOSE
 
-    def jrun(method, r):
-        return jax.jit(lambda z: jode.ode_sample(None, js, jscore, z.shape, method=method,
-                                                 rtol=r, atol=r, x_T=js.prior_from_noise(z), max_steps=20000))(jnp.asarray(z))
+    def trun(method, r):
+        return tode.ode_sample(ts, tscore, z.shape, method=method, rtol=r, atol=r,
+                               x_T=ts.prior_from_noise(torch.as_tensor(z)), max_steps=20000)[0]
 
-    ref, _ = jrun("dopri5", tight)
-    xj, _ = jrun("dopri5", loose)
-    xs, _ = jrun("tsit5", loose)
-    xt, _ = tode.ode_sample(ts, tscore, z.shape, method="dopri5", rtol=loose, atol=loose,
-                            x_T=ts.prior_from_noise(torch.as_tensor(z)))
-    xts, _ = tode.ode_sample(ts, tscore, z.shape, method="tsit5", rtol=loose, atol=loose,
-                             x_T=ts.prior_from_noise(torch.as_tensor(z)))
-    assert xts.dtype == torch.float64
+    ref = trun("tsit5", ADAPTIVE_TIGHT)
+    torch_x = {"dopri5": trun("dopri5", loose), "tsit5": trun("tsit5", loose)}
+    assert torch_x["tsit5"].dtype == torch.float64
+    jax_x = {method: runs[k, method][0] for k, method in runs if k == kind}
+    assert jax_x
     # rtol = atol bounds the local error per step; over the ~40-300 steps to eps, where
     # the mixture's score sharpens, the global error measured is 1-30x that: allow 100x.
     # (measured, max abs: jax vs torch tsit5 1.8e-7 vp / 2.3e-8 ve; each vs reference
     # <= 2.2e-7)
     bound = 100 * loose
-    for name, x in (("jax dopri5", xj), ("jax tsit5", xs), ("torch dopri5", xt),
-                    ("torch tsit5", xts)):
+    named = [(f"jax {m}", x) for m, x in jax_x.items()] + [(f"torch {m}", x) for m, x in torch_x.items()]
+    for name, x in named:
         err = np.abs(to_np(x) - to_np(ref)).max()
         assert err < bound, f"{kind} {name}: max error {err:.2e} vs tight reference"
-    assert np.abs(to_np(xj) - to_np(xt)).max() < bound
-    assert np.abs(to_np(xs) - to_np(xts)).max() < bound
+    for method, x in jax_x.items():
+        assert np.abs(to_np(x) - to_np(torch_x[method])).max() < bound, method
 
 
-def test_nfe_counts_true_evaluations(np_rng):
-    """The reported NFE equals the number of score evaluations actually run."""
+def test_nfe_counts_true_evaluations(adaptive_jax_runs, np_rng):
+    """The reported NFE equals the number of score evaluations actually run (jax: the
+    adaptive solves of ``adaptive_jax_runs``; the denoiser's +1 is checked for every method
+    in test_fixed_step_three_way_float64)."""
+    _, runs = adaptive_jax_runs
+    for case, (_, nfe, calls) in runs.items():
+        assert int(nfe) == calls > 0, case
+
     js, ts = _pair("vp")
-    jscore, tscore = _scores(js, ts)
+    tscore = _scores(js, ts)[1]
     z = np_rng.standard_normal((8, 2))
-    calls = [0]
-
-    def bump():
-        calls[0] += 1
-
-    def counted_jscore(x, t):
-        jax.debug.callback(bump)
-        return jscore(x, t)
-
-    for method in ("dopri5", "tsit5"):
-        calls[0] = 0
-        x, nfe = jax.jit(lambda z, m=method: jode.ode_sample(
-            None, js, counted_jscore, z.shape, method=m, x_T=js.prior_from_noise(z), denoise=True))(jnp.asarray(z))
-        jax.block_until_ready(x)
-        jax.effects_barrier()
-        assert int(nfe) == calls[0], method
-
     tcalls = [0]
 
     def counted_tscore(x, t):
@@ -241,19 +279,26 @@ def test_nfe_counts_true_evaluations(np_rng):
 # ----------------------------------------------------------- exact answers
 
 
-@pytest.mark.parametrize("kind,method,dtype", [
+MIXTURE_CASES = [
     ("vp", "dopri5", jnp.float32),  # float32 state with x64 on: diffrax must keep float32
     ("ve", "rk4", jnp.float32),
-])
-def test_ode_samples_reproduce_mixture(kind, method, dtype):
-    js, _ = _pair(kind)
-    jscore = jgmm.score_fn_for_sde(js, MIX)
-    num_steps = 100 if method == "rk4" else None
-    x, _ = jax.jit(lambda key: jode.ode_sample(key, js, jscore, (2000, 2), method=method,
-                                               num_steps=num_steps, dtype=dtype))(
-        jax.random.PRNGKey(1))
-    assert x.dtype == dtype
-    assert_reproduces_mixture(x, MIX, what=f"{kind} {method}")
+]
+
+
+def test_ode_samples_reproduce_mixture():
+    """Both cases sampled in ONE jitted program (one compile)."""
+    def run_all(key):
+        out = []
+        for kind, method, dtype in MIXTURE_CASES:
+            js, _ = _pair(kind)
+            num_steps = 100 if method == "rk4" else None
+            out.append(jode.ode_sample(key, js, jgmm.score_fn_for_sde(js, MIX), (2000, 2), method=method,
+                                       num_steps=num_steps, dtype=dtype)[0])
+        return out
+
+    for (kind, method, dtype), x in zip(MIXTURE_CASES, jax.jit(run_all)(jax.random.PRNGKey(1))):
+        assert x.dtype == dtype
+        assert_reproduces_mixture(x, MIX, what=f"{kind} {method}")
 
 
 def test_convergence_orders_on_closed_form_ode():
@@ -271,16 +316,15 @@ def test_convergence_orders_on_closed_form_ode():
     v_T, v_e = m_T**2 * s0**2 + s_T**2, m_e**2 * s0**2 + s_e**2
     exact = m_e * mu + np.sqrt(v_e / v_T) * (z - m_T * mu)
 
-    def solve_all(method, counts):
-        # one program for all step counts (one compile per method)
-        def run(z):
-            return [jode.ode_sample(None, js, score, z.shape, method=method, num_steps=n,
-                                    eps=eps, x_T=js.prior_from_noise(z))[0] for n in counts]
-        return [np.abs(to_np(x) - exact).max() for x in jax.jit(run)(jnp.asarray(z))]
+    cases = (("euler", 1, (50, 100, 200)), ("heun", 2, (25, 50, 100)), ("rk4", 4, (12, 24, 48)))
 
-    for method, order, counts in (("euler", 1, (50, 100, 200)), ("heun", 2, (25, 50, 100)),
-                                  ("rk4", 4, (12, 24, 48))):
-        errs = solve_all(method, counts)
+    def run(z):  # one program for all methods and step counts (one compile)
+        return [[jode.ode_sample(None, js, score, z.shape, method=method, num_steps=n,
+                                 eps=eps, x_T=js.prior_from_noise(z))[0] for n in counts]
+                for method, _, counts in cases]
+
+    for (method, order, counts), xs in zip(cases, jax.jit(run)(jnp.asarray(z))):
+        errs = [np.abs(to_np(x) - exact).max() for x in xs]
         slope = -np.polyfit(np.log(counts), np.log(errs), 1)[0]
         assert abs(slope - order) < 0.35, f"{method}: errors {errs}, observed order {slope:.2f}"
 
@@ -365,9 +409,9 @@ def test_grad_of_sample_statistic_matches_finite_differences(method):
         return jnp.mean(x[:, 0] + 2.0 * x[:, 1] ** 2)
 
     theta0, h = 0.9, 1e-4
-    g = jax.jit(jax.grad(stat))(jnp.float64(theta0))
-    f = jax.jit(stat)
-    fd = (f(jnp.float64(theta0 + h)) - f(jnp.float64(theta0 - h))) / (2 * h)
+    # the gradient and both function values in one jitted program (one compile)
+    g, fp, fm = jax.jit(lambda th: (jax.grad(stat)(th), stat(th + h), stat(th - h)))(jnp.float64(theta0))
+    fd = (fp - fm) / (2 * h)
     # FD truncation ~h^2 |f'''| ~ 1e-8; adaptive step-size changes between theta +- h add
     # ~rtol / h ~ 1e-6 relative noise to the dopri5 difference.
     rtol = 1e-6 if method == "rk4" else 1e-4
