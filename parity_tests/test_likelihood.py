@@ -78,12 +78,13 @@ def test_divergence_closed_form_three_way(np_rng):
 
     jfn = lambda y: jode.probability_flow_drift(js, jgmm.score_fn_for_sde(js, gauss), y, t)  # noqa: E731
     tfn = lambda y: tode.probability_flow_drift(ts, tgmm.score_fn_for_sde(ts, gauss), y, t)  # noqa: E731
-    _, jdiv = jax.jit(lambda y: jode.exact_divergence(jfn, y))(jnp.asarray(x))
+    e = np_rng.standard_normal((5, 2))
+    # exact and Hutchinson divergences in one jitted program (one compile)
+    jdiv, jh = jax.jit(lambda y, e: (jode.exact_divergence(jfn, y)[1], jode.hutchinson_divergence(jfn, y, e)[1]))(
+        jnp.asarray(x), jnp.asarray(e))
     _, tdiv = tode.exact_divergence(tfn, torch.as_tensor(x))
     np.testing.assert_allclose(to_np(jdiv), expected, rtol=1e-12)
     np.testing.assert_allclose(to_np(tdiv), expected, rtol=1e-12)
-    e = np_rng.standard_normal((5, 2))
-    _, jh = jode.hutchinson_divergence(jfn, jnp.asarray(x), jnp.asarray(e))
     _, th = tode.hutchinson_divergence(tfn, torch.as_tensor(x), torch.as_tensor(e))
     # isotropic Jacobian c I: e^T J e = c |e|^2
     np.testing.assert_allclose(to_np(jh), expected / 2 * np.sum(e**2, 1), rtol=1e-12)
@@ -99,8 +100,8 @@ def test_hutchinson_divergence_is_unbiased(probe):
     key = jax.random.PRNGKey(0)
     draw = jax.random.normal if probe == "gaussian" else jax.random.rademacher
     probes = draw(key, (4000,) + x.shape, x.dtype)
-    est = jax.jit(jax.vmap(lambda e: jode.hutchinson_divergence(fn, x, e)[1]))(probes)
-    _, exact = jax.jit(lambda y: jode.exact_divergence(fn, y))(x)
+    est, exact = jax.jit(lambda probes, y: (jax.vmap(lambda e: jode.hutchinson_divergence(fn, y, e)[1])(probes),
+                                            jode.exact_divergence(fn, y)[1]))(probes, x)
     est = np.asarray(est)
     se = est.std(0) / math.sqrt(len(est))
     assert np.all(np.abs(est.mean(0) - np.asarray(exact)) < 4 * se), (est.mean(0), exact, se)
@@ -115,11 +116,13 @@ def test_likelihood_parity_fixed_step_float64(kind, np_rng):
     jscore, tscore = jgmm.score_fn_for_sde(js, MIX), tgmm.score_fn_for_sde(ts, MIX)
     x = MIX.sample(np_rng, 6)[0]
     e = np_rng.standard_normal(x.shape)
-    for hutchinson in (None, "gaussian"):
+    hutchinsons = (None, "gaussian")
+    # both estimators in one jitted program (one compile)
+    jouts = jax.jit(lambda x, e: [jode.likelihood(None, js, jscore, x, noise=None if h is None else e,
+                                                  method="rk4", num_steps=8, hutchinson=h)
+                                  for h in hutchinsons])(jnp.asarray(x), jnp.asarray(e))
+    for hutchinson, (jl, jz, jn) in zip(hutchinsons, jouts):
         kw = dict(method="rk4", num_steps=8, hutchinson=hutchinson)
-        jl, jz, jn = jax.jit(lambda x, e: jode.likelihood(
-            None, js, jscore, x, noise=None if hutchinson is None else e, **kw))(
-            jnp.asarray(x), jnp.asarray(e))
         tl, tz, tn = tode.likelihood(ts, tscore, torch.as_tensor(x),
                                      noise=None if hutchinson is None else torch.as_tensor(e), **kw)
         assert jl.shape == (6,) and jz.shape == x.shape and jn == tn == 32
@@ -143,7 +146,7 @@ def test_likelihood_parity_float32(np_rng):
 # ------------------------------------------------------------- exact answers
 
 
-@pytest.mark.parametrize("kind", ["vp", "ve_tight", "ve"])
+@pytest.mark.parametrize("kind", ["vp", "ve_tight", pytest.param("ve", marks=pytest.mark.slow)])
 def test_likelihood_equals_exact_mixture_log_density(kind):
     """With the exact score the ODE transports p_T to p_eps exactly, so (Song et al. eq. 39)
       logp = log prior(z) + int div = log p_eps(x) + [log prior(z) - log p_T(z)]:
@@ -152,7 +155,9 @@ def test_likelihood_equals_exact_mixture_log_density(kind):
     log p_0(x) by that mismatch (VP: m(T) |E x_0| |z| ~ 4e-3 nats; VE: ~|E x_0| |z| /
     sigma_max) plus log p_eps - log p_0 (VP eps = 1e-5: std ~ 1e-3, ~2e-4 nats; VE: the
     t = 0 noise sigma_min, ~1.6e-2 nats for sigma_min = 0.01): within 1e-2 nats for VP and
-    the VE with sigma_min = 0.002, sigma_max = 100; 2.5e-2 for score_sde's default VE."""
+    the VE with sigma_min = 0.002, sigma_max = 100; 2.5e-2 for score_sde's default VE.
+    (``ve``, score_sde's default VE, is marked slow: the same code path and the same tight
+    assertion run by default on ``ve_tight``, a VE with other sigmas.)"""
     js, _ = _pair(kind)
     score = jgmm.score_fn_for_sde(js, MIX)
     x = MIX.sample(np.random.default_rng(1), 32)[0]
@@ -167,35 +172,44 @@ def test_likelihood_equals_exact_mixture_log_density(kind):
     assert np.abs(logp - MIX.log_prob(x)).max() < raw_tol
 
 
-@pytest.mark.parametrize("method", ["dopri5", "tsit5"])
-def test_likelihood_adaptive_jax_vs_torch_within_tolerance(method):
+def test_likelihood_adaptive_jax_vs_torch_within_tolerance():
+    """dopri5 and tsit5; the jax likelihoods of both in one jitted program (one compile),
+    each with its own evaluation counter."""
     js, ts = _pair("vp")
     x = MIX.sample(np.random.default_rng(2), 16)[0]
     jscore, tscore = jgmm.score_fn_for_sde(js, MIX), tgmm.score_fn_for_sde(ts, MIX)
-    calls = [0, 0]
+    methods = ("dopri5", "tsit5")
+    calls = {m: [0, 0] for m in methods}
 
-    def bump():
-        calls[0] += 1
+    def jcounted(method):
+        def bump():
+            calls[method][0] += 1
 
-    def jcounted(y, t):
-        jax.debug.callback(bump)  # runs once per evaluation of the augmented field
-        return jscore(y, t)
+        def counted(y, t):
+            jax.debug.callback(bump)  # runs once per evaluation of the augmented field
+            return jscore(y, t)
+        return counted
 
-    def tcounted(y, t):
-        calls[1] += 1
-        return tscore(y, t)
+    def tcounted(method):
+        def counted(y, t):
+            calls[method][1] += 1
+            return tscore(y, t)
+        return counted
 
-    kw = dict(rtol=1e-6, atol=1e-6, method=method)
-    jl, _, jn = jax.jit(lambda x: jode.likelihood(None, js, jcounted, x, **kw))(jnp.asarray(x))
-    jax.block_until_ready(jl)
+    kw = dict(rtol=1e-6, atol=1e-6)
+    jouts = jax.jit(lambda x: {m: jode.likelihood(None, js, jcounted(m), x, method=m, **kw)
+                               for m in methods})(jnp.asarray(x))
+    jax.block_until_ready(jouts)
     jax.effects_barrier()
-    tl, _, tn = tode.likelihood(ts, tcounted, torch.as_tensor(x), **kw)
-    assert int(jn) == calls[0] and tn == calls[1]  # true NFE on both sides
     exact = _perturbed(js, MIX, 1e-5).log_prob(x)
-    # both within their global error (~100 x tol, see test_ode) of each other, and of the
-    # exact p_eps up to the prior mismatch (< 1e-2, see above)
-    np.testing.assert_allclose(to_np(jl), to_np(tl), rtol=0, atol=1e-4)
-    np.testing.assert_allclose(to_np(tl), exact, rtol=0, atol=1e-2)
+    for method in methods:
+        jl, _, jn = jouts[method]
+        tl, _, tn = tode.likelihood(ts, tcounted(method), torch.as_tensor(x), method=method, **kw)
+        assert int(jn) == calls[method][0] and tn == calls[method][1], method  # true NFE on both sides
+        # both within their global error (~100 x tol, see test_ode) of each other, and of the
+        # exact p_eps up to the prior mismatch (< 1e-2, see above)
+        np.testing.assert_allclose(to_np(jl), to_np(tl), rtol=0, atol=1e-4, err_msg=method)
+        np.testing.assert_allclose(to_np(tl), exact, rtol=0, atol=1e-2, err_msg=method)
 
 
 @pytest.mark.parametrize("kind", ["vp", "ve_tight"])
@@ -223,10 +237,11 @@ def test_hutchinson_likelihood_is_unbiased():
     score = jgmm.score_fn_for_sde(js, MIX)
     x = jnp.asarray(MIX.sample(np.random.default_rng(3), 3)[0])
     kw = dict(method="rk4", num_steps=6)
-    exact, z_exact, _ = jax.jit(lambda x: jode.likelihood(None, js, score, x, **kw))(x)
     keys = jax.random.split(jax.random.PRNGKey(0), 256)
-    est, z, _ = jax.jit(jax.vmap(lambda k: jode.likelihood(k, js, score, x, hutchinson="rademacher",
-                                                           **kw)))(keys)
+    # the exact and the vmapped Hutchinson likelihoods in one jitted program (one compile)
+    (exact, z_exact, _), (est, z, _) = jax.jit(lambda x, keys: (
+        jode.likelihood(None, js, score, x, **kw),
+        jax.vmap(lambda k: jode.likelihood(k, js, score, x, hutchinson="rademacher", **kw))(keys)))(x, keys)
     est = np.asarray(est)
     np.testing.assert_allclose(np.asarray(z), np.broadcast_to(z_exact, z.shape), rtol=1e-12)
     assert est.std(0).min() > 0  # distinct probes per key
@@ -253,8 +268,26 @@ def _pixels(n, seed):
     return k, rng.uniform(size=k.shape)
 
 
+@pytest.fixture(scope="module")
+def bpd_offsets_runs():
+    """{centered: (bpd, z)} for the uncentred and the centred data, one jitted program."""
+    js = jsde.VPSDE()
+    k, u = _pixels(24, seed=4)
+
+    def run(u):
+        out = {}
+        for centered in (False, True):
+            score = jgmm.score_fn_for_sde(js, MIX_Y if centered else MIX_V)
+            x = jnp.asarray(2 * k / 255 - 1 if centered else k / 255)
+            out[centered] = jode.bits_per_dim(None, js, score, x, centered=centered, noise={"dequantization": u},
+                                              rtol=1e-7, atol=1e-7, eps=1e-5)[:2]
+        return out
+
+    return jax.jit(run)(jnp.asarray(u))
+
+
 @pytest.mark.parametrize("centered", [False, True])
-def test_bits_per_dim_offsets_against_closed_form(centered):
+def test_bits_per_dim_offsets_against_closed_form(centered, bpd_offsets_runs):
     """bpd = -log p_y(y) / (D ln 2) + 8 - log2(a), a = 2 centred / 1 not (derivation in
     ``jax_impl.ode.bits_per_dim``). Both parametrisations describe the same density of v, so
     both must equal the closed form -log p_v((k + u)/256) / (D ln 2) + 8. Tightly once the
@@ -262,15 +295,9 @@ def test_bits_per_dim_offsets_against_closed_form(centered):
     prior mismatch of uncentred data with mean ~0.5: ~1.2e-2 nats over D = 2)."""
     js = jsde.VPSDE()
     mixture = MIX_Y if centered else MIX_V
-    score = jgmm.score_fn_for_sde(js, mixture)
     k, u = _pixels(24, seed=4)
-    x = 2 * k / 255 - 1 if centered else k / 255
     eps, D = 1e-5, 2
-    bpd, z, _ = jax.jit(lambda x, u: jode.bits_per_dim(None, js, score, x, centered=centered,
-                                                       noise={"dequantization": u},
-                                                       rtol=1e-7, atol=1e-7, eps=eps))(
-        jnp.asarray(x), jnp.asarray(u))
-    bpd, z = np.asarray(bpd), np.asarray(z)
+    bpd, z = (np.asarray(a) for a in bpd_offsets_runs[centered])
     v = (k + u) / 256
     y = 2 * v - 1 if centered else v
     offset = 7.0 if centered else 8.0
@@ -286,29 +313,29 @@ def test_bits_per_dim_parity_and_plumbing(np_rng):
     k, u = _pixels(6, seed=5)
     x = 2 * k / 255 - 1
     kw = dict(centered=True, method="rk4", num_steps=6)
-    jb, _, jn = jax.jit(lambda x, u: jode.bits_per_dim(
-        None, js, jgmm.score_fn_for_sde(js, MIX_Y), x, noise={"dequantization": u}, **kw))(jnp.asarray(x), jnp.asarray(u))
+    y = jnp.asarray(2 * (k + u) / 256 - 1)
+    score = jgmm.score_fn_for_sde(js, MIX_Y)
+
+    @jax.jit
+    def all_jax(x, u, y, keys):
+        """Given dequantization noise; none (x is the continuous y itself); drawn per key."""
+        given = jode.bits_per_dim(None, js, score, x, noise={"dequantization": u}, **kw)
+        logp = jode.likelihood(None, js, score, y, method="rk4", num_steps=6)[0]
+        bpd = jode.bits_per_dim(None, js, score, y, centered=True, dequantize=False,
+                                method="rk4", num_steps=6)[0]
+        drawn = [jode.bits_per_dim(key, js, score, x, **kw)[0] for key in keys]
+        return given, (logp, bpd), drawn
+
+    (jb, _, jn), (jl, jb2), (b1, b2) = all_jax(jnp.asarray(x), jnp.asarray(u), y,
+                                               [jax.random.PRNGKey(0), jax.random.PRNGKey(1)])
     tb, _, tn = tode.bits_per_dim(ts, tgmm.score_fn_for_sde(ts, MIX_Y), torch.as_tensor(x),
                                   noise={"dequantization": torch.as_tensor(u)}, **kw)
     assert jn == tn == 24
     np.testing.assert_allclose(to_np(jb), to_np(tb), rtol=1e-10)
     # no dequantization: x is taken as the continuous y itself, same offset
-    y = jnp.asarray(2 * (k + u) / 256 - 1)
-    score = jgmm.score_fn_for_sde(js, MIX_Y)
-
-    @jax.jit
-    def no_dequant(y):
-        logp = jode.likelihood(None, js, score, y, method="rk4", num_steps=6)[0]
-        bpd = jode.bits_per_dim(None, js, score, y, centered=True, dequantize=False,
-                                method="rk4", num_steps=6)[0]
-        return logp, bpd
-
-    jl, jb2 = no_dequant(y)
     np.testing.assert_allclose(to_np(jb2), -to_np(jl) / (2 * math.log(2)) + 7.0, rtol=1e-12)
     np.testing.assert_allclose(to_np(jb2), to_np(jb), rtol=1e-12)
     # drawn dequantization noise: a key / generator path that runs and differs per key
-    drawn = jax.jit(lambda key: jode.bits_per_dim(key, js, score, jnp.asarray(x), **kw)[0])
-    b1, b2 = drawn(jax.random.PRNGKey(0)), drawn(jax.random.PRNGKey(1))
     assert np.all(np.isfinite(to_np(b1))) and not np.allclose(to_np(b1), to_np(b2))
     g = torch.Generator().manual_seed(0)
     tb3, _, _ = tode.bits_per_dim(ts, tgmm.score_fn_for_sde(ts, MIX_Y), torch.as_tensor(x),
@@ -348,9 +375,10 @@ def test_grad_of_log_likelihood_wrt_score_parameter():
         return jnp.mean(jode.likelihood(None, js, score_fn, x, method="rk4", num_steps=8)[0])
 
     theta0, h = 1.1, 1e-4
-    g = jax.jit(jax.grad(mean_logp))(jnp.float64(theta0))
-    f = jax.jit(mean_logp)
-    fd = (f(jnp.float64(theta0 + h)) - f(jnp.float64(theta0 - h))) / (2 * h)
+    # the gradient and both function values in one jitted program (one compile)
+    g, fp, fm = jax.jit(lambda th: (jax.grad(mean_logp)(th), mean_logp(th + h), mean_logp(th - h)))(
+        jnp.float64(theta0))
+    fd = (fp - fm) / (2 * h)
     assert abs(float(g)) > 1e-3  # a real dependence
     np.testing.assert_allclose(float(g), float(fd), rtol=1e-6)  # FD truncation ~h^2
 
