@@ -4,6 +4,10 @@ training driver on top of ``jax_impl.train``, quality numbers, and the matplotli
 Every example is ``python examples/<name>.py [--out DIR] [--tiny]``; its ``main(argv)``
 returns a dict of what it measured, so ``parity_tests/test_examples.py`` can call it in
 process. The method itself (config, loss, sampler) lives in each example, not here.
+``--tiny`` is the tests' size: a handful of steps, tiny batches and, for the 2-D sets,
+smaller splits (``toy_data``: 2000 training, 500 test points instead of 10000 / 5000, so
+that the quality numbers and the data scale are measured in a fraction of a second);
+without it every example runs at its documented full size.
 
 Training (``fit``) is ``jax_impl.train.create_train_state`` + ``make_train_step`` over a
 ``jax_impl.data.BatchIterator``: the library's jitted step (optimiser, gradient clipping,
@@ -36,10 +40,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from jax_impl import data as jdata  # noqa: E402
 from jax_impl.models.mlp import MLP  # noqa: E402
 from jax_impl.train import create_train_state, make_train_step  # noqa: E402
+from spec import datasets as spec_datasets  # noqa: E402
 from spec.datasets import load_dataset  # noqa: E402
 from spec.model_configs import MLPConfig  # noqa: E402
 
-__all__ = ["FlatMLP", "parse_args", "fit", "max_pairwise_distance", "quality", "describe", "scatter",
+__all__ = ["FlatMLP", "parse_args", "fit", "max_pairwise_distance", "toy_data", "quality", "describe", "scatter",
            "image_grid", "loss_curve", "save", "done"]
 
 DEFAULT_OUT = "outputs/examples"
@@ -52,7 +57,8 @@ def parse_args(argv, description: str) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"where the figure goes (default {DEFAULT_OUT})")
     p.add_argument("--tiny", action="store_true",
-                   help="a handful of steps and a tiny batch: checks that the script runs (seconds)")
+                   help="a handful of steps, a tiny batch and (2-D sets) smaller splits: checks "
+                        "that the script runs (seconds)")
     args = p.parse_args(argv)
     args.out = Path(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -122,6 +128,20 @@ def max_pairwise_distance(x, chunk: int = 512) -> float:
         d2 = sq[i:i + chunk, None] + sq[None] - 2 * x[i:i + chunk] @ x.T
         best = max(best, float(d2.max()))
     return math.sqrt(max(best, 0.0))
+
+
+#: ``--tiny``: the 2-D sets' (train, test) sizes (the full runs use the defaults, 10000 / 5000)
+TINY_TOY_SPLITS = (2000, 500)
+
+
+def toy_data(dataset: str, tiny: bool):
+    """The ``spec.DataConfig`` of a 2-D set: the default splits (10000 training, 5000 test
+    points), or ``TINY_TOY_SPLITS`` for ``--tiny`` (the exact-sample floor of ``quality``
+    and a max pairwise distance over 10000 points take seconds, the rest of a tiny run less)."""
+    if not tiny:
+        return spec_datasets.DataConfig(dataset=dataset)
+    n_train, n_test = TINY_TOY_SPLITS
+    return spec_datasets.DataConfig(dataset=dataset, num_train=n_train, num_test=n_test)
 
 
 def flat_images(data_config):

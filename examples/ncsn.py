@@ -4,6 +4,9 @@ geometric ladder of noise levels, sampled by annealed Langevin dynamics.
 
     python examples/ncsn.py [--out DIR] [--tiny]
 
+(``--tiny``, for the tests: a few steps, and the data set's smaller 2000 / 500-point
+splits of ``_common.toy_data``; the default run is the full size described below.)
+
 What we chose, and why: the 2-D Gaussian mixture ``gmm`` (three unequal, well separated
 components, density known exactly) and the library's MLP, not the RefineNet on digits. On
 this 2-core CPU the RefineNet (``NCSNConfig``) takes over a second per step even on 8x8
@@ -54,7 +57,7 @@ def main(argv=None) -> dict:
     sigmas = geometric_sigmas(sigma_1, sigma_L, L)            # float64 [L], decreasing
 
     # --- the run: network, optimiser, data, noise process ------------------------------
-    data = spec.DataConfig(dataset="gmm")
+    data = C.toy_data("gmm", tiny)
     model_cfg = MLPConfig(data_dim=2, hidden_dims=(128, 128, 128))   # label: positional embedding of i
     steps, batch = (5, 32) if tiny else (3000, 256)
     train_cfg = spec.TrainConfig().with_overrides([

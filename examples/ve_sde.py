@@ -4,6 +4,9 @@ sampling, probability-flow ODE sampling and the exact log-likelihood it gives.
 
     python examples/ve_sde.py [--out DIR] [--tiny]
 
+(``--tiny``, for the tests: a few steps, and the data set's smaller 2000 / 500-point
+splits of ``_common.toy_data``; the default run is the full size described below.)
+
 What we chose, and why: the 2-D ``swiss_roll`` (a thin curved manifold: a hard target for
 a score model, easy to judge by eye) and an MLP score network (thousands of steps in a
 minute on a CPU; 2-D data shows the samples, the learned density and the whole reverse
@@ -50,7 +53,7 @@ def main(argv=None) -> dict:
     tiny = args.tiny
 
     # --- the run ----------------------------------------------------------------------
-    data = spec.DataConfig(dataset=DATASET)
+    data = C.toy_data(DATASET, tiny)
     # sigma_max = max_{i,j} ||x_i - x_j|| over the training set (Technique 1, NCSNv2).
     train_points, test = C.flat_images(data)
     sigma_max = C.max_pairwise_distance(train_points)
