@@ -535,6 +535,13 @@ def _judge(config, samples, seed: int) -> dict:
                      f"the 2-D sets have one); `scorediff likelihood` works for any data")
 
 
+def _evaluate_num(config, num: int | None) -> int:
+    """``evaluate --num``, or its default: 359 (the digits' held-out split), else 2000."""
+    if num is not None:
+        return num
+    return 359 if config.data and config.data.dataset == "digits" else 2000
+
+
 def cmd_evaluate(args) -> int:
     import jax
     import numpy as np
@@ -543,7 +550,7 @@ def cmd_evaluate(args) -> int:
 
     run, default = _run_and_preset(args.workdir)
     config = run.config
-    num = args.num if args.num is not None else (359 if config.data and config.data.dataset == "digits" else 2000)
+    num = _evaluate_num(config, args.num)
     _check_num("--num", num, 2)
     variables, step = runs.ema_variables(run)
     plan = sampling.resolve(config, default, name=args.sampler, overrides=_sampler_overrides(args), num=num)
@@ -951,7 +958,7 @@ def _default_host_devices(args) -> int | None:
         return None
     try:
         if args.command == "train":
-            preset, config, _, framework = _prepare_train(args, write=False)
+            _, config, _, framework = _prepare_train(args, write=False)
             if framework != "jax":
                 return None
             batch = config.train.training.batch_size
@@ -965,9 +972,7 @@ def _default_host_devices(args) -> int | None:
                 from scorediff import runs
 
                 config = runs.load_run(args.workdir).config
-            batch = args.num
-            if batch is None:  # evaluate's default
-                batch = 359 if config.data and config.data.dataset == "digits" else 2000
+            batch = _evaluate_num(config, args.num) if args.command == "evaluate" else args.num
     except Exception:  # noqa: BLE001 -- any problem is the command's to report
         return None
     from spec.model_configs import MLPConfig

@@ -181,11 +181,9 @@ def default_host_devices(batch: int, cores: int | None = None) -> int:
     """The host split chosen for a batch of ``batch`` examples on ``cores`` cores (default
     :func:`usable_cores`): the largest ``d <= cores`` dividing ``batch`` (1 = no split), so
     every device holds ``batch / d`` examples. E.g. batch 64 on 2 cores: 2; 359 on 2: 1."""
-    cores = usable_cores() if cores is None else int(cores)
-    batch = int(batch)
-    if batch < 1 or cores < 1:
-        return 1
-    return max(d for d in range(1, min(batch, cores) + 1) if batch % d == 0)
+    from scorediff.sampling import shard_devices  # the same rule the sampler shards by
+
+    return shard_devices(int(batch), usable_cores() if cores is None else int(cores))
 
 
 def configure_host_devices(value: str | None = None, *, default: int | None = None) -> int | None:
