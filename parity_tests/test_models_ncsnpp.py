@@ -104,6 +104,26 @@ def test_fir_resampling_preserves_constants():
     np.testing.assert_allclose(down[:, :, 1:-1, 1:-1], 3.0, rtol=1e-12)
 
 
+def test_fir_separable_passes_equal_the_2d_kernel(np_rng):
+    """The fast path (1-D taps, two fused passes) against the depthwise 2-D convolution of
+    ``upfirdn2d`` with the outer-product kernel, for up / down / padding with a crop; and
+    a 2-D kernel given to ``upsample_2d`` / ``downsample_2d`` takes the 2-D path."""
+    x = jnp.asarray(np_rng.normal(size=(2, 7, 6, 3)))
+    taps = np.array([1.0, 3.0, 3.0, 1.0]) / 8.0
+    for up, down, pad in ((2, 1, (2, 1)), (1, 2, (1, 1)), (1, 1, (2, 2)), (3, 1, (0, -1)), (1, 3, (1, 0))):
+        fast = jud.upfirdn2d(x, taps, up=up, down=down, pad=pad)
+        ref = jud.upfirdn2d(x, np.outer(taps, taps), up=up, down=down, pad=pad)
+        assert fast.shape == ref.shape, (up, down, pad)
+        np.testing.assert_allclose(np.asarray(fast), np.asarray(ref), rtol=1e-12, atol=1e-12,
+                                   err_msg=str((up, down, pad)))
+    k2 = np.outer(K4, K4)
+    for gain in (1.0, 0.5):
+        np.testing.assert_allclose(np.asarray(jud.upsample_2d(x, k2, gain=gain)),
+                                   np.asarray(jud.upsample_2d(x, K4, gain=gain)), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(jud.downsample_2d(x, k2, gain=gain)),
+                                   np.asarray(jud.downsample_2d(x, K4, gain=gain)), rtol=1e-12, atol=1e-12)
+
+
 # ------------------------------------------------------------------------ networks
 
 BASE = NCSNppConfig(image_size=8, num_channels=3, nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
