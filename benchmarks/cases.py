@@ -121,7 +121,7 @@ TINY = Sizes(mode="tiny", repeats=1, mlp=_mlp2d((16, 16)), mlp_fit_steps=20, mlp
                                attn_resolutions=(), dropout=0.0), unet32_batch=4,
              ncsnpp32=NCSNppConfig(image_size=4, num_channels=3, nf=8, ch_mult=(1,), num_res_blocks=1,
                                    attn_resolutions=(), dropout=0.0), ncsnpp_batch=4, ddpm_steps=5, ddim_steps=5,
-             ncsnpp_pc_N=3, ncsnpp_ode_steps=3, train_image_batch=4, ode_tol=1e-2,
+             ncsnpp_pc_N=3, ncsnpp_ode_steps=3, train_image_batch=4, ode_tol=1e-5,
              compile_cases=("mlp_pc_b8",))
 SIZES = {"full": FULL, "tiny": TINY}
 

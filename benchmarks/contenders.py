@@ -32,9 +32,14 @@ from benchmarks import cases as C
 from benchmarks import timing
 from benchmarks.timing import Variant
 
-#: agreement tolerance per job: max |out - out_jax| <= tol * (1 + max |out_jax|)
+#: agreement tolerance per job: max |out - out_jax| <= tol * (1 + max |out_jax|). An adaptive
+#: solve (dopri5) agrees to the solver tolerance times the flow's conditioning, not to
+#: round-off: torchdiffeq's controller differs from diffrax's in detail, and the RMS error
+#: norm runs over the batch (over each shard for ``jax-split``), so every contender takes its
+#: own step sequence. Measured with the fitted MLP at rtol = atol = 1e-5, batch 64: torch
+#: 5.5e-3 and jax-split 5.6e-3 from jax (outputs up to 2.6); the tiny MLP: 2.5e-3 (up to 3.9).
 TOLERANCE = {"forward": 1e-4, "train": 1e-3, "pc": 1e-3, "em": 1e-3, "ode_euler": 1e-3, "ode_rk4": 1e-3,
-             "ode_dopri5": 1e-3, "ddpm": 1e-3, "ddim": 1e-3}
+             "ode_dopri5": 1e-2, "ddpm": 1e-3, "ddim": 1e-3}
 
 
 # ------------------------------------------------------------------------ networks
@@ -319,8 +324,17 @@ class SplitWorker:
     def call(self, **msg) -> dict:
         import json
 
+        self.send(**msg)
+        return self._recv()
+
+    def send(self, **msg) -> None:
+        """Send a request without waiting for its answer (``receive()`` collects it)."""
+        import json
+
         self.proc.stdin.write(json.dumps(msg) + "\n")
         self.proc.stdin.flush()
+
+    def receive(self) -> dict:
         return self._recv()
 
     def close(self):
@@ -394,11 +408,26 @@ def run_case(ctx: _Ctx, case: C.Case, *, contenders=None, worker: SplitWorker | 
         result["score_fit"] = net.fit
     flops_per_call = None
     nfe = None
+    if case.job == "train":
+        inputs = train_inputs(sizes, case, seed)
+    elif case.job == "forward":
+        inputs = forward_inputs(sizes, case, seed)
+    else:
+        inputs = sampler_inputs(sizes, case, seed)
+    # A tiny run (a smoke test; its times are not the point) lets the worker build and
+    # compile its program while this process compiles the jax row: both cores work. A
+    # timed run builds them one after the other, so that neither compile time is inflated.
+    overlap = sizes.mode == "tiny"
     with tempfile.TemporaryDirectory() as tmp:
+        if "jax-split" in chosen:
+            path = os.path.join(tmp, "inputs.pkl")
+            with open(path, "wb") as f:
+                pickle.dump({"variables": net.variables, "inputs": inputs}, f)
+            worker.send(op="setup", mode=sizes.mode, case=case.name, data=path)
+            info = None if overlap else worker.receive()
         # ------------------------------------------------------------- jax (main process)
         if case.job == "train":
             state = C.jax_train_state(sizes, case)
-            inputs = train_inputs(sizes, case, seed)
             x = jnp.asarray(inputs["x"])
             fn = C.jax_train_step(sizes, case)
             t0 = time.perf_counter()
@@ -409,7 +438,6 @@ def run_case(ctx: _Ctx, case: C.Case, *, contenders=None, worker: SplitWorker | 
             extra["jax"] = {"xla_memory_bytes": C.jax_memory(compiled)}
             outputs_of = {"jax": lambda m: np.array([float(m["loss"]), float(m["grad_norm"])])}
         elif case.job == "forward":
-            inputs = forward_inputs(sizes, case, seed)
             fn = C.jax_forward(sizes, case)
             args = (net.variables, jnp.asarray(inputs["x"]), jnp.asarray(inputs["labels"]))
             t0 = time.perf_counter()
@@ -421,7 +449,6 @@ def run_case(ctx: _Ctx, case: C.Case, *, contenders=None, worker: SplitWorker | 
             variants.append(Variant("jax", lambda: _sync(compiled(*args)), compile_s))
             extra["jax"] = {"xla_memory_bytes": C.jax_memory(compiled)}
         else:
-            inputs = sampler_inputs(sizes, case, seed)
             fn = C.jax_sampler(sizes, case)
             noise = jax.tree_util.tree_map(jnp.asarray, inputs["noise"])
             x_T = jnp.asarray(inputs["x_T"])
@@ -438,10 +465,8 @@ def run_case(ctx: _Ctx, case: C.Case, *, contenders=None, worker: SplitWorker | 
 
         # ------------------------------------------------------------- jax-split (worker)
         if "jax-split" in chosen:
-            path = os.path.join(tmp, "inputs.pkl")
-            with open(path, "wb") as f:
-                pickle.dump({"variables": net.variables, "inputs": inputs}, f)
-            info = worker.call(op="setup", mode=sizes.mode, case=case.name, data=path)
+            if info is None:
+                info = worker.receive()
             extra["jax-split"] = {"devices": info["devices"], "xla_memory_bytes": info.get("xla_memory_bytes")}
             out_path = os.path.join(tmp, "split_out.pkl")
 

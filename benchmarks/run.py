@@ -214,7 +214,8 @@ def main(argv=None) -> int:
             if args.wait_quiet > 0:
                 quiet, load_before, waited = timing.wait_for_quiet(args.wait_quiet)
             else:
-                quiet, load_before, waited = None, timing.foreign_load(0.5), 0.0
+                # a short look in a tiny run (its timings are not the point)
+                quiet, load_before, waited = None, timing.foreign_load(0.05 if args.tiny else 0.5), 0.0
             shown = "unknown" if load_before is None else f"{load_before:.2f}"
             print(f"[benchmarks] {case.name} (other processes use {shown} cores) ...", flush=True)
             with timing.LoadMonitor() as mon:

@@ -64,10 +64,14 @@ class _Program:
             state = sharding.shard_train_state(C.jax_train_state(sizes, case), mesh)
             step = sharding.make_sharded_train_step(C.run_config(sizes, case), mesh)
             x = sharding.shard_batch(np.asarray(inputs["x"]), mesh)
+            t0 = time.perf_counter()
+            compiled = step.lower(state, x).compile()
+            self.compile_s = time.perf_counter() - t0
+            self.xla_memory_bytes = C.jax_memory(compiled)
             self._state = state
 
             def run():
-                self._state, m = step(self._state, x)
+                self._state, m = compiled(self._state, x)
                 m = jax.block_until_ready(m)
                 return np.array([float(m["loss"]), float(m["grad_norm"])])
             self._run = run

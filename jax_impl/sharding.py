@@ -356,6 +356,7 @@ def make_sharded_train_step(run_config, mesh, *, shard_params=False):
     ``x`` or ``(x, y)``: process-local rows (numpy or jax; see ``shard_batch``) or global
     arrays already sharded. ``state`` may be unplaced (one process) or from
     ``shard_train_state``; its buffers are donated (do not reuse the state passed in).
+    ``step.lower(state, batch, rng=None)`` lowers it ahead of time (``.compile()``).
     ValueError naming ``batch_size`` when the global batch does not divide over the data axis.
     """
     from jax_impl import train as _train
@@ -386,18 +387,27 @@ def make_sharded_train_step(run_config, mesh, *, shard_params=False):
                                       donate_argnums=(0,)))
         return cache[sig]
 
-    def step(state, batch, rng=None):
+    def prepare(state, batch, rng):
         state = _check_state(state)
         batch = shard_batch(batch, mesh)
         b = jax.tree_util.tree_leaves(batch)[0].shape[0]
         if mb > 0 and b % mb:
             raise ValueError(f"batch of {b} examples is not a multiple of training.microbatch={mb}")
         sh, fn = compiled(state, batch, rng is not None)
-        state = _place(state, sh)
-        if rng is None:
-            return fn(state, batch)
-        return fn(state, batch, _place(_train._key_data(rng), rep))
+        args = (_place(state, sh), batch) + (() if rng is None else (_place(_train._key_data(rng), rep),))
+        return fn, args
 
+    def step(state, batch, rng=None):
+        fn, args = prepare(state, batch, rng)
+        return fn(*args)
+
+    def lower(state, batch, rng=None):
+        """``jax.stages.Lowered`` of the update for these arguments (``.compile()`` it ahead
+        of time; the compiled step takes the placed ``state``, the sharded batch (``rng``))."""
+        fn, args = prepare(state, batch, rng)
+        return fn.lower(*args)
+
+    step.lower = lower
     return step
 
 
