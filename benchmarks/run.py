@@ -218,7 +218,7 @@ def main(argv=None) -> int:
                 quiet, load_before, waited = None, timing.foreign_load(0.05 if args.tiny else 0.5), 0.0
             shown = "unknown" if load_before is None else f"{load_before:.2f}"
             print(f"[benchmarks] {case.name} (other processes use {shown} cores) ...", flush=True)
-            with timing.LoadMonitor() as mon:
+            with timing.LoadMonitor(pids=() if worker is None else (worker.proc.pid,)) as mon:
                 try:
                     res = K.run_case(ctx, case, contenders=contenders, worker=worker, repeats=args.repeats)
                 except Exception as err:  # noqa: BLE001 -- recorded; the other configurations still run

@@ -147,21 +147,36 @@ def _cpu_busy_s() -> float | None:
     return (total - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def _own_cpu_s() -> float:
+def _own_cpu_s(pids=()) -> float:
+    """CPU seconds of this process plus those of the live processes ``pids`` (the
+    ``jax-split`` worker: a child still running, which ``os.times()`` does not count)."""
     t = os.times()
-    return t.user + t.system
+    total = t.user + t.system
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
 
 
 class LoadMonitor:
     """Measures the CPU load OTHER processes put on the machine while a block runs.
 
-    ``foreign_cores = (machine busy seconds - this process's CPU seconds) / wall seconds``:
-    about 0 on a quiet machine; on a 2-core machine 1.0 means another job took a whole
-    core, and torch's OpenMP threads (which spin-wait) then slow down many-fold.
+    ``foreign_cores = (machine busy seconds - this process's CPU seconds) / wall seconds``
+    (``pids``: further processes of the run, the ``jax-split`` worker, counted as this
+    process): about 0 on a quiet machine; on a 2-core machine 1.0 means another job took a
+    whole core, and torch's OpenMP threads (which spin-wait) then slow down many-fold.
     """
 
+    def __init__(self, pids=()):
+        self._pids = tuple(pids)
+
     def __enter__(self):
-        self._t0, self._busy0, self._own0 = time.perf_counter(), _cpu_busy_s(), _own_cpu_s()
+        self._t0, self._busy0 = time.perf_counter(), _cpu_busy_s()
+        self._own0 = _own_cpu_s(self._pids)
         return self
 
     def __exit__(self, *exc):
@@ -170,7 +185,7 @@ class LoadMonitor:
         if self._busy0 is None or busy1 is None or self.wall_s <= 0:
             self.foreign_cores = None
         else:
-            own = _own_cpu_s() - self._own0
+            own = _own_cpu_s(self._pids) - self._own0
             self.foreign_cores = max(0.0, (busy1 - self._busy0 - own) / self.wall_s)
         return False
 
