@@ -151,6 +151,9 @@ def main(argv=None) -> int:
         if unknown:
             raise SystemExit(f"--contenders: unknown {sorted(unknown)}; valid: {', '.join(C.CONTENDERS)}")
 
+    from jax_impl import xla_cpu
+
+    xla_cpu.configure_cpu_convolutions()  # the library's default set-up (jax_impl/xla_cpu.py)
     import jax
     import torch
 

@@ -46,6 +46,11 @@ os.environ.setdefault("SCOREDIFF_HOST_DEVICES", "1")
 FAST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if os.environ.get("SCOREDIFF_TEST_FAST_XLA", "1") != "0" and FAST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_XLA_FLAGS}".strip()
+# The XLA:CPU convolution setting the command line applies (jax_impl/xla_cpu.py), so that
+# in-process results and `scorediff` subprocesses compute alike.
+from jax_impl import xla_cpu as _xla_cpu  # noqa: E402
+
+_xla_cpu.configure_cpu_convolutions()
 
 #: The session's cache directory when this process created it (and removes it at exit).
 _OWN_CACHE_DIR: str | None = None

@@ -82,3 +82,43 @@ def test_conv_sample_splits_and_matches(tmp_path, monkeypatch):
     x, _ = one(variables, jax.random.key(5))
     got = np.load(out)["samples"]
     np.testing.assert_allclose(got, np.asarray(x), rtol=1e-5, atol=1e-5)
+
+
+_XLA_CPU_SCENARIOS = """
+import os
+from jax_impl import xla_cpu
+flag = xla_cpu.cpu_flag()
+os.environ["XLA_FLAGS"] = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT"
+assert not xla_cpu.configure_cpu_convolutions()  # the user's own setting wins
+os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=1"
+os.environ[xla_cpu.CONVOLUTIONS_ENV] = "ynn"
+assert not xla_cpu.configure_cpu_convolutions() and flag not in os.environ["XLA_FLAGS"]
+os.environ[xla_cpu.CONVOLUTIONS_ENV] = "xla"
+assert xla_cpu.configure_cpu_convolutions()
+assert os.environ["XLA_FLAGS"] == "--xla_backend_optimization_level=1 " + flag
+import jax, jax.numpy as jnp
+x = jnp.ones((1, 6, 6, 2)); w = jnp.ones((3, 3, 2, 4))
+y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+assert float(y[0, 2, 2, 0]) == 18.0
+assert not xla_cpu.configure_cpu_convolutions()  # the backend has started: too late, no error
+print("OK")
+"""
+
+
+def test_cpu_convolution_setting():
+    """``jax_impl.xla_cpu``: the flag is added once, before JAX starts, unless the user set it
+    or asked for YNNPACK; a bad ``SCOREDIFF_XLA_CPU_CONVOLUTIONS`` is one error line."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "SCOREDIFF_XLA_CPU_CONVOLUTIONS")}
+    proc = subprocess.run([sys.executable, "-c", _XLA_CPU_SCENARIOS], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    from jax_impl import xla_cpu
+
+    assert os.environ.get("XLA_FLAGS", "").count(xla_cpu.YNN_FLAG) <= 1  # the suite's own, once
+    os.environ[xla_cpu.CONVOLUTIONS_ENV] = "fast"
+    try:
+        with pytest.raises(ValueError, match="SCOREDIFF_XLA_CPU_CONVOLUTIONS='fast' must be 'xla'"):
+            xla_cpu.configure_cpu_convolutions()
+        assert cli.main(["presets"]) == 2
+    finally:
+        del os.environ[xla_cpu.CONVOLUTIONS_ENV]

@@ -983,7 +983,14 @@ def _default_host_devices(args) -> int | None:
 
 
 def _start_and_run(args) -> int:
-    """The host-device split, jax.distributed (train / sample), then the command."""
+    """XLA:CPU's convolutions, the host-device split, jax.distributed (train / sample), then
+    the command."""
+    from jax_impl import xla_cpu
+
+    try:
+        xla_cpu.configure_cpu_convolutions()  # before JAX starts; see jax_impl/xla_cpu.py
+    except ValueError as err:
+        raise distributed.LaunchError(str(err)) from None
     distributed.configure_host_devices(default=_default_host_devices(args))
     if hasattr(args, "coordinator"):
         args.launch = distributed.launch_spec(args.coordinator, args.num_processes, args.process_id,

@@ -1,0 +1,62 @@
+"""XLA:CPU settings the library applies by default (issue 11): convolutions without YNNPACK.
+
+jax 0.10's XLA:CPU hands convolutions (and dots) to YNNPACK library fusions
+(``ynn_fusion`` in a profile). On the 2-core machine this project is measured on, XLA's own
+convolution is faster: with ``--xla_cpu_experimental_ynn_fusion_type`` limited to
+``LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT`` (YNNPACK keeps stand-alone dots, not convolutions),
+one network evaluation took, in alternating processes on 2026-12-02 (medians of 5, two
+rounds):
+
+=============================  =================  ===================
+network (benchmarks.cases)      default            convolutions in XLA
+=============================  =================  ===================
+DDPM U-Net 32x32, batch 4       32.7 / 24.2 ms     21.8 / 15.1 ms
+DDPM U-Net 8x8, batch 64        24-28 ms           12-13 ms (all YNN off)
+NCSN++ 32x32, batch 8           23-28 ms           14-18 ms (all YNN off)
+MLP Euler-Maruyama N=1000, b64  217.7 / 207.4 ms   218.5 / 198.8 ms
+=============================  =================  ===================
+
+``configure_cpu_convolutions()`` adds that flag to ``XLA_FLAGS`` before JAX's backend
+starts. The ``scorediff`` command line and ``python -m benchmarks.run`` call it; a library
+user may call it first thing, or set the flag themselves. It changes nothing when
+``XLA_FLAGS`` already names the flag (the user's choice wins), when
+``SCOREDIFF_XLA_CPU_CONVOLUTIONS=ynn`` asks for JAX's default, or when the backend has
+already started (XLA reads its flags once). Outputs differ from the default only by float32
+rounding (another convolution algorithm): the benchmark suite's agreement checks and the
+test suite run with it. It only affects the CPU backend.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["YNN_FLAG", "CONVOLUTIONS_ENV", "cpu_flag", "configure_cpu_convolutions"]
+
+#: the XLA flag (a list of library fusion kinds YNNPACK may take)
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+#: ``xla`` (default): convolutions in XLA's own emitter; ``ynn``: JAX's default
+CONVOLUTIONS_ENV = "SCOREDIFF_XLA_CPU_CONVOLUTIONS"
+_VALUE = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+
+
+def cpu_flag() -> str:
+    """The flag ``configure_cpu_convolutions`` adds: ``--xla_cpu_experimental_ynn_fusion_type=...``."""
+    return f"{YNN_FLAG}={_VALUE}"
+
+
+def configure_cpu_convolutions() -> bool:
+    """Run XLA:CPU convolutions in XLA's own emitter (YNNPACK keeps stand-alone dots).
+
+    Returns True when the flag was added to ``XLA_FLAGS`` now. ValueError naming
+    ``SCOREDIFF_XLA_CPU_CONVOLUTIONS`` for a value other than ``xla`` / ``ynn``."""
+    choice = os.environ.get(CONVOLUTIONS_ENV, "xla").strip().lower()
+    if choice not in ("xla", "ynn"):
+        raise ValueError(f"{CONVOLUTIONS_ENV}={os.environ[CONVOLUTIONS_ENV]!r} must be 'xla' "
+                         "(XLA's own convolutions, the default) or 'ynn' (JAX's default, YNNPACK)")
+    from jax_impl.sharding import _backends_started
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if choice == "ynn" or YNN_FLAG in flags or _backends_started():
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} {cpu_flag()}".strip()
+    return True
