@@ -1,5 +1,8 @@
 """XLA:CPU settings the library applies by default (issue 11): convolutions without YNNPACK.
 
+One-sided module: JAX only, with no ``torch_ref`` twin. It sets an XLA compiler flag
+(``XLA_FLAGS``) before JAX's backend starts; torch has no XLA compiler to configure.
+
 jax 0.10's XLA:CPU hands convolutions (and dots) to YNNPACK library fusions
 (``ynn_fusion`` in a profile). On the 2-core machine this project is measured on, XLA's own
 convolution is faster: with ``--xla_cpu_experimental_ynn_fusion_type`` limited to
