@@ -1,8 +1,8 @@
 """The command line's default host split (``scorediff.distributed``, issue 11): with
-``SCOREDIFF_HOST_DEVICES`` unset, ``train`` / ``sample`` / ``evaluate`` of a convolutional
-network split a CPU host into per-core devices (XLA:CPU runs each convolution on one core),
-and the samples equal the one-device samples; MLPs, torch and multi-process runs are left
-alone.
+``SCOREDIFF_HOST_DEVICES`` unset, ``sample`` / ``evaluate`` of a convolutional network split
+a CPU host into per-core devices, and the samples equal the one-device samples; training,
+MLPs, torch and multi-process runs are left alone. ``test_cpu_convolution_setting``: the
+XLA:CPU convolution flag of ``jax_impl.xla_cpu``.
 
 * ``test_default_host_devices``: the largest divisor of the batch <= the cores.
 * ``test_which_commands_split``: the choice from parsed arguments (no JAX started).
@@ -42,19 +42,21 @@ def _choice(monkeypatch, argv, cores=2):
 
 
 def test_which_commands_split(monkeypatch, tmp_path):
-    conv = ["train", "--preset", "digits/ddpm-unet", "--workdir", str(tmp_path / "a")]
-    assert _choice(monkeypatch, conv) == 2  # batch 64 (the preset's) on 2 cores
-    assert _choice(monkeypatch, conv + ["--set", "training.batch_size=63"]) == 1
-    assert _choice(monkeypatch, conv + ["--set", "training.batch_size=12"], cores=8) == 6
-    assert _choice(monkeypatch, conv + ["--framework", "torch"]) is None
-    assert _choice(monkeypatch, conv + ["--coordinator", "localhost:1234", "--num-processes", "2",
+    conv = ["sample", "--checkpoint", str(tmp_path / "ckpt"), "--preset", "digits/ddpm-unet"]
+    assert _choice(monkeypatch, conv + ["--num", "64"]) == 2  # 64 samples on 2 cores
+    assert _choice(monkeypatch, conv + ["--num", "63"]) == 1
+    assert _choice(monkeypatch, conv + ["--num", "12"], cores=8) == 6
+    assert _choice(monkeypatch, conv + ["--num", "64", "--coordinator", "localhost:1234", "--num-processes", "2",
                                         "--process-id", "0"]) is None
-    assert _choice(monkeypatch, ["train", "--preset", "digits/improved-ddpm",
-                                 "--workdir", str(tmp_path / "b")]) is None  # an MLP
-    assert _choice(monkeypatch, ["train", "--preset", "no/such-preset"]) is None  # train reports it
+    train = ["train", "--preset", "digits/ddpm-unet", "--workdir", str(tmp_path / "a")]
+    assert _choice(monkeypatch, train) is None  # training: one device uses every core
+    assert _choice(monkeypatch, train + ["--framework", "torch"]) is None
+    assert _choice(monkeypatch, ["sample", "--checkpoint", str(tmp_path / "ckpt"), "--preset",
+                                 "digits/improved-ddpm", "--num", "64"]) is None  # an MLP
+    assert _choice(monkeypatch, ["sample", "--checkpoint", "x", "--preset", "no/such-preset"]) is None
     assert _choice(monkeypatch, ["sample", "--workdir", str(tmp_path / "missing")]) is None
     assert _choice(monkeypatch, ["presets"]) is None
-    assert not (tmp_path / "a").exists()  # choosing wrote nothing
+    assert not (tmp_path / "a").exists() and not (tmp_path / "ckpt").exists()  # choosing wrote nothing
 
 
 def test_conv_sample_splits_and_matches(tmp_path, monkeypatch):

@@ -950,29 +950,26 @@ def main(argv=None) -> int:
 
 def _default_host_devices(args) -> int | None:
     """The host split this command chooses when ``SCOREDIFF_HOST_DEVICES`` is unset (see
-    ``scorediff.distributed``): for a single-process ``train`` (JAX), ``sample`` or
-    ``evaluate`` of a convolutional network, ``distributed.default_host_devices(batch)``;
-    None otherwise (an MLP, torch, another command, several processes, or a config that
-    cannot be read yet: the command then reports its own error)."""
-    if args.command not in ("train", "sample", "evaluate") or getattr(args, "coordinator", None):
+    ``scorediff.distributed``): for a single-process ``sample`` or ``evaluate`` of a
+    convolutional network, ``distributed.default_host_devices(batch)``; None otherwise (an
+    MLP, ``train``, another command, several processes, or a config that cannot be read yet:
+    the command then reports its own error). Training stays on one device: with XLA's own
+    convolutions (``jax_impl.xla_cpu``) one device already uses every core, and the split
+    training steps measured 3-11% slower (benchmarks/results/cpu-20261202T144255Z.json),
+    while split sampling was 7-19% faster."""
+    if args.command not in ("sample", "evaluate") or getattr(args, "coordinator", None):
         return None
     try:
-        if args.command == "train":
-            _, config, _, framework = _prepare_train(args, write=False)
-            if framework != "jax":
-                return None
-            batch = config.train.training.batch_size
+        if getattr(args, "checkpoint", None) is not None:
+            from scorediff import presets
+            from scorediff.overrides import apply_overrides
+
+            config = apply_overrides(presets.get_preset(args.preset).run_config, list(args.overrides))
         else:
-            if getattr(args, "checkpoint", None) is not None:
-                from scorediff import presets
-                from scorediff.overrides import apply_overrides
+            from scorediff import runs
 
-                config = apply_overrides(presets.get_preset(args.preset).run_config, list(args.overrides))
-            else:
-                from scorediff import runs
-
-                config = runs.load_run(args.workdir).config
-            batch = _evaluate_num(config, args.num) if args.command == "evaluate" else args.num
+            config = runs.load_run(args.workdir).config
+        batch = _evaluate_num(config, args.num) if args.command == "evaluate" else args.num
     except Exception:  # noqa: BLE001 -- any problem is the command's to report
         return None
     from spec.model_configs import MLPConfig

@@ -31,13 +31,13 @@ platform only and must run before JAX starts. "1" leaves JAX's own setting (``XL
 alone.
 
 When the variable is unset the command chooses (``default=`` of :func:`configure_host_devices`,
-computed by ``scorediff.cli``): a single-process ``train`` (JAX), ``sample`` or ``evaluate`` of a
+computed by ``scorediff.cli``): a single-process ``sample`` or ``evaluate`` of a
 convolutional network splits the host into :func:`default_host_devices` devices, the largest
-count <= the usable cores that divides the batch. XLA:CPU runs a convolution on one core
-(its dots are multi-threaded, its convolutions are not), so on a 2-core host this is what
-makes the U-Nets use both cores: measured 1.3x training steps/s and 1.5-1.7x samples/s
-(``benchmarks/results/``). The MLPs are left on one device (their dots already use every
-core; splitting measured 0.89x). Results equal the one-device run's to float32 reduction
+count <= the usable cores that divides the batch (measured 7-19% more samples/s on 2 cores,
+``benchmarks/results/cpu-20261202T144255Z.json``). ``train`` and the MLPs stay on one
+device: with XLA's own convolutions (``jax_impl.xla_cpu``, which the command line applies)
+one device already uses every core for convolutions and dots, and split training steps
+measured 3-11% slower (the MLP's 0.89x). Results equal the one-device run's to float32 reduction
 order (per-sample noise, global batch statistics). A backend that has already started (the
 CLI called in-process after JAX ran) keeps its devices without an error.
 """
