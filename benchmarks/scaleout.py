@@ -147,8 +147,10 @@ def _child_main(argv) -> None:
     p.add_argument("--process-id", type=int)
     a = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    from jax_impl import xla_cpu
     from scorediff import distributed
 
+    xla_cpu.configure_cpu_convolutions()  # the command line's XLA:CPU set-up
     distributed.configure_host_devices()
     launch = distributed.launch_spec(a.coordinator, a.num_processes, a.process_id, 120.0)
     distributed.initialize(launch, prog="scaleout")
@@ -243,10 +245,10 @@ def _markdown(doc: dict) -> str:
                 f"| {r['samples_per_s']:.1f} | {r['samples_per_s'] / base['samples_per_s']:.2f}x "
                 f"| {r['sample_cpu_over_wall']:.2f} | {r['sample_compile_s']:.1f} |")
         lines.append("")
-    lines += ["The machine has 2 cores: more than 2 devices cannot add compute, only split the work "
-              "finer (XLA:CPU runs each convolution on one core, so splitting the batch over 2 "
-              "devices is what lets a conv net use both). The run was made on a shared machine: "
-              "see the load averages above.", ""]
+    lines += ["More devices than cores cannot add compute, only split the work finer. Each child "
+              "applies the command line's XLA:CPU set-up (jax_impl/xla_cpu.py: XLA's own, "
+              "multi-threaded convolutions). The run was made on a shared machine: see the load "
+              "averages above.", ""]
     return "\n".join(lines)
 
 
