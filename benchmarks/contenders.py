@@ -306,9 +306,10 @@ class SplitWorker:
         cmd = [sys.executable, "-m", "benchmarks.worker", "--host-devices", str(host_devices)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
                                      env=env)
-        self.info = self._recv()
+        self.info = self.receive()
 
-    def _recv(self) -> dict:
+    def receive(self) -> dict:
+        """The worker's next answer (a RuntimeError for an error or an exited worker)."""
         import json
 
         while True:
@@ -322,10 +323,8 @@ class SplitWorker:
                 return msg
 
     def call(self, **msg) -> dict:
-        import json
-
         self.send(**msg)
-        return self._recv()
+        return self.receive()
 
     def send(self, **msg) -> None:
         """Send a request without waiting for its answer (``receive()`` collects it)."""
@@ -333,9 +332,6 @@ class SplitWorker:
 
         self.proc.stdin.write(json.dumps(msg) + "\n")
         self.proc.stdin.flush()
-
-    def receive(self) -> dict:
-        return self._recv()
 
     def close(self):
         if self.proc.poll() is None:

@@ -1,7 +1,7 @@
 """The benchmark harness (``python -m benchmarks.run``, issue 11) and the CLI sampler's
 automatic batch sharding (``scorediff.sampling.JaxSampler``).
 
-* ``test_tiny_suite`` (default suite; ~85 s wall / ~95 CPU s on the quiet 2-core machine,
+* ``test_tiny_suite`` (default suite; ~51 s wall / ~82 CPU s on the quiet 2-core machine,
   most of it the 16 x 2 XLA compiles under the session's fast-compile flags): the one command
   runs EVERY configuration of ``benchmarks.cases`` at its tiny size (one repeat) in a
   subprocess, with every contender except ``torch.compile`` (whose compile alone costs
