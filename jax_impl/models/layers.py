@@ -13,6 +13,10 @@ torch modules, and check it against the input at call time (before any compute).
 Framework-specific helpers, not part of the mirrored API: ``default_init``, ``naive_upsample``;
 ``res_attn_stage`` (the U-Nets' down-path stage; flax passes ``train`` per call, its twin
 relies on ``module.train()``).
+
+The convolutions, GroupNorms and NIN biases are ``jax_impl.models.xla_cpu_layers``' (flax's
+``Conv`` / ``GroupNorm`` maths and parameter names, their reductions written as dots on the
+CPU backend, where XLA runs those on every core).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jax_impl.models.xla_cpu_layers import Conv, GroupNorm, add_bias
 from spec.model_configs import NONLINEARITIES
 from spec.validate import check_choice
 
@@ -98,19 +103,18 @@ def get_timestep_embedding(timesteps: jax.Array, embedding_dim: int, max_positio
 
 
 def ddpm_conv1x1(in_ch: int, out_ch: int, stride: int = 1, bias: bool = True, init_scale: float = 1.0,
-                 padding: int = 0) -> nn.Conv:
+                 padding: int = 0) -> Conv:
     """1x1 convolution ``in_ch -> out_ch`` with the DDPM initialiser (zero bias).
 
     ``in_ch`` is not stored (flax reads the width from the input); it is the twin's
     signature, so a layout reads the same on both sides.
     """
     del in_ch
-    return nn.Conv(out_ch, (1, 1), strides=(stride, stride), padding=((padding, padding), (padding, padding)),
-                   use_bias=bias, kernel_init=default_init(init_scale))
+    return Conv(out_ch, (1, 1), strides=stride, padding=padding, use_bias=bias, kernel_init=default_init(init_scale))
 
 
 def ddpm_conv3x3(in_ch: int, out_ch: int, stride: int = 1, bias: bool = True, init_scale: float = 1.0,
-                 padding=1) -> nn.Conv:
+                 padding=1) -> Conv:
     """3x3 convolution ``in_ch -> out_ch`` with the DDPM initialiser (zero bias).
 
     ``padding`` is an int (symmetric, torch's meaning) or explicit ``((lo, hi), (lo, hi))``;
@@ -118,17 +122,15 @@ def ddpm_conv3x3(in_ch: int, out_ch: int, stride: int = 1, bias: bool = True, in
     as in ``ddpm_conv1x1``.
     """
     del in_ch
-    if isinstance(padding, int):
-        padding = ((padding, padding), (padding, padding))
-    return nn.Conv(out_ch, (3, 3), strides=(stride, stride), padding=padding, use_bias=bias,
-                   kernel_init=default_init(init_scale))
+    return Conv(out_ch, (3, 3), strides=stride, padding=padding, use_bias=bias, kernel_init=default_init(init_scale))
 
 
-def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
-    """GroupNorm(num_groups, eps=1e-6) over ``channels``, raising early if they don't divide."""
+def group_norm(channels: int, num_groups: int) -> GroupNorm:
+    """GroupNorm(num_groups, eps=1e-6) over ``channels``, raising early if they don't divide
+    (``xla_cpu_layers.GroupNorm``: flax's two-pass GroupNorm, its reductions as dots on the CPU)."""
     if num_groups < 1 or channels % num_groups:
         raise ValueError(f"GroupNorm: {channels} channels are not divisible into {num_groups} groups")
-    return nn.GroupNorm(num_groups=num_groups, epsilon=GROUPNORM_EPS, use_fast_variance=False)
+    return GroupNorm(num_groups=num_groups, epsilon=GROUPNORM_EPS)
 
 
 def check_channels(module: str, x: jax.Array, expected: int) -> None:
@@ -188,8 +190,7 @@ class NIN(nn.Module):
             raise ValueError(f"NIN: expected {self.in_dim} input channels, got shape {x.shape}")
         W = self.param("W", default_init(self.init_scale), (self.in_dim, self.num_units), jnp.float32)
         b = self.param("b", nn.initializers.zeros, (self.num_units,), jnp.float32)
-        y = jnp.einsum("...i,ij->...j", x, W)
-        return y + b.reshape((1,) * (y.ndim - 1) + (-1,))
+        return add_bias(jnp.einsum("...i,ij->...j", x, W), b)
 
 
 def self_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:

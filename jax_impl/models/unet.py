@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jax_impl.models.xla_cpu_layers import Conv, GroupNorm
 from spec.unet_model import UNetLayer, UNetModelConfig, unet_model_plan
 
 __all__ = [
@@ -58,10 +59,10 @@ def timestep_embedding(timesteps: jax.Array, dim: int, max_period: int = 10000) 
     return emb
 
 
-def _group_norm32(name: str) -> nn.GroupNorm:
+def _group_norm32(name: str) -> GroupNorm:
     """GroupNorm32 (32 groups, eps 1e-5, float32) named ``name`` (leaves ``<name>/scale``,
-    ``<name>/bias``); apply it through ``_norm``."""
-    return nn.GroupNorm(num_groups=32, epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
+    ``<name>/bias``); apply it through ``_norm``. The two-pass variance, as torch's."""
+    return GroupNorm(num_groups=32, epsilon=1e-5, name=name)
 
 
 def _norm(module: nn.Module, x: jax.Array) -> jax.Array:
@@ -69,9 +70,9 @@ def _norm(module: nn.Module, x: jax.Array) -> jax.Array:
     return module(x.astype(jnp.float32)).astype(x.dtype)
 
 
-def _conv3x3(features: int, name: str, *, stride: int = 1, zero: bool = False) -> nn.Conv:
+def _conv3x3(features: int, name: str, *, stride: int = 1, zero: bool = False) -> Conv:
     kw = {"kernel_init": nn.initializers.zeros, "bias_init": nn.initializers.zeros} if zero else {}
-    return nn.Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), name=name, **kw)
+    return Conv(features, (3, 3), strides=stride, padding=1, name=name, **kw)
 
 
 class ResBlock(nn.Module):
@@ -96,7 +97,7 @@ class ResBlock(nn.Module):
             h = _norm(out_norm, h + emb_out)
         h = nn.Dropout(rate=self.dropout, deterministic=not train)(nn.silu(h))
         h = _conv3x3(self.out_ch, "out_layers_3", zero=True)(h)
-        skip = x if self.in_ch == self.out_ch else nn.Conv(self.out_ch, (1, 1), name="skip_connection")(x)
+        skip = x if self.in_ch == self.out_ch else Conv(self.out_ch, (1, 1), name="skip_connection")(x)
         return skip + h
 
 
@@ -124,9 +125,9 @@ class AttentionBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, hh, ww, c = x.shape
         x = x.reshape(b, hh * ww, c)
-        qkv = nn.Conv(3 * c, (1,), name="qkv")(_norm(_group_norm32("norm"), x))
+        qkv = Conv(3 * c, (1,), name="qkv")(_norm(_group_norm32("norm"), x))
         h = qkv_attention(qkv, self.num_heads)
-        h = nn.Conv(c, (1,), kernel_init=nn.initializers.zeros, name="proj_out")(h)
+        h = Conv(c, (1,), kernel_init=nn.initializers.zeros, name="proj_out")(h)
         return (x + h).reshape(b, hh, ww, c)
 
 

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_impl.models.layers import default_init
+from jax_impl.models.xla_cpu_layers import add_bias
 
 __all__ = [
     "setup_kernel",
@@ -222,5 +223,5 @@ class Conv2d(nn.Module):
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if self.use_bias:
             b = self.param("bias", nn.initializers.zeros, (self.out_ch,), jnp.float32)
-            x = x + b.astype(x.dtype).reshape(1, 1, 1, -1)
+            x = add_bias(x, b.astype(x.dtype))
         return x
