@@ -147,7 +147,7 @@ def test_sums_and_broadcasts(which):
 
 def test_cpu_programs_compute_the_sums_as_dots():
     """The point of the module: compiled for the CPU, GroupNorm's gradient has no reduction
-    over the [N, H, W, C] array left, only dots (the plain branch is pruned)."""
+    over the [N, H, W, C] array left, only dots."""
     x = jnp.ones((4, 8, 8, 32), jnp.float32)
     gn = XL.GroupNorm(num_groups=8)
     v = gn.init(jax.random.key(0), x)
