@@ -107,6 +107,9 @@ def configure_host_devices(n="auto") -> int:
     ``XLA_FLAGS=--xla_force_host_platform_device_count``. It only affects the CPU platform
     (a GPU / TPU keeps its devices). When the backend has already started, the call is a
     no-op if the CPU platform already has ``n`` devices and raises RuntimeError otherwise.
+    With ``n > 1`` it also removes ``jax_impl.xla_cpu``'s convolution flag from ``XLA_FLAGS``
+    (XLA's own convolutions were nondeterministic on a split host; YNNPACK's, JAX's default,
+    are not: see ``jax_impl/xla_cpu.py``).
     """
     if n == "auto":
         n = os.cpu_count() or 1
@@ -127,6 +130,10 @@ def configure_host_devices(n="auto") -> int:
             f"XLA_FLAGS=--xla_force_host_platform_device_count={n} before starting Python")
     try:
         jax.config.update("jax_num_cpu_devices", n)
+        if n > 1:
+            from jax_impl import xla_cpu
+
+            xla_cpu.drop_cpu_flag()
     except RuntimeError as err:  # started after all (the private probe was unavailable)
         raise RuntimeError(
             f"configure_host_devices(n={n}): JAX's backend has already started; call it before "

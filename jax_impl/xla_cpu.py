@@ -27,13 +27,23 @@ user may call it first thing, or set the flag themselves. It changes nothing whe
 already started (XLA reads its flags once). Outputs differ from the default only by float32
 rounding (another convolution algorithm): the benchmark suite's agreement checks and the
 test suite run with it. It only affects the CPU backend.
+
+One device only. With the CPU host split into several devices
+(``jax_impl.sharding.configure_host_devices(n > 1)``), XLA's own convolutions gave
+nondeterministic results (2026-12-03, jax 0.10.2, 2 host devices, the DDPM U-Net 8x8 DDIM
+50-step sampler of ``benchmarks.cases``, batch 64 sharded 32 + 32): three identical calls
+differed from each other by up to 0.03 and from the one-device samples by 0.67, always in
+the examples at the edges of a shard (0, 1, 31, 32, 33, 63), while YNNPACK's convolutions
+gave the one-device samples bit for bit. So ``configure_host_devices`` with ``n > 1``
+removes this flag again (``drop_cpu_flag``), and ``configure_cpu_convolutions`` adds nothing
+once the host has been split.
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["YNN_FLAG", "CONVOLUTIONS_ENV", "cpu_flag", "configure_cpu_convolutions"]
+__all__ = ["YNN_FLAG", "CONVOLUTIONS_ENV", "cpu_flag", "configure_cpu_convolutions", "drop_cpu_flag"]
 
 #: the XLA flag (a list of library fusion kinds YNNPACK may take)
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
@@ -59,7 +69,25 @@ def configure_cpu_convolutions() -> bool:
     from jax_impl.sharding import _backends_started
 
     flags = os.environ.get("XLA_FLAGS", "")
-    if choice == "ynn" or YNN_FLAG in flags or _backends_started():
+    if choice == "ynn" or YNN_FLAG in flags or _backends_started() or _host_split():
         return False
     os.environ["XLA_FLAGS"] = f"{flags} {cpu_flag()}".strip()
+    return True
+
+
+def _host_split() -> bool:
+    import jax
+
+    return int(getattr(jax.config, "jax_num_cpu_devices", -1) or -1) > 1
+
+
+def drop_cpu_flag() -> bool:
+    """Remove ``cpu_flag()`` from ``XLA_FLAGS`` (before JAX's backend starts): what
+    ``configure_host_devices(n > 1)`` does, as XLA's own convolutions are nondeterministic
+    on a split host (module docstring). Returns True when the flag was there."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    kept = [f for f in flags.split() if f != cpu_flag()]
+    if len(kept) == len(flags.split()):
+        return False
+    os.environ["XLA_FLAGS"] = " ".join(kept)
     return True

@@ -124,3 +124,27 @@ def test_cpu_convolution_setting():
         assert cli.main(["presets"]) == 2
     finally:
         del os.environ[xla_cpu.CONVOLUTIONS_ENV]
+
+
+_SPLIT_SCENARIO = """
+import os
+from jax_impl import sharding, xla_cpu
+flag = xla_cpu.cpu_flag()
+assert xla_cpu.configure_cpu_convolutions() and flag in os.environ["XLA_FLAGS"]
+assert sharding.configure_host_devices(2) == 2
+assert flag not in os.environ["XLA_FLAGS"], os.environ["XLA_FLAGS"]  # dropped: split host
+assert not xla_cpu.configure_cpu_convolutions()  # and not added back once split
+import jax
+assert len(jax.devices("cpu")) == 2
+print("OK")
+"""
+
+
+def test_host_split_drops_the_convolution_flag():
+    """``configure_host_devices(n > 1)`` removes ``xla_cpu``'s flag: XLA's own convolutions
+    gave nondeterministic samples on a split host (``jax_impl/xla_cpu.py``; the benchmark
+    suite's agreement check of the ``jax-split`` row found it), YNNPACK's are exact."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "SCOREDIFF_XLA_CPU_CONVOLUTIONS")}
+    proc = subprocess.run([sys.executable, "-c", _SPLIT_SCENARIO], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
