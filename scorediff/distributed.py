@@ -34,7 +34,8 @@ When the variable is unset the command chooses (``default=`` of :func:`configure
 computed by ``scorediff.cli``): a single-process ``sample`` or ``evaluate`` of a
 convolutional network splits the host into :func:`default_host_devices` devices, the largest
 count <= the usable cores that divides the batch (measured 7-19% more samples/s on 2 cores,
-``benchmarks/results/cpu-20261202T144255Z.json``). ``train`` and the MLPs stay on one
+``benchmarks/results/cpu-20261202T144255Z.json``; a split host runs YNNPACK's convolutions,
+as XLA's own were nondeterministic there, 4-11% more on 2026-12-03). ``train`` and the MLPs stay on one
 device: with XLA's own convolutions (``jax_impl.xla_cpu``, which the command line applies)
 one device already uses every core for convolutions and dots, and split training steps
 measured 3-11% slower (the MLP's 0.89x). Results equal the one-device run's to float32 reduction
