@@ -1,16 +1,24 @@
-"""Run the benchmark suite; write ``<out>/<device>-<date>.json`` and regenerate ``<out>/latest.md``.
+"""Run the benchmark suite; write ``<out>/<device>-<date>.json`` and its tables.
 
 Usage (from the repository root)::
 
-    .venv/bin/python -m benchmarks.run                 # the full suite (<= 12 min on 2 quiet cores)
+    .venv/bin/python -m benchmarks.run                 # the full suite (<= 20 min on 2 quiet cores)
     .venv/bin/python -m benchmarks.run --tiny          # every configuration at a tiny size, 1 repeat
-    .venv/bin/python -m benchmarks.run --only 'mlp_*' --only unet32_ddim50_b8
+    .venv/bin/python -m benchmarks.run --only 'mlp_*' --only unet32_ddim50_b4
     .venv/bin/python -m benchmarks.run --list          # the configurations and their contenders
+
+Every run writes its result JSON and ``<stem>.md`` (the tables) after each configuration. A
+complete run of the whole suite (full size, every configuration and contender, the default
+repeats, threads and host split) then renames its tables to ``<out>/latest.md`` and, when
+``<out>`` is this repository's ``benchmarks/results``, rewrites README.md's generated table
+(``benchmarks.report.update_readme``; ``--no-readme`` leaves it). Smoke runs, selections and
+interrupted runs never replace the last whole run's files.
 
 The configurations and contenders are in ``benchmarks/cases.py`` and
 ``benchmarks/contenders.py``; ``benchmarks/README.md`` says how to read the table. The same
-command runs on a GPU host (JAX's default backend is recorded; the ``jax-split`` row is a
-CPU-host measurement and is skipped elsewhere).
+command runs on a GPU host (JAX's default backend is recorded and names the files:
+``<kind>-<date>.json``, ``latest-<kind>.md``, the README's ``<kind>`` block; the ``jax-split``
+row is a CPU-host measurement and is skipped elsewhere).
 """
 
 from __future__ import annotations
@@ -22,6 +30,11 @@ import json
 import os
 import platform
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
 
 
 def _cores() -> int:
@@ -46,13 +59,16 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per contender (default 5 full, 1 tiny)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: the usable core count; never more)")
-    p.add_argument("--out", default="benchmarks/results", help="output directory (default: %(default)s)")
+    p.add_argument("--out", default=str(RESULTS), help="output directory (default: this repository's "
+                                                         "benchmarks/results)")
     p.add_argument("--name", default=None, help="result file stem (default: <device>-<UTC date>)")
     p.add_argument("--note", default="", help="a remark stored in the result and printed under the table "
                                               "(e.g. 'trial run on a shared machine')")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="before each configuration wait up to this long for other processes to leave the "
                         "CPU (default 0); the load seen is recorded either way")
+    p.add_argument("--no-readme", action="store_true",
+                   help="a complete full run into the default --out leaves README.md's table alone")
     p.add_argument("--list", action="store_true", help="print the configurations and exit")
     args = p.parse_args(argv)
     cores = _cores()
@@ -117,11 +133,12 @@ def environment(threads: int) -> dict:
     }
 
 
-def device_tag(env: dict) -> str:
-    """``cpu`` or the accelerator's kind, lower-case, for the file name."""
-    if env["jax_backend"] == "cpu":
-        return "cpu"
-    return "".join(ch if ch.isalnum() else "-" for ch in env["jax_device_kind"].lower()).strip("-")
+def whole_suite(args: argparse.Namespace, mode: str, threads: int, cores: int) -> bool:
+    """Whether this run is one of the whole suite as a user would quote it: full size, every
+    configuration and contender, the default repeats, torch on every core, the default split.
+    Only such a run, once complete, becomes ``latest.md`` and the README's table."""
+    return (mode == "full" and not args.only and not args.contenders and not args.no_split
+            and args.repeats is None and threads == cores and args.host_devices == "auto")
 
 
 def select(cases, patterns):
@@ -184,10 +201,15 @@ def main(argv=None) -> int:
     results = []
     os.makedirs(args.out, exist_ok=True)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    stem = args.name or (f"{device_tag(env)}-{stamp}" if sizes.mode == "full"
-                         else f"{device_tag(env)}-{sizes.mode}-{stamp}")
+    tag = report.device_tag(env)
+    stem = args.name or (f"{tag}-{stamp}" if sizes.mode == "full" else f"{tag}-{sizes.mode}-{stamp}")
     json_path = os.path.join(args.out, f"{stem}.json")
-    md_path = os.path.join(args.out, "latest.md")
+    # tables of this run: <stem>.md while it runs; a whole-suite run (full, every configuration
+    # and contender, default repeats / threads / split) becomes latest.md when it completes, so
+    # a smoke run, a selection or an interrupted run never replaces the last whole one
+    whole = whole_suite(args, sizes.mode, threads, cores)
+    md_path = os.path.join(args.out, f"{stem}.md")
+    latest_path = os.path.join(args.out, report.latest_name(tag))
 
     def write(complete: bool) -> dict:
         """The result so far (rewritten after every configuration: an interrupted run
@@ -205,11 +227,8 @@ def main(argv=None) -> int:
             "environment": env,
             "benchmarks": results,
         }
-        with open(json_path, "w") as f:
-            json.dump(doc, f, indent=1, default=float)
-            f.write("\n")
-        with open(md_path, "w") as f:
-            f.write(report.markdown(doc, source=os.path.basename(json_path)))
+        report.write_atomic(json_path, json.dumps(doc, indent=1, default=float) + "\n")
+        report.write_atomic(md_path, report.markdown(doc, source=os.path.basename(json_path)))
         return doc
 
     try:
@@ -241,8 +260,17 @@ def main(argv=None) -> int:
             worker.close()
     doc = write(complete=True)
     print(report.markdown(doc, source=os.path.basename(json_path)))
-    print(f"[benchmarks] wrote {json_path} and {md_path} in {doc['wall_s']:.0f} s", flush=True)
     failed = [r["name"] for r in results if "error" in r]
+    if whole and not failed:
+        os.replace(md_path, latest_path)
+        md_path = latest_path
+    print(f"[benchmarks] wrote {json_path} and {md_path} in {doc['wall_s']:.0f} s", flush=True)
+    if whole and not failed and not args.no_readme and os.path.realpath(args.out) == os.path.realpath(RESULTS):
+        try:
+            report.update_readme(str(README), doc, os.path.basename(json_path))
+            print(f"[benchmarks] updated the {tag} table of {README}", flush=True)
+        except (OSError, ValueError) as err:
+            print(f"[benchmarks] README.md not updated: {err}", file=sys.stderr, flush=True)
     if failed:
         print(f"[benchmarks] FAILED: {', '.join(failed)}", file=sys.stderr, flush=True)
         return 1

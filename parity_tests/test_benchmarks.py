@@ -8,6 +8,10 @@ automatic batch sharding (``scorediff.sampling.JaxSampler``).
   ~20-40 s of CPU even for the tiny MLP: ``test_torch_compile_row``, marked slow); each
   contender's output must agree with the ``jax`` row's, and the JSON result and the
   markdown table must be written. No timing is asserted.
+* ``test_only_whole_runs_are_latest``, ``test_readme_block``: which runs become ``latest.md``
+  and the README's table, and that the README's generated block is replaced in place.
+* ``test_kernels_*``: ``benchmarks.kernels`` (a convolution's three kernels under both XLA:CPU
+  settings and torch, against a float64 oracle).
 * ``test_sampler_shards_the_batch``: on a CPU host split into 4 devices (a subprocess),
   ``JaxSampler`` splits the batch over the largest device count dividing it and returns the
   unsharded program's samples (PC from a key, PC / DDPM / DDIM on pre-drawn inputs).
@@ -40,7 +44,9 @@ def _check_result(out_dir: Path, names, contenders_of):
     results = list(out_dir.glob("cpu-tiny-*.json"))
     assert len(results) == 1, sorted(p.name for p in out_dir.iterdir())
     doc = json.loads(results[0].read_text())
-    md = (out_dir / "latest.md").read_text()
+    md = results[0].with_suffix(".md").read_text()
+    # a smoke run never stands in for the last whole run
+    assert not (out_dir / "latest.md").exists()
     env = doc["environment"]
     for key in ("cpu_model", "usable_cores", "versions", "torch_num_threads", "jax_devices", "matmul_peak"):
         assert key in env, key
@@ -105,6 +111,80 @@ def test_report_renders_a_saved_result(tmp_path):
     assert "5%" in md  # 1e9 FLOP/s of a 2e10 peak
 
 
+def test_only_whole_runs_are_latest():
+    from benchmarks import run
+
+    def args(*argv):
+        return run._parse(list(argv))
+    cores = run._cores()
+    assert run.whole_suite(args(), "full", cores, cores)
+    assert not run.whole_suite(args(), "tiny", cores, cores)
+    for argv in (("--only", "mlp_*"), ("--contenders", "jax,torch"), ("--no-split",), ("--repeats", "3"),
+                 ("--host-devices", "1")):
+        assert not run.whole_suite(args(*argv), "full", cores, cores), argv
+    if cores > 1:
+        assert not run.whole_suite(args("--threads", "1"), "full", 1, cores)
+
+
+def _doc_for_readme():
+    stats = {"median_s": 0.25, "min_s": 0.2, "max_s": 0.3, "times_s": [0.25], "first_call_s": 1.0,
+             "compile_s": 0.2, "note": "", "peak_rss_mib": 1.0, "ratio_to_baseline": 1.0,
+             "max_abs_diff_vs_jax": 0.0, "agrees": True}
+    bench = {"name": "unet8_forward_b64", "title": "t", "net": "unet8", "job": "forward", "batch": 64, "steps": 1,
+             "nfe": 1, "tolerance": 1e-3, "output_max_abs": 1.0, "all_agree": True,
+             "variants": {"jax": stats, "torch": dict(stats, median_s=0.5, ratio_to_baseline=2.0)}}
+    env = {"cpu_model": "x", "usable_cores": 2, "cpu_count": 2, "versions": {"jax": "0"}, "jax_backend": "cpu",
+           "jax_device_kind": "cpu", "jax_devices": ["cpu:0"], "torch_device": "cpu", "torch_num_threads": 2,
+           "torch_num_interop_threads": 2, "python": "3", "xla_flags": "", "loadavg_start": [0.0],
+           "loadavg_end": [0.0], "matmul_peak": {"n": 8, "xla_flops_per_s": 1e11, "torch_flops_per_s": 1e11,
+                                                 "peak_flops_per_s": 1e11}}
+    return {"mode": "full", "started_utc": "2026-12-03T00:00:00+00:00", "wall_s": 9.0, "environment": env,
+            "benchmarks": [bench]}
+
+
+def test_readme_block(tmp_path):
+    from benchmarks import report
+
+    readme = tmp_path / "README.md"
+    before, after = "# Title\n\ntext before\n\n", "\n\ntext after\n"
+    readme.write_text(before + "<!-- benchmarks:cpu:begin -->\nold table\n<!-- benchmarks:cpu:end -->" + after)
+    assert report.update_readme(str(readme), _doc_for_readme(), "cpu-x.json") == "cpu"
+    text = readme.read_text()
+    assert text.startswith(before) and text.endswith("<!-- benchmarks:cpu:end -->" + after)
+    assert "old table" not in text and "`benchmarks/results/cpu-x.json`" in text
+    assert "| `unet8_forward_b64` | 1 | 250 ms (1.00) |" in text and "met in 1 of 1" in text
+    once = text
+    report.update_readme(str(readme), _doc_for_readme(), "cpu-x.json")
+    assert readme.read_text() == once  # idempotent: one block, replaced in place
+    # an accelerator's run has its own block (and its own latest file)
+    gpu = _doc_for_readme()
+    gpu["environment"] = dict(gpu["environment"], jax_backend="gpu", jax_device_kind="NVIDIA H200")
+    assert report.device_tag(gpu["environment"]) == "nvidia-h200"
+    assert report.latest_name("nvidia-h200") == "latest-nvidia-h200.md" and report.latest_name("cpu") == "latest.md"
+    with pytest.raises(ValueError, match="benchmarks:nvidia-h200:begin"):
+        report.update_readme(str(readme), gpu, "nvidia-h200-x.json")
+    assert readme.read_text() == once  # unchanged on error
+    for broken in ("no markers", "<!-- benchmarks:cpu:end -->\n<!-- benchmarks:cpu:begin -->",
+                   "<!-- benchmarks:cpu:begin -->\n<!-- benchmarks:cpu:begin -->\n<!-- benchmarks:cpu:end -->"):
+        with pytest.raises(ValueError, match="README"):
+            report.replace_block(broken, "cpu", "x")
+
+
+def test_report_command_line(tmp_path):
+    result = tmp_path / "cpu-x.json"
+    result.write_text(json.dumps(_doc_for_readme()))
+    proc = _run(["-m", "benchmarks.report", str(result), "--latest"])
+    assert proc.returncode == 0, proc.stderr
+    assert "`unet8_forward_b64`" in (tmp_path / "latest.md").read_text()
+    for argv, message in (([str(tmp_path / "missing.json")], "missing.json: cannot read the result"),
+                          ([str(tmp_path / "latest.md")], "latest.md: not a benchmark result"),
+                          ([str(result), "--readme", str(tmp_path / "nope.md")], "--readme"),
+                          ([str(result), "--readme", str(tmp_path / "latest.md")], "benchmarks:cpu:begin")):
+        proc = _run(["-m", "benchmarks.report", *argv])
+        assert proc.returncode != 0 and message in proc.stderr, (argv, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
 _SHARDED_SAMPLER = textwrap.dedent("""
     import sys
     from jax_impl import sharding
@@ -155,3 +235,51 @@ def test_sampler_shards_the_batch():
     proc = _run(["-c", _SHARDED_SAMPLER])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "OK" in proc.stdout
+
+
+def test_kernels_tiny(tmp_path):
+    """``python -m benchmarks.kernels --tiny``: the forward, input-gradient and weight-gradient
+    kernels of one small convolution under both XLA:CPU settings, torch NCHW / channels_last
+    and the other JAX formulations all agree with the float64 oracle (the command exits 1
+    otherwise), and the JSON and markdown are written. No timing is asserted."""
+    from benchmarks import kernels
+
+    proc = _run(["-m", "benchmarks.kernels", "--tiny", "--out", str(tmp_path)], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (js,) = tmp_path.glob("kernels-cpu-tiny-*.json")
+    doc = json.loads(js.read_text())
+    assert "--xla_cpu_experimental_ynn_fusion_type" in doc["xla_flags"]["xla"]
+    assert "--xla_cpu_experimental_ynn_fusion_type" not in doc["xla_flags"]["ynn"]
+    (rows,) = doc["shapes"].values()
+    got = {(r["setting"], r["op"], r["name"]) for r in rows}
+    for op in kernels.OPS:
+        for who in (("xla", "conv"), ("ynn", "conv"), ("torch", "torch"), ("torch", "torch-cl")):
+            assert (who[0], op, who[1]) in got, (who, op)
+    assert {("xla", "forward", "patches-matmul"), ("xla", "forward", "winograd"),
+            ("xla", "weight-grad", "shifted-matmuls"), ("xla", "weight-grad", "batch-halves")} <= got
+    assert all(r["agrees"] and r["rel_err_vs_float64"] < kernels.TOL for r in rows)
+    md = js.with_suffix(".md").read_text()
+    assert "| weight-grad |" in md and "winograd" in md
+
+
+def test_kernels_oracle_is_the_convolution():
+    """The float64 oracle (im2col + BLAS) against a direct sum over the 3x3 taps."""
+    import numpy as np
+
+    from benchmarks import kernels
+
+    d = kernels.inputs((2, 4, 3, 5), seed=1)
+    ref = kernels.oracle(d)
+    x = np.pad(d["x"].astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    w = d["w"].astype(np.float64)
+    dy = d["dy"].astype(np.float64)
+    y = sum(np.einsum("nhwi,io->nhwo", x[:, i:i + 4, j:j + 4], w[i, j]) for i in range(3) for j in range(3))
+    dw = np.stack([np.einsum("nhwi,nhwo->io", x[:, i:i + 4, j:j + 4], dy) for i in range(3) for j in range(3)])
+    # dx: the adjoint of the forward map, <conv(x, w), dy> = <x, dx>
+    rng = np.random.default_rng(2)
+    probe = rng.standard_normal(d["x"].shape)
+    xp = np.pad(probe, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y_probe = sum(np.einsum("nhwi,io->nhwo", xp[:, i:i + 4, j:j + 4], w[i, j]) for i in range(3) for j in range(3))
+    np.testing.assert_allclose(ref["forward"], y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ref["weight-grad"], dw.reshape(3, 3, 3, 5), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.sum(ref["input-grad"] * probe), np.sum(y_probe * dy), rtol=1e-10)
