@@ -247,8 +247,9 @@ def _markdown(doc: dict) -> str:
         lines.append("")
     lines += ["More devices than cores cannot add compute, only split the work finer. Each child "
               "applies the command line's XLA:CPU set-up (jax_impl/xla_cpu.py: XLA's own, "
-              "multi-threaded convolutions). The run was made on a shared machine: see the load "
-              "averages above.", ""]
+              "multi-threaded convolutions on one device; on a host split into several devices "
+              "YNNPACK's, as XLA's own were nondeterministic there). The run was made on a shared "
+              "machine: see the load averages above.", ""]
     return "\n".join(lines)
 
 

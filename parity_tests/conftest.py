@@ -28,7 +28,7 @@ import time
 
 # Before jax is imported anywhere: no GPU probing noise on CPU machines.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-#: The command line splits a CPU host into per-core devices for convolutional networks when
+#: The command line splits a CPU host into per-core devices for sampling and evaluation when
 #: ``SCOREDIFF_HOST_DEVICES`` is unset (``scorediff.distributed``). The tests run 2 xdist
 #: workers on 2 cores, so they pin one device per process (this process, the workers and
 #: the subprocesses inherit it); the tests of the split set the variable themselves, and

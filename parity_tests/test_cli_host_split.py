@@ -1,7 +1,7 @@
 """The command line's default host split (``scorediff.distributed``, issue 11): with
-``SCOREDIFF_HOST_DEVICES`` unset, ``sample`` / ``evaluate`` of a convolutional network split
-a CPU host into per-core devices, and the samples equal the one-device samples; training,
-MLPs, torch and multi-process runs are left alone. ``test_cpu_convolution_setting``: the
+``SCOREDIFF_HOST_DEVICES`` unset, ``sample`` / ``evaluate`` split a CPU host into per-core
+devices, and the samples equal the one-device samples; training, torch and multi-process
+runs are left alone. ``test_cpu_convolution_setting``: the
 XLA:CPU convolution flag of ``jax_impl.xla_cpu``.
 
 * ``test_default_host_devices``: the largest divisor of the batch <= the cores.
@@ -52,7 +52,7 @@ def test_which_commands_split(monkeypatch, tmp_path):
     assert _choice(monkeypatch, train) is None  # training: one device uses every core
     assert _choice(monkeypatch, train + ["--framework", "torch"]) is None
     assert _choice(monkeypatch, ["sample", "--checkpoint", str(tmp_path / "ckpt"), "--preset",
-                                 "digits/improved-ddpm", "--num", "64"]) is None  # an MLP
+                                 "digits/improved-ddpm", "--num", "64"]) == 2  # an MLP too
     assert _choice(monkeypatch, ["sample", "--checkpoint", "x", "--preset", "no/such-preset"]) is None
     assert _choice(monkeypatch, ["sample", "--workdir", str(tmp_path / "missing")]) is None
     assert _choice(monkeypatch, ["presets"]) is None
