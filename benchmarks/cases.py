@@ -288,8 +288,8 @@ def jax_forward(sizes: Sizes, case: Case) -> Callable:
 
 def jax_train_step(sizes: Sizes, case: Case) -> Callable:
     """``fn(state, x) -> (state, metrics)``: ``train.make_train_step``'s update (t / noise of
-    example i from ``fold_in(fold_in(state.rng, state.step), i)``), without donation so that
-    every repeat starts from the same state."""
+    example i from ``fold_in(fold_in(state.rng, state.step), i)``); the runner jits it with
+    the state donated and carries the state from call to call."""
     from jax_impl import train as jt
 
     cfg = run_config(sizes, case)

@@ -956,7 +956,7 @@ def _default_host_devices(args) -> int | None:
     (``jax_impl.xla_cpu``) one device already uses every core, and split training steps
     were mixed (benchmarks/results/cpu-20261203T122608Z.json and cpu-20261203T152418Z.json:
     the MLP at batch 64 0.74-0.75x, the U-Net 32x32 0.83-0.84x, NCSN++ 0.88-1.07x, the 8x8
-    U-Net 1.32-1.92x). Sampling splits for every network: the conv-net samplers ran
+    U-Net 1.16-1.32x). Sampling splits for every network: the conv-net samplers ran
     0.97-1.63x as fast split in those runs, the MLP's samplers at batch 64 0.98-1.92x
     (median 1.44x) over the seven full runs of 2026-12-02 / 03."""
     if args.command not in ("sample", "evaluate") or getattr(args, "coordinator", None):

@@ -40,7 +40,7 @@ samplers at batch 64 0.98-1.92x, median 1.44x, over the seven full runs of 2026-
 ``train`` stays on one device: with XLA's own convolutions (``jax_impl.xla_cpu``, which the
 command line applies) one device already uses every core for convolutions and dots, and
 split training steps were mixed (the MLP at batch 64 0.74-0.75x, the U-Net 32x32
-0.83-0.84x, NCSN++ 0.88-1.07x; the 8x8 U-Net 1.32-1.92x). Results equal the one-device run's to float32 reduction
+0.83-0.84x, NCSN++ 0.88-1.07x; the 8x8 U-Net 1.16-1.32x). Results equal the one-device run's to float32 reduction
 order (per-sample noise, global batch statistics). A backend that has already started (the
 CLI called in-process after JAX ran) keeps its devices without an error.
 """
