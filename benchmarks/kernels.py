@@ -306,6 +306,12 @@ def main(argv=None) -> int:
     repeats = args.repeats if args.repeats is not None else (1 if args.tiny else 21)
     if repeats < 1:
         p.error(f"--repeats must be >= 1, got {repeats}")
+    if not args._child:
+        from benchmarks.report import check_out_dir
+
+        problem = check_out_dir(args.out)
+        if problem:
+            p.error(problem)
     if args._child:
         print(json.dumps(_child(args._child, shapes, repeats, args._npz)))
         return 0

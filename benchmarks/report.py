@@ -265,6 +265,20 @@ def replace_block(text: str, tag: str, block: str, where: str = "README") -> str
     return text[:i + len(begin)] + "\n" + block.rstrip("\n") + "\n" + text[j:]
 
 
+def check_out_dir(path: str) -> str | None:
+    """Create the output folder ``path`` if needed; a one-line reason when it cannot be
+    written (checked before a run spends minutes measuring), else None."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"--out {path}: is a file, not a folder"
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        return f"--out {path}: cannot create it ({err.strerror})"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"--out {path}: not writable"
+    return None
+
+
 def write_atomic(path: str, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename:
     an interrupted write leaves the old file whole."""

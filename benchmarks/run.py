@@ -83,6 +83,12 @@ def _parse(argv=None) -> argparse.Namespace:
                 raise ValueError
         except ValueError:
             p.error(f"--host-devices must be 'auto' or an int >= 1, got {args.host_devices!r}")
+    if not args.list:
+        from benchmarks.report import check_out_dir
+
+        problem = check_out_dir(args.out)
+        if problem:
+            p.error(problem)
     return args
 
 

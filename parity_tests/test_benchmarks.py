@@ -170,6 +170,20 @@ def test_readme_block(tmp_path):
             report.replace_block(broken, "cpu", "x")
 
 
+def test_out_dir_checked_first(tmp_path):
+    from benchmarks import report
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert report.check_out_dir(str(tmp_path / "new" / "dir")) is None and (tmp_path / "new" / "dir").is_dir()
+    assert "is a file" in report.check_out_dir(str(a_file))
+    assert "cannot create it" in report.check_out_dir(str(a_file / "below"))
+    for module in ("benchmarks.run", "benchmarks.kernels"):
+        proc = _run(["-m", module, "--tiny", "--out", str(a_file)], timeout=120)
+        assert proc.returncode == 2 and f"--out {a_file}: is a file" in proc.stderr, (module, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
 def test_report_command_line(tmp_path):
     result = tmp_path / "cpu-x.json"
     result.write_text(json.dumps(_doc_for_readme()))
