@@ -286,12 +286,6 @@ def markdown(doc: dict) -> str:
     return "\n".join(parts)
 
 
-def _versions() -> dict:
-    from importlib.metadata import version
-
-    return {m: version(m) for m in ("jax", "jaxlib", "torch")}
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.kernels", description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", action="append", type=_parse_shape, metavar="NxHxCINxCOUT",
@@ -306,18 +300,18 @@ def main(argv=None) -> int:
     repeats = args.repeats if args.repeats is not None else (1 if args.tiny else 21)
     if repeats < 1:
         p.error(f"--repeats must be >= 1, got {repeats}")
-    if not args._child:
-        from benchmarks.report import check_out_dir
-
-        problem = check_out_dir(args.out)
-        if problem:
-            p.error(problem)
     if args._child:
         print(json.dumps(_child(args._child, shapes, repeats, args._npz)))
         return 0
+    from benchmarks.report import check_out_dir
+    from benchmarks.run import _cores, _cpu_model, _version
+
+    problem = check_out_dir(args.out)
+    if problem:
+        p.error(problem)
 
     started = datetime.datetime.now(datetime.timezone.utc)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = _cores()
     rows = {"x".join(map(str, s)): [] for s in shapes}
     arrays: dict[str, np.ndarray] = {}
     flags = {}
@@ -356,9 +350,9 @@ def main(argv=None) -> int:
             worst = max(worst, err)
     doc = {"started_utc": started.isoformat(timespec="seconds"), "command": "python -m benchmarks.kernels " +
            " ".join(argv if argv is not None else sys.argv[1:]), "repeats": repeats,
-           "cpu_model": _cpu_model(), "usable_cores": cores, "torch_threads": cores, "versions": _versions(),
+           "cpu_model": _cpu_model(), "usable_cores": cores, "torch_threads": cores,
+           "versions": {m: _version(m) for m in ("jax", "jaxlib", "torch")},
            "xla_flags": flags, "tolerance": TOL, "shapes": rows}
-    os.makedirs(args.out, exist_ok=True)
     stem = f"kernels-cpu-{'tiny-' if args.tiny else ''}{started.strftime('%Y%m%dT%H%M%SZ')}"
     from benchmarks import report
 
@@ -372,12 +366,6 @@ def main(argv=None) -> int:
         print(f"[kernels] outputs differ from the float64 oracle: {', '.join(bad)}", file=sys.stderr)
         return 1
     return 0
-
-
-def _cpu_model() -> str:
-    from benchmarks.run import _cpu_model as cpu_model
-
-    return cpu_model()
 
 
 if __name__ == "__main__":

@@ -205,7 +205,6 @@ def main(argv=None) -> int:
         env["split_worker"] = worker.info
     ctx = K.make_context(sizes)
     results = []
-    os.makedirs(args.out, exist_ok=True)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     tag = report.device_tag(env)
     stem = args.name or (f"{tag}-{stamp}" if sizes.mode == "full" else f"{tag}-{sizes.mode}-{stamp}")
@@ -267,11 +266,12 @@ def main(argv=None) -> int:
     doc = write(complete=True)
     print(report.markdown(doc, source=os.path.basename(json_path)))
     failed = [r["name"] for r in results if "error" in r]
-    if whole and not failed:
+    publish = whole and not failed
+    if publish:
         os.replace(md_path, latest_path)
         md_path = latest_path
     print(f"[benchmarks] wrote {json_path} and {md_path} in {doc['wall_s']:.0f} s", flush=True)
-    if whole and not failed and not args.no_readme and os.path.realpath(args.out) == os.path.realpath(RESULTS):
+    if publish and not args.no_readme and os.path.realpath(args.out) == os.path.realpath(RESULTS):
         try:
             report.update_readme(str(README), doc, os.path.basename(json_path))
             print(f"[benchmarks] updated the {tag} table of {README}", flush=True)
