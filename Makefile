@@ -27,7 +27,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[torch,dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[torch,dev,onednn]"
+	$(PY) -m jax_impl.onednn build || echo "(JAX keeps XLA's own CPU convolutions)"
 	touch $(STAMP)
 
 run: $(STAMP)

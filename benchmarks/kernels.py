@@ -13,6 +13,8 @@ on the same float32 inputs (stride 1, padding 1, channels last) as
 * ``xla``: ``jax.jit`` of ``lax.conv_general_dilated`` and its VJPs with the library's setting
   (``jax_impl.xla_cpu.configure_cpu_convolutions``: XLA's own multi-threaded convolutions);
 * ``ynn``: the same under JAX's default (YNNPACK's convolutions, one core each);
+* ``onednn`` (in the ``xla`` process): ``jax_impl.onednn.conv2d`` and its VJPs, the oneDNN
+  custom calls ``xla_cpu_layers.Conv`` uses for 2-D convolutions on the CPU by default;
 * ``torch`` / ``torch-cl``: ``torch.nn.functional.conv2d`` and ``aten.convolution_backward``
   (oneDNN), NCHW and channels_last, on every usable core;
 
@@ -162,6 +164,14 @@ def _jax_variants(d, alternatives: bool):
         k = max(n // 2, 1)
         return dw_of(x[:k], w, dy[:k]) + (dw_of(x[k:], w, dy[k:]) if n > 1 else 0.0)
 
+    from jax_impl import onednn
+
+    if onednn.available():  # the library's CPU default for its 2-D convolutions
+        def dnnl(x, w):
+            return onednn.conv2d(x, w, (1, 1), ((1, 1), (1, 1)))
+        out += [("forward", "onednn", jax.jit(dnnl), (x, w)),
+                ("input-grad", "onednn", jax.jit(lambda x, w, dy: jax.vjp(lambda x: dnnl(x, w), x)[1](dy)[0]), (x, w, dy)),
+                ("weight-grad", "onednn", jax.jit(lambda x, w, dy: jax.vjp(lambda w: dnnl(x, w), w)[1](dy)[0]), (x, w, dy))]
     return out + [("forward", "patches-matmul", jax.jit(patches_matmul), (patches, w)),
                   ("forward", "winograd", jax.jit(winograd), (x, w)),
                   ("weight-grad", "shifted-matmuls", jax.jit(shifted_matmuls), (x, w, dy)),
@@ -245,13 +255,13 @@ def _torch_rows(shapes, repeats: int, threads: int) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------- report
 
 
-COLUMNS = ("xla", "ynn", "torch", "torch-cl")
+COLUMNS = ("xla", "ynn", "onednn", "torch", "torch-cl")
 
 
 def _column(r: dict) -> str | None:
     """The table column of a row: the XLA setting of a plain convolution, the torch row's
     name; None for the other JAX formulations (listed apart)."""
-    if r["setting"] == "torch":
+    if r["setting"] == "torch" or r["name"] == "onednn":
         return r["name"]
     return r["setting"] if r["name"] == "conv" else None
 
@@ -261,7 +271,8 @@ def markdown(doc: dict) -> str:
              f"Machine: {doc['cpu_model']}, {doc['usable_cores']} usable cores; jax {doc['versions']['jax']}, "
              f"torch {doc['versions']['torch']} on {doc['torch_threads']} threads; float32, stride 1, padding 1, "
              f"channels last. Cells: median of {doc['repeats']} repeats and GFLOP/s (2 N H W 9 C_in C_out / "
-             "median); `xla` is the library's XLA:CPU setting, `ynn` JAX's default (YNNPACK). Every output "
+             "median); `xla` is the library's XLA:CPU setting, `ynn` JAX's default (YNNPACK), `onednn` the "
+             "library's oneDNN custom calls (jax_impl/onednn.py, the default for 2-D convolutions). Every output "
              f"agreed with a float64 oracle to {TOL:g} x its max |value| unless marked. "
              f"Command: `{doc['command'].strip()}`.", ""]
     for key, rows in doc["shapes"].items():
@@ -278,7 +289,7 @@ def markdown(doc: dict) -> str:
                 return f"{1e3 * r['median_s']:.2f} ms ({fl / r['median_s'] / 1e9:.0f}){ok}"
             cells = [cell(mine[c]) if c in mine else "—" for c in COLUMNS]
             alts = [f"{r['name']} {cell(r)}" for r in rows
-                    if r["op"] == op and r["setting"] == "xla" and r["name"] != "conv"]
+                    if r["op"] == op and r["setting"] == "xla" and r["name"] not in ("conv", "onednn")]
             best_torch = min((mine[c]["median_s"] for c in ("torch", "torch-cl") if c in mine), default=None)
             ratio = "—" if best_torch is None or "xla" not in mine else f"{mine['xla']['median_s'] / best_torch:.2f}"
             parts.append(f"| {op} | " + " | ".join(cells) + f" | {'; '.join(alts) or '—'} | {ratio} |")

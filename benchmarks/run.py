@@ -115,7 +115,10 @@ def environment(threads: int) -> dict:
     import jax
     import torch
 
+    from jax_impl import onednn
+
     devices = jax.devices()
+    dnnl = onednn.status()
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -129,6 +132,8 @@ def environment(threads: int) -> dict:
         "jax_device_kind": devices[0].device_kind,
         "jax_enable_x64": bool(jax.config.jax_enable_x64),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # the `jax` row's 2-D convolutions: oneDNN custom calls when enabled (jax_impl/onednn.py)
+        "onednn_convolutions": {k: dnnl[k] for k in ("enabled", "reason", "onednn")},
         "torch_device": "cuda" if torch.cuda.is_available() else "cpu",
         "torch_num_threads": torch.get_num_threads(),
         "torch_num_interop_threads": torch.get_num_interop_threads(),

@@ -28,6 +28,11 @@ already started (XLA reads its flags once). Outputs differ from the default only
 rounding (another convolution algorithm): the benchmark suite's agreement checks and the
 test suite run with it. It only affects the CPU backend.
 
+Since 2026-12-03 the library's own 2-D float32 convolutions (``xla_cpu_layers.Conv``) run as
+oneDNN custom calls on a one-device CPU (``jax_impl/onednn.py``); this flag still decides the
+convolutions XLA keeps: the 1-D convolutions of the attention blocks, NCSN's dilated ones,
+FIR kernels that are not separable, everything when ``SCOREDIFF_ONEDNN=0``.
+
 One device only. With the CPU host split into several devices
 (``jax_impl.sharding.configure_host_devices(n > 1)``), XLA's own convolutions gave
 nondeterministic results (2026-12-03, jax 0.10.2, 2 host devices, the DDPM U-Net 8x8 DDIM

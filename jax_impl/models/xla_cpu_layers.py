@@ -51,6 +51,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jax_impl import onednn
+
 __all__ = [
     "sum_rows",
     "broadcast_rows",
@@ -192,6 +194,11 @@ class Conv(nn.Module):
     in that order as flax's, so the same key gives the same initial values. ``padding`` is
     an int (the same on both sides of every spatial axis, torch's meaning) or one
     ``(lo, hi)`` pair per spatial axis.
+
+    A 2-D float32 convolution runs as oneDNN's kernels (``jax_impl.onednn.conv2d``) when
+    ``onednn.enabled()`` (the CPU backend with one device, the custom calls built, and
+    ``SCOREDIFF_ONEDNN`` not ``0``), else as ``lax.conv_general_dilated``; the two agree to
+    float32 rounding. The choice is made when the layer is traced.
     """
 
     features: int
@@ -216,8 +223,11 @@ class Conv(nn.Module):
         dtype = jnp.promote_types(x.dtype, kernel.dtype)
         spatial = "HWD"[:n]
         dims = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
-        y = lax.conv_general_dilated(x.astype(dtype), kernel.astype(dtype), strides, padding,
-                                     dimension_numbers=dims)
+        if n == 2 and dtype == jnp.float32 and onednn.enabled():
+            y = onednn.conv2d(x.astype(dtype), kernel.astype(dtype), strides, padding)
+        else:
+            y = lax.conv_general_dilated(x.astype(dtype), kernel.astype(dtype), strides, padding,
+                                         dimension_numbers=dims)
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
             y = add_bias(y, bias.astype(dtype))
