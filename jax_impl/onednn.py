@@ -138,7 +138,7 @@ def build(force: bool = False) -> Path:
         except OSError as err:
             errors.append(f"{d}: {err}")
             continue
-        cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}",
+        cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w", f"-I{jax.ffi.include_dir()}",
                f"-I{inc}", str(_SOURCE), f"-L{lib}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}", "-o", tmp]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

@@ -31,6 +31,8 @@ SHAPES = [
     (3, 9, 7, 4, 6, 3, (2, 2), ((0, 1), (1, 0))),    # stride 2, asymmetric padding, odd sizes
     (2, 8, 8, 4, 4, 1, (1, 1), ((0, 0), (0, 0))),    # 1x1
     (1, 6, 6, 2, 3, 3, (2, 1), ((0, 0), (2, 1))),    # mixed strides, rows left over
+    (2, 7, 6, 3, 4, 3, (1, 1), ((0, 2), (2, 1))),    # stride 1, asymmetric (input gradient as a forward conv)
+    (1, 5, 5, 2, 2, 3, (1, 1), ((3, 0), (0, 0))),    # stride 1, padding >= kernel (oneDNN's backward data)
 ]
 
 
