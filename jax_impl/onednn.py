@@ -19,8 +19,13 @@ any order, forward (``jax.jvp``: the likelihood's divergence) and reverse (``jax
 training; ``jax.hessian``). ``vmap`` folds a mapped activation axis into the batch axis N and
 loops (``lax.map``) when a kernel is mapped too.
 
-The library. ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` 2023.2.0 (oneDNN 3.2, CPU only,
-GNU OpenMP; the ``onednn`` extra) give the shared library and headers; ``build()`` compiles
+The library. ``onednn-cpu-tbb`` / ``onednn-devel-cpu-tbb`` 2023.2.0 (oneDNN 3.2, CPU only,
+threaded by TBB; the ``onednn`` extra, with ``tbb`` and ``intel-cmplr-lib-rt``, Intel's compiler
+runtime it links).
+Not the OpenMP build: it shares libgomp with torch, and once XLA's threads start OpenMP
+teams of their own libgomp counts more threads than cores and stops spinning between
+parallel regions, which made torch's own convolutions in the same process 1.7-2x slower
+(the benchmark's torch rows, U-Net forward 17 -> 31 ms); with TBB they stay at 15 ms. ``build()`` compiles
 ``csrc/onednn_conv.cc`` against them and jaxlib's FFI headers (``g++``, about 5 s) into
 ``<sys.prefix>/lib/scorediff`` (or ``~/.cache/scorediff`` when that is not writable), named
 by a hash of the source and the versions, so a new jaxlib or oneDNN rebuilds it. ``make
@@ -64,7 +69,7 @@ __all__ = ["ENV", "conv2d", "enabled", "available", "status", "build", "library_
 #: ``0`` turns the oneDNN convolutions off (``1``, the default, uses them when available)
 ENV = "SCOREDIFF_ONEDNN"
 _SOURCE = Path(__file__).with_name("csrc") / "onednn_conv.cc"
-_DISTS = ("onednn-cpu-gomp", "onednn-devel-cpu-gomp")
+_DISTS = ("onednn-cpu-tbb", "onednn-devel-cpu-tbb")
 _TARGETS = {"fwd": "ScorediffOnednnConvFwd", "bwd_data": "ScorediffOnednnConvBwdData",
             "bwd_weights": "ScorediffOnednnConvBwdWeights"}
 
@@ -138,8 +143,10 @@ def build(force: bool = False) -> Path:
         except OSError as err:
             errors.append(f"{d}: {err}")
             continue
-        cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w", f"-I{jax.ffi.include_dir()}",
-               f"-I{inc}", str(_SOURCE), f"-L{lib}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}", "-o", tmp]
+        # libdnnl finds libtbb through this library's RPATH (not RUNPATH: it carries to dependencies)
+        cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}",
+               f"-I{inc}", str(_SOURCE), f"-L{lib}", "-l:libdnnl.so.3", "-l:libtbb.so.12",
+               f"-Wl,--disable-new-dtags,-rpath,{lib}", "-o", tmp]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             os.unlink(tmp)

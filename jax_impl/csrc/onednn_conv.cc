@@ -8,7 +8,7 @@
 //   scorediff_onednn_conv_bwd_weights  dw = the adjoint of the above in w  (given x and dy)
 //
 // jax_impl/onednn.py builds, loads and registers them and wraps them as one differentiable
-// JAX function. oneDNN runs a convolution on every core of the host (OpenMP), where XLA:CPU's
+// JAX function. oneDNN runs a convolution on every core of the host (TBB), where XLA:CPU's
 // own convolution runs on one. Primitives are built once per shape and kept (a mutex-guarded
 // map); each calling thread has its own scratchpad, so concurrent calls from XLA's threads are safe.
 
@@ -16,7 +16,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <omp.h>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -137,15 +136,6 @@ std::shared_ptr<Plan> GetPlan(int kind, const Shape& s) {
   return it->second;
 }
 
-// A kernel's reorder on the calling thread alone: on a few hundred KB, OpenMP's fork and join
-// cost more than the copy (0.1-0.3 ms each, 15 ms of the U-Net 32x32 training step).
-void Reorder(dnnl::reorder& r, dnnl::stream& stream, dnnl::memory& from, dnnl::memory& to) {
-  int threads = omp_get_max_threads();
-  omp_set_num_threads(1);
-  r.execute(stream, from, to);
-  omp_set_num_threads(threads);
-}
-
 ffi::Error CheckRank(const char* what, ffi::Span<const int64_t> d) {
   if (d.size() != 4) return ffi::Error::InvalidArgument(std::string(what) + " must be a 4-D array");
   return ffi::Error::Success();
@@ -192,7 +182,7 @@ ffi::Error Run(int kind, const float* a, ffi::Span<const int64_t> ad, const floa
               for (int64_t o = 0; o < s.o; ++o)
                 t[((a * s.kw + b) * s.o + o) * s.c + c] = wptr[(((s.kh - 1 - a) * s.kw + (s.kw - 1 - b)) * s.c + c) * s.o + o];
       } else if (kind != 2) {
-        Reorder(plan->wei_reorder, stream, user_wei, wei);
+        plan->wei_reorder.execute(stream, user_wei, wei);
       }
     }
     if (kind == 1 && plan->flipped) {
@@ -215,7 +205,7 @@ ffi::Error Run(int kind, const float* a, ffi::Span<const int64_t> ad, const floa
       dnnl::memory ddst(plan->dst, eng, const_cast<float*>(b));
       plan->prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_DIFF_WEIGHTS, wei},
                                   {DNNL_ARG_SCRATCHPAD, scratch_mem}});
-      if (plan->reorder_wei) Reorder(plan->wei_reorder, stream, wei, user_wei);
+      if (plan->reorder_wei) plan->wei_reorder.execute(stream, wei, user_wei);
     }
     stream.wait();
   } catch (const dnnl::error& err) {
