@@ -325,7 +325,11 @@ def main(argv=None) -> int:
                   "JAX keeps XLA's convolutions", file=sys.stderr)
             return 1
         return 0
-    print(status())
+    try:
+        print(status())
+    except ValueError as err:  # a bad SCOREDIFF_ONEDNN
+        print(f"python -m jax_impl.onednn: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
