@@ -113,9 +113,13 @@ def _out_dirs() -> list[Path]:
     return [Path(sys.prefix) / "lib" / "scorediff", home]
 
 
+def _library_name() -> str:
+    return f"libscorediff_onednn-{_tag()}.so"
+
+
 def library_path() -> Path | None:
     """The built shared library for this source / jaxlib / oneDNN, or None if not built."""
-    name = f"libscorediff_onednn-{_tag()}.so"
+    name = _library_name()
     for d in _out_dirs():
         if (d / name).is_file():
             return d / name
@@ -126,6 +130,7 @@ def build(force: bool = False) -> Path:
     """Compile ``csrc/onednn_conv.cc`` (once per source / jaxlib / oneDNN version); returns
     the shared library's path. FileNotFoundError (the oneDNN packages, ``g++``) or
     RuntimeError (the compiler's message) when it cannot."""
+    name = _library_name()
     found = library_path()
     if found is not None and not force:
         return found
@@ -133,7 +138,6 @@ def build(force: bool = False) -> Path:
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not cxx:
         raise FileNotFoundError("no C++ compiler (g++ / c++ on PATH, or $CXX) to build the oneDNN convolutions")
-    name = f"libscorediff_onednn-{_tag()}.so"
     errors = []
     for d in _out_dirs():
         try:

@@ -47,22 +47,36 @@ struct Plan {
   dnnl::memory::desc src, wei, dst, scratch;  // the primitive's descriptors
   dnnl::memory::desc user_wei;                // HWIO
   bool reorder_wei = false;
-  bool flipped = false;                       // backward data as a forward convolution of dy
-  dnnl::reorder wei_reorder;                // HWIO -> prim's (fwd / bwd data) or back (bwd weights)
+  bool flipped = false;                       // backward data as a forward convolution: src dy, dst dx
+  dnnl::reorder wei_reorder;                  // HWIO -> prim's (bwd data) or back (bwd weights)
 };
 
 std::mutex cache_mutex;
 std::map<Key, std::shared_ptr<Plan>> cache;
 
-dnnl::convolution_forward::primitive_desc ForwardPd(const Shape& s, tag wei_tag) {
-  dnnl::memory::desc src({s.n, s.c, s.h, s.w}, dt::f32, tag::nhwc);
-  dnnl::memory::desc wei({s.o, s.c, s.kh, s.kw}, dt::f32, wei_tag);
-  dnnl::memory::desc dst({s.n, s.o, s.oh, s.ow}, dt::f32, tag::nhwc);
+// The convolution's input (NHWC), kernel (``wei_tag``) and output (NHWC) descriptors; oneDNN
+// takes their dimensions in N C H W / O I H W order whatever the memory layout.
+struct Descs {
+  dnnl::memory::desc src, wei, dst;
+};
+
+Descs ConvDescs(const Shape& s, tag wei_tag) {
+  return {dnnl::memory::desc({s.n, s.c, s.h, s.w}, dt::f32, tag::nhwc),
+          dnnl::memory::desc({s.o, s.c, s.kh, s.kw}, dt::f32, wei_tag),
+          dnnl::memory::desc({s.n, s.o, s.oh, s.ow}, dt::f32, tag::nhwc)};
+}
+
+dnnl::primitive_attr UserScratchpad() {
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+dnnl::convolution_forward::primitive_desc ForwardPd(const Shape& s, tag wei_tag) {
+  auto d = ConvDescs(s, wei_tag);
   return dnnl::convolution_forward::primitive_desc(
-      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src, wei, dst,
-      {s.sh, s.sw}, {s.pt, s.pl}, {s.pb, s.pr}, attr);
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, d.src, d.wei, d.dst,
+      {s.sh, s.sw}, {s.pt, s.pl}, {s.pb, s.pr}, UserScratchpad());
 }
 
 std::shared_ptr<Plan> GetPlan(int kind, const Shape& s) {
@@ -74,10 +88,8 @@ std::shared_ptr<Plan> GetPlan(int kind, const Shape& s) {
   }
   auto plan = std::make_shared<Plan>();
   plan->user_wei = dnnl::memory::desc({s.o, s.c, s.kh, s.kw}, dt::f32, tag::hwio);
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   // The forward convolution reads the HWIO kernel as it is (brgconv, no reorder: fastest);
-  // the backward ones get oneDNN's blocked kernel layout (with a plain one they fall back to
+  // oneDNN's backward passes get its blocked kernel layout (with a plain one they fall back to
   // gemm, 2-2.5x slower), reordered from / to HWIO on each call.
   if (kind == 0) {
     auto fwd = ForwardPd(s, tag::hwio);
@@ -94,32 +106,26 @@ std::shared_ptr<Plan> GetPlan(int kind, const Shape& s) {
             s.kh - 1 - s.pt, s.kh - 1 - s.pb, s.kw - 1 - s.pl, s.kw - 1 - s.pr};
     auto fwd = ForwardPd(t, tag::hwio);
     plan->prim = dnnl::convolution_forward(fwd);
-    plan->src = fwd.dst_desc();   // dx
+    plan->src = fwd.src_desc();   // dy
     plan->wei = fwd.weights_desc();
-    plan->dst = fwd.src_desc();   // dy
+    plan->dst = fwd.dst_desc();   // dx
     plan->scratch = fwd.scratchpad_desc();
     plan->flipped = true;
   } else if (kind == 1) {
-    auto fwd = ForwardPd(s, tag::any);
-    dnnl::memory::desc dsrc({s.n, s.c, s.h, s.w}, dt::f32, tag::nhwc);
-    dnnl::memory::desc wei({s.o, s.c, s.kh, s.kw}, dt::f32, tag::any);
-    dnnl::memory::desc ddst({s.n, s.o, s.oh, s.ow}, dt::f32, tag::nhwc);
+    auto d = ConvDescs(s, tag::any);
     auto pd = dnnl::convolution_backward_data::primitive_desc(
-        Engine(), dnnl::algorithm::convolution_direct, dsrc, wei, ddst, {s.sh, s.sw}, {s.pt, s.pl},
-        {s.pb, s.pr}, fwd, attr);
+        Engine(), dnnl::algorithm::convolution_direct, d.src, d.wei, d.dst, {s.sh, s.sw}, {s.pt, s.pl},
+        {s.pb, s.pr}, ForwardPd(s, tag::any), UserScratchpad());
     plan->prim = dnnl::convolution_backward_data(pd);
     plan->src = pd.diff_src_desc();
     plan->wei = pd.weights_desc();
     plan->dst = pd.diff_dst_desc();
     plan->scratch = pd.scratchpad_desc();
   } else {
-    auto fwd = ForwardPd(s, tag::any);
-    dnnl::memory::desc src({s.n, s.c, s.h, s.w}, dt::f32, tag::nhwc);
-    dnnl::memory::desc dwei({s.o, s.c, s.kh, s.kw}, dt::f32, tag::any);
-    dnnl::memory::desc ddst({s.n, s.o, s.oh, s.ow}, dt::f32, tag::nhwc);
+    auto d = ConvDescs(s, tag::any);
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
-        Engine(), dnnl::algorithm::convolution_direct, src, dwei, ddst, {s.sh, s.sw}, {s.pt, s.pl},
-        {s.pb, s.pr}, fwd, attr);
+        Engine(), dnnl::algorithm::convolution_direct, d.src, d.wei, d.dst, {s.sh, s.sw}, {s.pt, s.pl},
+        {s.pb, s.pr}, ForwardPd(s, tag::any), UserScratchpad());
     plan->prim = dnnl::convolution_backward_weights(pd);
     plan->src = pd.src_desc();
     plan->wei = pd.diff_weights_desc();
@@ -185,12 +191,7 @@ ffi::Error Run(int kind, const float* a, ffi::Span<const int64_t> ad, const floa
         plan->wei_reorder.execute(stream, user_wei, wei);
       }
     }
-    if (kind == 1 && plan->flipped) {
-      dnnl::memory ddst(plan->dst, eng, const_cast<float*>(a));
-      dnnl::memory dsrc(plan->src, eng, out);
-      plan->prim.execute(stream, {{DNNL_ARG_SRC, ddst}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dsrc},
-                                  {DNNL_ARG_SCRATCHPAD, scratch_mem}});
-    } else if (kind == 0) {
+    if (kind == 0 || plan->flipped) {  // a forward convolution: a (x, or dy) -> out (y, or dx)
       dnnl::memory src(plan->src, eng, const_cast<float*>(a));
       dnnl::memory dst(plan->dst, eng, out);
       plan->prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst},
