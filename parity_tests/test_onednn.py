@@ -33,6 +33,7 @@ SHAPES = [
     (1, 6, 6, 2, 3, 3, (2, 1), ((0, 0), (2, 1))),    # mixed strides, rows left over
     (2, 7, 6, 3, 4, 3, (1, 1), ((0, 2), (2, 1))),    # stride 1, asymmetric (input gradient as a forward conv)
     (1, 5, 5, 2, 2, 3, (1, 1), ((3, 0), (0, 0))),    # stride 1, padding >= kernel (oneDNN's backward data)
+    (4, 6, 6, 16, 32, 3, (2, 2), ((1, 1), (1, 1))),  # blocked kernels (16-channel blocks), batch split 2 x 2
 ]
 
 
@@ -93,8 +94,12 @@ def _operands(shape, seed=0):
     return rng, x, w, strides, padding
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=[f"{s[5]}x{s[5]}-s{s[6][0]}{s[6][1]}" for s in SHAPES])
-def test_values_and_first_derivatives(shape):
+@pytest.mark.parametrize("threading", ["xla", "tbb"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"{s[5]}x{s[5]}-s{s[6][0]}{s[6][1]}-n{s[0]}" for s in SHAPES])
+def test_values_and_first_derivatives(shape, threading, monkeypatch):
+    # "xla": an even batch is split between XLA's threads (a one-thread primitive per part, the
+    # kernel gradient's parts summed), an odd one is oneDNN's own; "tbb": always oneDNN's own
+    monkeypatch.setenv(onednn.THREADING_ENV, threading)
     rng, x, w, strides, padding = _operands(shape)
     conv = jax.jit(lambda x, w: onednn.conv2d(x, w, strides, padding))
     y = conv(x, w)
@@ -203,6 +208,19 @@ def test_layer_equals_lax_layer(monkeypatch):
     g_want = jax.grad(lambda v: (m.apply(v, x) ** 2).sum())(v)
     _close(got, want)
     jax.tree_util.tree_map(_close, g_got, g_want)
+
+
+def test_threading_values(monkeypatch):
+    monkeypatch.setenv(onednn.THREADING_ENV, "openmp")
+    with pytest.raises(ValueError, match=onednn.THREADING_ENV):
+        onednn.threading_mode()
+    x, w = np.ones((2, 4, 4, 1), np.float32), np.ones((3, 3, 1, 1), np.float32)
+    with pytest.raises(ValueError, match=onednn.THREADING_ENV):
+        jax.jit(lambda x, w: onednn.conv2d(x, w, (1, 1), ((1, 1), (1, 1)))).lower(x, w)
+    monkeypatch.setenv(onednn.THREADING_ENV, " TBB ")
+    assert onednn.threading_mode() == "tbb"
+    monkeypatch.delenv(onednn.THREADING_ENV)
+    assert onednn.threading_mode() == "xla"
 
 
 def test_switch_values(monkeypatch):

@@ -8,19 +8,29 @@
 //   scorediff_onednn_conv_bwd_weights  dw = the adjoint of the above in w  (given x and dy)
 //
 // jax_impl/onednn.py builds, loads and registers them and wraps them as one differentiable
-// JAX function. oneDNN runs a convolution on every core of the host (TBB), where XLA:CPU's
-// own convolution runs on one. Primitives are built once per shape and kept (a mutex-guarded
-// map); each calling thread has its own scratchpad, so concurrent calls from XLA's threads are safe.
+// JAX function. Threading (the ``threading`` attribute): 1 (the default) splits the batch into
+// one equal part per thread of XLA's own intra-op pool (the FFI thread pool) and runs each
+// part as a one-thread oneDNN primitive on one of those threads (the kernel gradient's parts
+// are summed), so oneDNN's convolutions and XLA's other kernels share one set of threads;
+// 0, or a batch that does not split evenly, lets oneDNN thread the whole call itself (TBB),
+// whose worker threads then compete for the cores with XLA's spinning ones. Primitives are
+// built once per shape and kept (a mutex-guarded map); each thread has its own stream and
+// scratchpad, so concurrent calls from XLA's threads are safe.
 
+#include <atomic>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <thread>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
+#include "oneapi/tbb/task_arena.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -34,8 +44,9 @@ dnnl::engine& Engine() {
   return engine;
 }
 
-// N, H, W, C (input), OH, OW, O (output), KH, KW, strides, paddings, and which primitive.
-using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+// which primitive, one thread or oneDNN's own, N, H, W, C (input), OH, OW, O (output), KH,
+// KW, strides, paddings.
+using Key = std::tuple<int, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                        int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;
 
 struct Shape {
@@ -79,13 +90,34 @@ dnnl::convolution_forward::primitive_desc ForwardPd(const Shape& s, tag wei_tag)
       {s.sh, s.sw}, {s.pt, s.pl}, {s.pb, s.pr}, UserScratchpad());
 }
 
-std::shared_ptr<Plan> GetPlan(int kind, const Shape& s) {
-  Key key{kind, s.n, s.h, s.w, s.c, s.oh, s.ow, s.o, s.kh, s.kw, s.sh, s.sw, s.pt, s.pb, s.pl, s.pr};
+// A one-thread TBB arena per calling thread: oneDNN sizes a primitive's work split by the
+// arena it is created in and runs it on the arena it executes in.
+tbb::task_arena& OneThread() {
+  thread_local tbb::task_arena arena(1);
+  return arena;
+}
+
+std::shared_ptr<Plan> MakePlan(int kind, const Shape& s);
+
+std::shared_ptr<Plan> GetPlan(int kind, const Shape& s, bool one_thread) {
+  Key key{kind, one_thread, s.n, s.h, s.w, s.c, s.oh, s.ow, s.o, s.kh, s.kw, s.sh, s.sw, s.pt, s.pb, s.pl, s.pr};
   {
     std::lock_guard<std::mutex> lock(cache_mutex);
     auto it = cache.find(key);
     if (it != cache.end()) return it->second;
   }
+  std::shared_ptr<Plan> plan;
+  if (one_thread) {
+    OneThread().execute([&] { plan = MakePlan(kind, s); });
+  } else {
+    plan = MakePlan(kind, s);
+  }
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto it = cache.emplace(key, plan).first;
+  return it->second;
+}
+
+std::shared_ptr<Plan> MakePlan(int kind, const Shape& s) {
   auto plan = std::make_shared<Plan>();
   plan->user_wei = dnnl::memory::desc({s.o, s.c, s.kh, s.kw}, dt::f32, tag::hwio);
   // The forward convolution reads the HWIO kernel as it is (brgconv, no reorder: fastest);
@@ -137,9 +169,7 @@ std::shared_ptr<Plan> GetPlan(int kind, const Shape& s) {
     plan->wei_reorder = kind == 2 ? dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), plan->wei, Engine(), plan->user_wei))
                                   : dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), plan->user_wei, Engine(), plan->wei));
   }
-  std::lock_guard<std::mutex> lock(cache_mutex);
-  auto it = cache.emplace(key, plan).first;
-  return it->second;
+  return plan;
 }
 
 ffi::Error CheckRank(const char* what, ffi::Span<const int64_t> d) {
@@ -147,10 +177,78 @@ ffi::Error CheckRank(const char* what, ffi::Span<const int64_t> d) {
   return ffi::Error::Success();
 }
 
+// Grown on demand and reused, per thread (not cleared: oneDNN writes before it reads).
+uint8_t* Buffer(std::vector<uint8_t>& v, size_t size) {
+  if (v.size() < size) v.resize(size);
+  return v.data();
+}
+
+// One primitive call on this thread: kind 0 a = x -> out = y, kind 1 a = dy -> out = dx,
+// kind 2 a = x, b = dy -> wei = dw (``wei`` in the primitive's layout); kinds 0 / 1 read the
+// kernel from ``wei``.
+void Execute(const Plan& plan, int kind, const float* a, const float* b, float* out, void* wei) {
+  auto& eng = Engine();
+  thread_local dnnl::stream stream(eng);
+  thread_local std::vector<uint8_t> scratch;
+  dnnl::memory scratch_mem(plan.scratch, eng, Buffer(scratch, plan.scratch.get_size()));
+  dnnl::memory w(plan.wei, eng, wei);
+  if (kind == 0 || plan.flipped) {  // a forward convolution: a (x, or dy) -> out (y, or dx)
+    dnnl::memory src(plan.src, eng, const_cast<float*>(a));
+    dnnl::memory dst(plan.dst, eng, out);
+    plan.prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst},
+                               {DNNL_ARG_SCRATCHPAD, scratch_mem}});
+  } else if (kind == 1) {
+    dnnl::memory ddst(plan.dst, eng, const_cast<float*>(a));
+    dnnl::memory dsrc(plan.src, eng, out);
+    plan.prim.execute(stream, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DIFF_SRC, dsrc},
+                               {DNNL_ARG_SCRATCHPAD, scratch_mem}});
+  } else {
+    dnnl::memory src(plan.src, eng, const_cast<float*>(a));
+    dnnl::memory ddst(plan.dst, eng, const_cast<float*>(b));
+    plan.prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_DIFF_WEIGHTS, w},
+                               {DNNL_ARG_SCRATCHPAD, scratch_mem}});
+  }
+  stream.wait();
+}
+
+// Runs work(0) ... work(parts - 1), one part at a time per thread, on this thread and on
+// parts - 1 tasks scheduled on XLA's pool. A part is claimed before it runs, and this thread
+// waits only for parts another thread has claimed (and so is running): when the pool's
+// threads are busy (another custom call waiting the same way), this thread runs every part
+// itself and the late tasks find nothing left. Returns the first part's error, if any.
+std::string Parallel(ffi::ThreadPool& pool, int parts, const std::function<void(int)>& work) {
+  struct Shared {
+    std::atomic<int> next{0}, done{0};
+    int parts;
+    const std::function<void(int)>* work;
+    std::mutex mutex;
+    std::string error;
+    void Drain() {
+      for (int i; (i = next.fetch_add(1)) < parts; done.fetch_add(1)) {
+        try {
+          (*work)(i);
+        } catch (const dnnl::error& err) {
+          std::lock_guard<std::mutex> lock(mutex);
+          if (error.empty()) error = std::string("oneDNN: ") + err.what();
+        }
+      }
+    }
+  };
+  auto shared = std::make_shared<Shared>();
+  shared->parts = parts;
+  shared->work = &work;
+  for (int t = 1; t < parts; ++t) pool.Schedule([shared] { shared->Drain(); });
+  shared->Drain();
+  for (int spins = 0; shared->done.load() < parts; ++spins) {
+    if (spins > 64) std::this_thread::yield();
+  }
+  return shared->error;
+}
+
 // kind 0: (x, w) -> y; kind 1: (dy, w) -> dx; kind 2: (x, dy) -> dw.
-ffi::Error Run(int kind, const float* a, ffi::Span<const int64_t> ad, const float* b,
+ffi::Error Run(ffi::ThreadPool& pool, int kind, const float* a, ffi::Span<const int64_t> ad, const float* b,
                ffi::Span<const int64_t> bd, float* out, ffi::Span<const int64_t> od, int64_t sh,
-               int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+               int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t threading) {
   for (auto [what, d] : {std::pair{"operand 0", ad}, std::pair{"operand 1", bd}, std::pair{"result", od}}) {
     auto e = CheckRank(what, d);
     if (e.failure()) return e;
@@ -165,78 +263,107 @@ ffi::Error Run(int kind, const float* a, ffi::Span<const int64_t> ad, const floa
   s.sh = sh; s.sw = sw; s.pt = pt; s.pb = pb; s.pl = pl; s.pr = pr;
   if (w[2] != s.c || w[3] != s.o || y[0] != s.n)
     return ffi::Error::InvalidArgument("onednn conv: operand shapes do not match");
+  // the batch in `parts` equal parts, one per thread of XLA's pool (or one part, oneDNN's threads)
+  int parts = 1;
+  if (threading == 1) {
+    int64_t t = pool.num_threads();
+    if (t >= 2 && s.n >= t && s.n % t == 0) parts = static_cast<int>(t);
+  }
+  Shape part = s;
+  part.n = s.n / parts;
+  const int64_t x_part = part.n * s.h * s.w * s.c, y_part = part.n * s.oh * s.ow * s.o;
   try {
-    auto plan = GetPlan(kind, s);
+    auto plan = GetPlan(kind, part, parts > 1);
     auto& eng = Engine();
-    // per calling thread: a stream and two work buffers, grown on demand and reused (not
-    // cleared: oneDNN writes before it reads)
     thread_local dnnl::stream stream(eng);
-    thread_local std::vector<uint8_t> scratch, wei_buf;
-    if (scratch.size() < plan->scratch.get_size()) scratch.resize(plan->scratch.get_size());
-    dnnl::memory scratch_mem(plan->scratch, eng, scratch.data());
-    const float* wptr = kind == 2 ? nullptr : b;
-    dnnl::memory user_wei(plan->user_wei, eng, kind == 2 ? static_cast<void*>(out) : const_cast<float*>(wptr));
-    dnnl::memory wei = user_wei;
-    if (plan->reorder_wei || plan->flipped) {
-      if (wei_buf.size() < plan->wei.get_size()) wei_buf.resize(plan->wei.get_size());
-      wei = dnnl::memory(plan->wei, eng, wei_buf.data());
-      if (plan->flipped) {
-        float* t = reinterpret_cast<float*>(wei_buf.data());
-        for (int64_t a = 0; a < s.kh; ++a)
-          for (int64_t b = 0; b < s.kw; ++b)
-            for (int64_t c = 0; c < s.c; ++c)
-              for (int64_t o = 0; o < s.o; ++o)
-                t[((a * s.kw + b) * s.o + o) * s.c + c] = wptr[(((s.kh - 1 - a) * s.kw + (s.kw - 1 - b)) * s.c + c) * s.o + o];
-      } else if (kind != 2) {
-        plan->wei_reorder.execute(stream, user_wei, wei);
+    thread_local std::vector<uint8_t> wei_buf, dw_parts;
+    const size_t wei_size = plan->wei.get_size();
+    // the kernel in the primitive's layout, prepared once for every part
+    void* wei = kind == 2 ? nullptr : const_cast<float*>(b);
+    if (plan->flipped) {
+      const float* wptr = b;
+      float* t = reinterpret_cast<float*>(Buffer(wei_buf, wei_size));
+      for (int64_t i = 0; i < s.kh; ++i)
+        for (int64_t j = 0; j < s.kw; ++j)
+          for (int64_t c = 0; c < s.c; ++c)
+            for (int64_t o = 0; o < s.o; ++o)
+              t[((i * s.kw + j) * s.o + o) * s.c + c] = wptr[(((s.kh - 1 - i) * s.kw + (s.kw - 1 - j)) * s.c + c) * s.o + o];
+      wei = t;
+    } else if (plan->reorder_wei && kind != 2) {
+      dnnl::memory user_wei(plan->user_wei, eng, const_cast<float*>(b));
+      wei = Buffer(wei_buf, wei_size);
+      dnnl::memory blocked(plan->wei, eng, wei);
+      plan->wei_reorder.execute(stream, user_wei, blocked);
+      stream.wait();
+    }
+    // the kernel gradient: each part's in its own buffer (the primitive's layout), summed into
+    // the first; the output's own memory when it needs neither a reorder nor a sum
+    const bool direct_dw = kind == 2 && parts == 1 && !plan->reorder_wei;
+    uint8_t* dw = kind == 2 && !direct_dw ? Buffer(dw_parts, wei_size * parts) : nullptr;
+    auto work = [&](int i) {
+      if (kind == 0) {
+        Execute(*plan, 0, a + i * x_part, nullptr, out + i * y_part, wei);
+      } else if (kind == 1) {
+        Execute(*plan, 1, a + i * y_part, nullptr, out + i * x_part, wei);
+      } else {
+        Execute(*plan, 2, a + i * x_part, b + i * y_part, nullptr, direct_dw ? static_cast<void*>(out) : dw + i * wei_size);
+      }
+    };
+    std::string error;
+    if (parts > 1) {
+      error = Parallel(pool, parts, [&](int i) { OneThread().execute([&] { work(i); }); });
+    } else {
+      work(0);
+    }
+    if (!error.empty()) return ffi::Error::Internal(error);
+    if (kind == 2 && !direct_dw) {
+      float* sum = reinterpret_cast<float*>(dw);
+      const size_t count = wei_size / sizeof(float);
+      for (int i = 1; i < parts; ++i) {
+        const float* p = reinterpret_cast<const float*>(dw + i * wei_size);
+        for (size_t j = 0; j < count; ++j) sum[j] += p[j];
+      }
+      if (plan->reorder_wei) {
+        dnnl::memory blocked(plan->wei, eng, dw);
+        dnnl::memory user_wei(plan->user_wei, eng, out);
+        plan->wei_reorder.execute(stream, blocked, user_wei);
+        stream.wait();
+      } else {
+        std::memcpy(out, dw, wei_size);
       }
     }
-    if (kind == 0 || plan->flipped) {  // a forward convolution: a (x, or dy) -> out (y, or dx)
-      dnnl::memory src(plan->src, eng, const_cast<float*>(a));
-      dnnl::memory dst(plan->dst, eng, out);
-      plan->prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst},
-                                  {DNNL_ARG_SCRATCHPAD, scratch_mem}});
-    } else if (kind == 1) {
-      dnnl::memory ddst(plan->dst, eng, const_cast<float*>(a));
-      dnnl::memory dsrc(plan->src, eng, out);
-      plan->prim.execute(stream, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, dsrc},
-                                  {DNNL_ARG_SCRATCHPAD, scratch_mem}});
-    } else {
-      dnnl::memory src(plan->src, eng, const_cast<float*>(a));
-      dnnl::memory ddst(plan->dst, eng, const_cast<float*>(b));
-      plan->prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_DIFF_WEIGHTS, wei},
-                                  {DNNL_ARG_SCRATCHPAD, scratch_mem}});
-      if (plan->reorder_wei) plan->wei_reorder.execute(stream, wei, user_wei);
-    }
-    stream.wait();
   } catch (const dnnl::error& err) {
     return ffi::Error::Internal(std::string("oneDNN: ") + err.what());
   }
   return ffi::Error::Success();
 }
 
-ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
-                   int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  return Run(0, x.typed_data(), x.dimensions(), w.typed_data(), w.dimensions(), y->typed_data(),
-             y->dimensions(), sh, sw, pt, pb, pl, pr);
+ffi::Error ConvFwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl,
+                   int64_t pr, int64_t threading) {
+  return Run(pool, 0, x.typed_data(), x.dimensions(), w.typed_data(), w.dimensions(), y->typed_data(),
+             y->dimensions(), sh, sw, pt, pb, pl, pr, threading);
 }
 
-ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
-                       int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  return Run(1, dy.typed_data(), dy.dimensions(), w.typed_data(), w.dimensions(), dx->typed_data(),
-             dx->dimensions(), sh, sw, pt, pb, pl, pr);
+ffi::Error ConvBwdData(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                       int64_t pl, int64_t pr, int64_t threading) {
+  return Run(pool, 1, dy.typed_data(), dy.dimensions(), w.typed_data(), w.dimensions(), dx->typed_data(),
+             dx->dimensions(), sh, sw, pt, pb, pl, pr, threading);
 }
 
-ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
-                          int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  return Run(2, x.typed_data(), x.dimensions(), dy.typed_data(), dy.dimensions(), dw->typed_data(),
-             dw->dimensions(), sh, sw, pt, pb, pl, pr);
+ffi::Error ConvBwdWeights(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                          ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                          int64_t pl, int64_t pr, int64_t threading) {
+  return Run(pool, 2, x.typed_data(), x.dimensions(), dy.typed_data(), dy.dimensions(), dw->typed_data(),
+             dw->dimensions(), sh, sw, pt, pb, pl, pr, threading);
 }
 
 }  // namespace
 
 #define SCOREDIFF_CONV_BINDING                                                                \
   ffi::Ffi::Bind()                                                                            \
+      .Ctx<ffi::ThreadPool>()                                                                 \
       .Arg<ffi::Buffer<ffi::F32>>()                                                           \
       .Arg<ffi::Buffer<ffi::F32>>()                                                           \
       .Ret<ffi::Buffer<ffi::F32>>()                                                           \
@@ -245,7 +372,8 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi
       .Attr<int64_t>("pt")                                                                    \
       .Attr<int64_t>("pb")                                                                    \
       .Attr<int64_t>("pl")                                                                    \
-      .Attr<int64_t>("pr")
+      .Attr<int64_t>("pr")                                                                    \
+      .Attr<int64_t>("threading")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ScorediffOnednnConvFwd, ConvFwd, SCOREDIFF_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ScorediffOnednnConvBwdData, ConvBwdData, SCOREDIFF_CONV_BINDING);
