@@ -172,3 +172,28 @@ def test_bad_arguments_name_the_layer():
         XL.Conv(2, (3, 3)).init(jax.random.key(0), jnp.ones((4, 4, 1)))
     with pytest.raises(ValueError, match="1-, 2- or 3-D kernels"):
         XL.Conv(2, (1, 1, 1, 1)).init(jax.random.key(0), jnp.ones((1, 2, 2, 2, 2, 1)))
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 4, 8), (3, 4, 4, 8), (5, 8)])
+def test_channel_dense_is_the_einsum(shape, monkeypatch):
+    """NIN's product: a 1 x 1 oneDNN convolution for 4-D float32 activations when oneDNN is
+    enabled (even and odd batches), the einsum otherwise; values, gradients and the jvp agree
+    with the einsum in float64."""
+    from jax_impl import onednn
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    W = rng.standard_normal((8, 6)).astype(np.float32)
+    g = rng.standard_normal(shape[:-1] + (6,)).astype(np.float32)
+    want = np.einsum("...i,ij->...j", x.astype(np.float64), W.astype(np.float64))
+    hlo = jax.jit(XL.channel_dense).lower(x, W).as_text()
+    assert ("scorediff_onednn_conv_fwd" in hlo) == (len(shape) == 4 and onednn.enabled())
+    np.testing.assert_allclose(jax.jit(XL.channel_dense)(x, W), want, rtol=1e-5, atol=1e-5)
+    dx, dW = jax.jit(jax.grad(lambda x, W: jnp.vdot(XL.channel_dense(x, W), g), (0, 1)))(x, W)
+    np.testing.assert_allclose(dx, g.astype(np.float64) @ W.T.astype(np.float64), rtol=1e-5, atol=1e-5)
+    rows = lambda a: a.reshape(-1, a.shape[-1]).astype(np.float64)  # noqa: E731
+    np.testing.assert_allclose(dW, rows(x).T @ rows(g), rtol=1e-5, atol=1e-4)
+    _, ty = jax.jvp(XL.channel_dense, (x, W), (x, W))
+    np.testing.assert_allclose(ty, 2 * want, rtol=1e-5, atol=1e-4)
+    monkeypatch.setenv(onednn.ENV, "0")
+    assert "scorediff_onednn" not in jax.jit(lambda x, W: XL.channel_dense(x, W)).lower(x, W).as_text()

@@ -14,9 +14,10 @@ Framework-specific helpers, not part of the mirrored API: ``default_init``, ``na
 ``res_attn_stage`` (the U-Nets' down-path stage; flax passes ``train`` per call, its twin
 relies on ``module.train()``).
 
-The convolutions, GroupNorms and NIN biases are ``jax_impl.models.xla_cpu_layers``' (flax's
-``Conv`` / ``GroupNorm`` maths and parameter names, their reductions written as dots on the
-CPU backend, where XLA runs those on every core).
+The convolutions, GroupNorms, NIN products and NIN biases are ``jax_impl.models.xla_cpu_layers``'
+(flax's ``Conv`` / ``GroupNorm`` maths and parameter names, their reductions written as dots
+on the CPU backend, where XLA runs those on every core; 2-D convolutions and NIN products as
+oneDNN convolutions there when ``jax_impl.onednn.enabled()``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jax_impl.models.xla_cpu_layers import Conv, GroupNorm, add_bias
+from jax_impl.models.xla_cpu_layers import Conv, GroupNorm, add_bias, channel_dense
 from spec.model_configs import NONLINEARITIES
 from spec.validate import check_choice
 
@@ -190,7 +191,7 @@ class NIN(nn.Module):
             raise ValueError(f"NIN: expected {self.in_dim} input channels, got shape {x.shape}")
         W = self.param("W", default_init(self.init_scale), (self.in_dim, self.num_units), jnp.float32)
         b = self.param("b", nn.initializers.zeros, (self.num_units,), jnp.float32)
-        return add_bias(jnp.einsum("...i,ij->...j", x, W), b)
+        return add_bias(channel_dense(x, W), b)
 
 
 def self_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:

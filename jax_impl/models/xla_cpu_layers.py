@@ -60,6 +60,7 @@ __all__ = [
     "broadcast_per_example",
     "group_average",
     "add_bias",
+    "channel_dense",
     "GroupNorm",
     "Conv",
 ]
@@ -136,6 +137,20 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
     ``sum_rows`` of the output gradient."""
     rows = math.prod(y.shape[:-1])
     return y + broadcast_rows(bias.astype(y.dtype), rows).reshape(y.shape)
+
+
+def channel_dense(x: jax.Array, W: jax.Array) -> jax.Array:
+    """``x W`` over the channel axis: ``x`` [..., C_in], ``W`` [C_in, C_out] -> [..., C_out]
+    (``jnp.einsum("...i,ij->...j", x, W)``, NIN's product).
+
+    A 4-D float32 ``x`` [N, H, W, C_in] goes to oneDNN as a 1 x 1 convolution when
+    ``onednn.enabled()``: XLA:CPU computed the kernel gradient of the einsum, a contraction
+    over every leading axis, as a transpose copy of the activations and a dot, and the DDPM
+    U-Net 32 x 32 training step (batch 16, four NINs per attention block) took 190 ms with
+    the einsum, 176 ms with the convolution (medians of 20, 2026-12-04)."""
+    if x.ndim == 4 and x.dtype == jnp.float32 and W.dtype == jnp.float32 and onednn.enabled():
+        return onednn.conv2d(x, W[None, None])
+    return jnp.einsum("...i,ij->...j", x, W)
 
 
 class GroupNorm(nn.Module):
