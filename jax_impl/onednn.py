@@ -20,8 +20,9 @@ training; ``jax.hessian``). ``vmap`` folds a mapped activation axis into the bat
 loops (``lax.map``) when a kernel is mapped too.
 
 The library. ``onednn-cpu-tbb`` / ``onednn-devel-cpu-tbb`` 2023.2.0 (oneDNN 3.2, CPU only,
-threaded by TBB; the ``onednn`` extra, with ``tbb`` and ``intel-cmplr-lib-rt``, Intel's compiler
-runtime it links).
+threaded by TBB; the ``onednn`` extra, with ``tbb``, ``tbb-devel`` (the one-thread arenas'
+header) and ``intel-cmplr-lib-rt``, Intel's compiler runtime it links). The same shared
+library holds the GroupNorm kernels of ``jax_impl/cpu_group_norm.py`` (``csrc/group_norm.cc``).
 Not the OpenMP build: it shares libgomp with torch, and once XLA's threads start OpenMP
 teams of their own libgomp counts more threads than cores and stops spinning between
 parallel regions, which made torch's own convolutions in the same process 1.7-2x slower
@@ -83,9 +84,13 @@ ENV = "SCOREDIFF_ONEDNN"
 THREADING_ENV = "SCOREDIFF_ONEDNN_THREADING"
 _THREADING = {"xla": 1, "tbb": 0}
 _SOURCE = Path(__file__).with_name("csrc") / "onednn_conv.cc"
+#: compiled into the same library: GroupNorm (+ SiLU) kernels (``jax_impl/cpu_group_norm.py``)
+_EXTRA_SOURCES = (Path(__file__).with_name("csrc") / "group_norm.cc",)
 _DISTS = ("onednn-cpu-tbb", "onednn-devel-cpu-tbb", "tbb-devel")
 _TARGETS = {"fwd": "ScorediffOnednnConvFwd", "bwd_data": "ScorediffOnednnConvBwdData",
             "bwd_weights": "ScorediffOnednnConvBwdWeights"}
+_EXTRA_TARGETS = {"scorediff_group_norm_fwd": "ScorediffGroupNormFwd",
+                  "scorediff_group_norm_bwd": "ScorediffGroupNormBwd"}
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -121,6 +126,8 @@ def _dnnl_paths() -> tuple[Path, list[Path]]:
 
 def _tag() -> str:
     h = hashlib.sha256(_SOURCE.read_bytes())
+    for src in _EXTRA_SOURCES:
+        h.update(src.read_bytes())
     for dist in ("jaxlib", *_DISTS):
         h.update(f"{dist}={importlib.metadata.version(dist)};".encode())
     return h.hexdigest()[:16]
@@ -166,8 +173,9 @@ def build(force: bool = False) -> Path:
             errors.append(f"{d}: {err}")
             continue
         # libdnnl finds libtbb through this library's RPATH (not RUNPATH: it carries to dependencies)
-        cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}",
-               *(f"-I{inc}" for inc in incs), str(_SOURCE), f"-L{lib}", "-l:libdnnl.so.3", "-l:libtbb.so.12",
+        cmd = [cxx, "-O3", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w",
+               f"-I{jax.ffi.include_dir()}", *(f"-I{inc}" for inc in incs), str(_SOURCE),
+               *(str(src) for src in _EXTRA_SOURCES), f"-L{lib}", "-l:libdnnl.so.3", "-l:libtbb.so.12",
                f"-Wl,--disable-new-dtags,-rpath,{lib}", "-o", tmp]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -189,6 +197,8 @@ def _load() -> str | None:
             for kind, symbol in _TARGETS.items():
                 jax.ffi.register_ffi_target(f"scorediff_onednn_conv_{kind}",
                                             jax.ffi.pycapsule(getattr(so, symbol)), platform="cpu")
+            for target, symbol in _EXTRA_TARGETS.items():
+                jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(so, symbol)), platform="cpu")
             v = so.scorediff_onednn_version()
             _state.update(error=None, path=path, version=f"{v // 10000}.{v // 100 % 100}.{v % 100}")
         except (OSError, RuntimeError, FileNotFoundError, AttributeError) as err:

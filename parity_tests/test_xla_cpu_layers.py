@@ -145,9 +145,12 @@ def test_sums_and_broadcasts(which):
         np.testing.assert_allclose(gb, np.asarray(y).reshape(-1, 4).sum(0), atol=1e-13)
 
 
-def test_cpu_programs_compute_the_sums_as_dots():
+def test_cpu_programs_compute_the_sums_as_dots(monkeypatch):
     """The point of the module: compiled for the CPU, GroupNorm's gradient has no reduction
-    over the [N, H, W, C] array left, only dots."""
+    over the [N, H, W, C] array left, only dots (without the C++ kernels: SCOREDIFF_ONEDNN=0)."""
+    from jax_impl import onednn
+
+    monkeypatch.setenv(onednn.ENV, "0")
     x = jnp.ones((4, 8, 8, 32), jnp.float32)
     gn = XL.GroupNorm(num_groups=8)
     v = gn.init(jax.random.key(0), x)
@@ -197,3 +200,30 @@ def test_channel_dense_is_the_einsum(shape, monkeypatch):
     np.testing.assert_allclose(ty, 2 * want, rtol=1e-5, atol=1e-4)
     monkeypatch.setenv(onednn.ENV, "0")
     assert "scorediff_onednn" not in jax.jit(lambda x, W: XL.channel_dense(x, W)).lower(x, W).as_text()
+
+
+@pytest.mark.parametrize("act", [None, jax.nn.silu, jax.nn.relu])
+def test_group_norm_act(act, monkeypatch):
+    """``GroupNorm(x, act=f)`` is ``f(GroupNorm(x))``: SiLU fused into the C++ kernels when
+    they are enabled, any other activation applied after; values and gradients against the
+    float64 oracle, both ways."""
+    from jax_impl import onednn
+
+    rng = np.random.RandomState(0)
+    x = jnp.asarray(rng.randn(3, 4, 4, 16).astype(np.float32) * 2 + 0.5)
+    gn = XL.GroupNorm(num_groups=4)
+    v = _perturbed(gn.init(jax.random.key(0), x), rng)
+    p = v["params"]
+    f = (lambda z: z) if act is None else act
+    y64 = numpy_group_norm(x, 4, 1e-6, p["scale"], p["bias"])
+    want = {None: y64, jax.nn.silu: y64 / (1 + np.exp(-y64)), jax.nn.relu: np.maximum(y64, 0)}[act]
+    monkeypatch.setenv(onednn.ENV, "0")  # the reference gradient: the dot formulation, then f
+    g_ref = jax.grad(lambda v, x: jnp.sum(jnp.sin(f(gn.apply(v, x)))), (0, 1))(v, x)
+    for switch in ("1", "0"):
+        monkeypatch.setenv(onednn.ENV, switch)
+        apply = jax.jit(lambda v, x: gn.apply(v, x, act=act))
+        hlo = apply.lower(v, x).as_text()
+        assert ("scorediff_group_norm_fwd" in hlo) == (switch == "1" and onednn.enabled())
+        np.testing.assert_allclose(apply(v, x), want, rtol=1e-5, atol=1e-5)
+        g = jax.jit(jax.grad(lambda v, x: jnp.sum(jnp.sin(gn.apply(v, x, act=act))), (0, 1)))(v, x)
+        assert _max_diff(g, g_ref) < 1e-4

@@ -160,7 +160,7 @@ class DDPM(nn.Module):
                 h = modules[m](h)
                 m += 1
         assert not hs
-        h = act(modules[m](h))
+        h = modules[m](h, act=act)
         h = modules[m + 1](h)
         m += 2
         assert m == len(modules)

@@ -295,13 +295,13 @@ class ResnetBlockDDPM(nn.Module):
         check_channels("ResnetBlockDDPM", x, self.in_ch)
         act = get_act(self.nonlinearity)
         out_ch = self.out_ch or self.in_ch
-        h = self.Conv_0(act(self.GroupNorm_0(x)))
+        h = self.Conv_0(self.GroupNorm_0(x, act=act))
         if temb is not None:
             h = h + self.Dense_0(act(temb))[:, None, None, :]
         elif self.temb_dim is not None and self.is_initializing():
             # torch creates Dense_0 whenever temb_dim is set: create its params too.
             self.Dense_0(jnp.zeros((1, self.temb_dim), h.dtype))
-        h = act(self.GroupNorm_1(h))
+        h = self.GroupNorm_1(h, act=act)
         h = self.Dropout_0(h, deterministic=not train)
         h = self.Conv_1(h)
         if self.in_ch != out_ch:

@@ -207,12 +207,12 @@ class ResnetBlockDDPMpp(nn.Module):
         check_channels("ResnetBlockDDPMpp", x, self.in_ch)
         act = get_act(self.nonlinearity)
         out_ch = self.out_ch or self.in_ch
-        h = self.Conv_0(act(self.GroupNorm_0(x)))
+        h = self.Conv_0(self.GroupNorm_0(x, act=act))
         if temb is not None:
             h = h + self.Dense_0(act(temb))[:, None, None, :]
         elif self.temb_dim is not None and self.is_initializing():
             self.Dense_0(jnp.zeros((1, self.temb_dim), h.dtype))  # exists in torch: create it
-        h = act(self.GroupNorm_1(h))
+        h = self.GroupNorm_1(h, act=act)
         h = self.Dropout_0(h, deterministic=not train)
         h = self.Conv_1(h)
         if self.in_ch != out_ch:
@@ -266,14 +266,14 @@ class ResnetBlockBigGANpp(nn.Module):
         check_channels("ResnetBlockBigGANpp", x, self.in_ch)
         act = get_act(self.nonlinearity)
         out_ch = self.out_ch or self.in_ch
-        h = act(self.GroupNorm_0(x))
+        h = self.GroupNorm_0(x, act=act)
         h, x = self._resample(h), self._resample(x)
         h = self.Conv_0(h)
         if temb is not None:
             h = h + self.Dense_0(act(temb))[:, None, None, :]
         elif self.temb_dim is not None and self.is_initializing():
             self.Dense_0(jnp.zeros((1, self.temb_dim), h.dtype))  # exists in torch: create it
-        h = act(self.GroupNorm_1(h))
+        h = self.GroupNorm_1(h, act=act)
         h = self.Dropout_0(h, deterministic=not train)
         h = self.Conv_1(h)
         if self.in_ch != out_ch or self.up or self.down:

@@ -169,11 +169,11 @@ class NCSNpp(nn.Module):
                 m += 1
             if cfg.progressive != "none":
                 if level == cfg.num_resolutions - 1:
-                    pyramid = modules[m + 1](act(modules[m](h)))
+                    pyramid = modules[m + 1](modules[m](h, act=act))
                     m += 2
                 elif cfg.progressive == "output_skip":
                     pyramid = self._pyramid_upsample(pyramid)
-                    pyramid = pyramid + modules[m + 1](act(modules[m](h)))
+                    pyramid = pyramid + modules[m + 1](modules[m](h, act=act))
                     m += 2
                 else:
                     pyramid = self._skip_sum(modules[m](pyramid), h)
@@ -186,7 +186,7 @@ class NCSNpp(nn.Module):
         if cfg.progressive == "output_skip":
             h = pyramid
         else:
-            h = modules[m + 1](act(modules[m](h)))
+            h = modules[m + 1](modules[m](h, act=act))
             m += 2
         assert m == len(modules)
         if cfg.scale_by_sigma:

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jax_impl import onednn
+from jax_impl import cpu_group_norm, onednn
 
 __all__ = [
     "sum_rows",
@@ -162,13 +162,17 @@ class GroupNorm(nn.Module):
     with the two-pass variance ``mean((x - mu)^2)`` (``flax.linen.GroupNorm`` with
     ``use_fast_variance=False``; torch's ``nn.GroupNorm``), statistics in at least float32,
     params ``scale`` [C] (ones) and ``bias`` [C] (zeros) in float32.
+
+    ``module(x, act=f)`` returns ``f(module(x))``. Float32 ``x`` goes to the C++ kernels of
+    ``jax_impl.cpu_group_norm`` when ``onednn.enabled()``, with ``act`` fused into them when it
+    is SiLU (``jax.nn.silu``, the networks' ``swish``); elsewhere the dot formulation below.
     """
 
     num_groups: int = 32
     epsilon: float = 1e-6
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, act: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
         C = x.shape[-1]
         if x.ndim < 2:
             raise ValueError(f"GroupNorm: expected [N, ..., C], got shape {x.shape}")
@@ -176,6 +180,16 @@ class GroupNorm(nn.Module):
             raise ValueError(f"GroupNorm: {C} channels are not divisible into {self.num_groups} groups")
         scale = self.param("scale", nn.initializers.ones, (C,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (C,), jnp.float32)
+        if x.dtype == jnp.float32 and onednn.enabled():
+            fused = act is jax.nn.silu
+            y = cpu_group_norm.group_norm_act(x, scale, bias, groups=self.num_groups, eps=self.epsilon,
+                                              act="silu" if fused else None)
+            return y if fused or act is None else act(y)
+        y = self._dots(x, scale, bias)
+        return y if act is None else act(y)
+
+    def _dots(self, x, scale, bias):
+        C = x.shape[-1]
         dtype = jnp.promote_types(x.dtype, jnp.float32)
         N, M = x.shape[0], math.prod(x.shape[1:-1])
         count = M * (C // self.num_groups)
