@@ -78,7 +78,8 @@ def machine_line(env: dict) -> str:
     split_txt = f"; jax-split worker: {split['devices']} host devices" if split else ""
     dnnl = env.get("onednn_convolutions")
     if dnnl:  # results before 2026-12-03 evening do not record it (XLA's convolutions)
-        split_txt += (f"; `jax` 2-D convolutions: oneDNN {dnnl['onednn']}" if dnnl["enabled"]
+        threads = {"xla": " on XLA's threads", "tbb": " on its own threads"}.get(dnnl.get("threading"), "")
+        split_txt += (f"; `jax` 2-D convolutions: oneDNN {dnnl['onednn']}{threads}" if dnnl["enabled"]
                       else f"; `jax` 2-D convolutions: XLA ({dnnl['reason']})")
     return (f"{env['cpu_model']}, {env['usable_cores']} usable cores (cpu_count {env['cpu_count']}); "
             f"JAX backend `{env['jax_backend']}` ({env['jax_device_kind']}, {len(env['jax_devices'])} "

@@ -44,6 +44,13 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _onednn_threading() -> str:
+    """Whose threads run the oneDNN convolutions (``jax_impl.onednn.threading_mode``)."""
+    from jax_impl import onednn
+
+    return onednn.threading_mode()
+
+
 def _parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", "--quick", dest="tiny", action="store_true",
@@ -83,6 +90,12 @@ def _parse(argv=None) -> argparse.Namespace:
                 raise ValueError
         except ValueError:
             p.error(f"--host-devices must be 'auto' or an int >= 1, got {args.host_devices!r}")
+    from jax_impl import onednn
+
+    try:
+        onednn.check_environment()
+    except ValueError as err:
+        p.error(str(err))
     if not args.list:
         from benchmarks.report import check_out_dir
 
@@ -133,7 +146,8 @@ def environment(threads: int) -> dict:
         "jax_enable_x64": bool(jax.config.jax_enable_x64),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         # the `jax` row's 2-D convolutions: oneDNN custom calls when enabled (jax_impl/onednn.py)
-        "onednn_convolutions": {k: dnnl[k] for k in ("enabled", "reason", "onednn")},
+        "onednn_convolutions": {**{k: dnnl[k] for k in ("enabled", "reason", "onednn")},
+                                "threading": _onednn_threading()},
         "torch_device": "cuda" if torch.cuda.is_available() else "cpu",
         "torch_num_threads": torch.get_num_threads(),
         "torch_num_interop_threads": torch.get_num_interop_threads(),

@@ -75,7 +75,7 @@ from jax._src import dispatch  # eager evaluation of a primitive (as jax.ffi's o
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-__all__ = ["ENV", "THREADING_ENV", "threading_mode", "conv2d", "enabled", "available", "status", "build", "library_path"]
+__all__ = ["ENV", "THREADING_ENV", "check_environment", "threading_mode", "conv2d", "enabled", "available", "status", "build", "library_path"]
 
 #: ``0`` turns the oneDNN convolutions off (``1``, the default, uses them when available)
 ENV = "SCOREDIFF_ONEDNN"
@@ -221,11 +221,20 @@ def status() -> dict:
             "library": str(_state["path"]) if _state.get("path") else None, "onednn": _state.get("version")}
 
 
-def _disabled_reason() -> str | None:
+def check_environment() -> None:
+    """ValueError naming the variable when ``SCOREDIFF_ONEDNN`` or
+    ``SCOREDIFF_ONEDNN_THREADING`` holds something else than their documented values (the
+    command line and the benchmark runner call it at start; nothing is built or started)."""
     choice = os.environ.get(ENV, "1").strip()
     if choice not in ("0", "1"):
         raise ValueError(f"{ENV}={os.environ[ENV]!r} must be '1' (oneDNN convolutions on the CPU, "
                          "the default) or '0' (XLA's own)")
+    threading_mode()
+
+
+def _disabled_reason() -> str | None:
+    check_environment()
+    choice = os.environ.get(ENV, "1").strip()
     if choice == "0":
         return f"{ENV}=0"
     if jax.default_backend() != "cpu":
@@ -370,7 +379,7 @@ def main(argv=None) -> int:
         return 0
     try:
         print(status())
-    except ValueError as err:  # a bad SCOREDIFF_ONEDNN
+    except ValueError as err:  # a bad SCOREDIFF_ONEDNN / SCOREDIFF_ONEDNN_THREADING
         print(f"python -m jax_impl.onednn: error: {err}", file=sys.stderr)
         return 2
     return 0

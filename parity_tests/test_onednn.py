@@ -242,3 +242,20 @@ def test_build_is_cached_and_the_command_line_reports():
     bad = subprocess.run([sys.executable, "-m", "jax_impl.onednn", "bogus"], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+@pytest.mark.parametrize("var,value", [("SCOREDIFF_ONEDNN", "on"), ("SCOREDIFF_ONEDNN_THREADING", "openmp")])
+def test_bad_switches_are_one_error_line_at_start(var, value, monkeypatch, capsys):
+    """The command line and the benchmark runner check both variables before anything runs."""
+    from benchmarks import run as bench_run
+    from scorediff import cli
+
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValueError, match=var):
+        onednn.check_environment()
+    assert cli.main(["presets"]) == 2
+    assert f"{var}={value!r}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        bench_run.main(["--tiny", "--list"])
+    assert exit_info.value.code == 2
+    assert var in capsys.readouterr().err

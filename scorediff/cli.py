@@ -982,8 +982,11 @@ def _start_and_run(args) -> int:
     the command."""
     from jax_impl import xla_cpu
 
+    from jax_impl import onednn
+
     try:
         xla_cpu.configure_cpu_convolutions()  # before JAX starts; see jax_impl/xla_cpu.py
+        onednn.check_environment()  # SCOREDIFF_ONEDNN / SCOREDIFF_ONEDNN_THREADING
     except ValueError as err:
         raise distributed.LaunchError(str(err)) from None
     distributed.configure_host_devices(default=_default_host_devices(args))
