@@ -12,9 +12,12 @@ transposed), where torch spends about 24 ms. ``csrc/group_norm.cc`` computes, fo
     mu = mean(x),  var = mean((x - mu)^2),  xhat = (x - mu) / sqrt(var + eps)
     y = act(xhat * scale + bias),  act = identity or SiLU (z * sigmoid(z))
 
-in one pass for the statistics' two sums each and one for the output, statistics in double,
-the examples split between XLA's intra-op threads, and the adjoint (dx, dscale, dbias) the
-same way (``scorediff_group_norm_bwd``).
+in two passes over x for the statistics (float sums over blocks of 64 rows, added in
+double) and one for the output, the examples split between XLA's intra-op threads; the
+adjoint (dx, dscale, dbias; ``scorediff_group_norm_bwd``) recomputes the statistics and
+takes two more passes. Alone at [16, 32, 32, 64] (2026-12-04): forward 0.40 ms, gradient
+0.63 ms, against torch channels_last's 0.50 ms and 2.8 ms (forward + backward); the U-Net
+step 176 -> 147 ms.
 
 Derivatives. ``group_norm_act`` is a ``jax.custom_jvp`` whose tangent is the primitive
 ``lin`` (the jvp, linear in the tangents; evaluated by the plain-JAX formula, so forward
