@@ -65,9 +65,14 @@ def _group_norm32(name: str) -> GroupNorm:
     return GroupNorm(num_groups=32, epsilon=1e-5, name=name)
 
 
-def _norm(module: nn.Module, x: jax.Array) -> jax.Array:
-    """The norm computed in float32 over all non-batch axes, cast back to ``x``'s dtype."""
-    return module(x.astype(jnp.float32)).astype(x.dtype)
+def _norm(module: nn.Module, x: jax.Array, act=None) -> jax.Array:
+    """The norm computed in float32 over all non-batch axes, cast back to ``x``'s dtype, then
+    ``act`` (if given) in that dtype; for float32 ``x`` the norm module applies ``act`` itself
+    (fused with the normalisation on the CPU, ``xla_cpu_layers.GroupNorm``)."""
+    if x.dtype == jnp.float32:
+        return module(x, act=act)
+    h = module(x.astype(jnp.float32)).astype(x.dtype)
+    return h if act is None else act(h)
 
 
 def _conv3x3(features: int, name: str, *, stride: int = 1, zero: bool = False) -> Conv:
@@ -85,17 +90,17 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, emb: jax.Array, train: bool = False) -> jax.Array:
-        h = _norm(_group_norm32("in_layers_0"), x)
-        h = _conv3x3(self.out_ch, "in_layers_2")(nn.silu(h))
+        h = _norm(_group_norm32("in_layers_0"), x, act=nn.silu)
+        h = _conv3x3(self.out_ch, "in_layers_2")(h)
         width = 2 * self.out_ch if self.use_scale_shift_norm else self.out_ch
         emb_out = nn.Dense(width, name="emb_layers_1")(nn.silu(emb)).astype(h.dtype)[:, None, None, :]
         out_norm = _group_norm32("out_layers_0")
         if self.use_scale_shift_norm:
             scale, shift = jnp.split(emb_out, 2, axis=-1)
-            h = _norm(out_norm, h) * (1 + scale) + shift
+            h = nn.silu(_norm(out_norm, h) * (1 + scale) + shift)
         else:
-            h = _norm(out_norm, h + emb_out)
-        h = nn.Dropout(rate=self.dropout, deterministic=not train)(nn.silu(h))
+            h = _norm(out_norm, h + emb_out, act=nn.silu)
+        h = nn.Dropout(rate=self.dropout, deterministic=not train)(h)
         h = _conv3x3(self.out_ch, "out_layers_3", zero=True)(h)
         skip = x if self.in_ch == self.out_ch else Conv(self.out_ch, (1, 1), name="skip_connection")(x)
         return skip + h
@@ -205,7 +210,7 @@ class UNetModel(nn.Module):
         h = self._block(plan.middle_block, "middle_block", h, emb, train)
         for i, block in enumerate(plan.output_blocks):
             h = self._block(block, f"output_blocks_{i}", jnp.concatenate([h, hs.pop()], axis=-1), emb, train)
-        h = nn.silu(_norm(_group_norm32("out_0"), h))
+        h = _norm(_group_norm32("out_0"), h, act=nn.silu)
         return _conv3x3(cfg.out_channels, "out_2", zero=True)(h)
 
 
