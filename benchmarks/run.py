@@ -44,13 +44,6 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _onednn_threading() -> str:
-    """Whose threads run the oneDNN convolutions (``jax_impl.onednn.threading_mode``)."""
-    from jax_impl import onednn
-
-    return onednn.threading_mode()
-
-
 def _parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", "--quick", dest="tiny", action="store_true",
@@ -146,8 +139,7 @@ def environment(threads: int) -> dict:
         "jax_enable_x64": bool(jax.config.jax_enable_x64),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         # the `jax` row's 2-D convolutions: oneDNN custom calls when enabled (jax_impl/onednn.py)
-        "onednn_convolutions": {**{k: dnnl[k] for k in ("enabled", "reason", "onednn")},
-                                "threading": _onednn_threading()},
+        "onednn_convolutions": {k: dnnl[k] for k in ("enabled", "reason", "onednn", "threading")},
         "torch_device": "cuda" if torch.cuda.is_available() else "cpu",
         "torch_num_threads": torch.get_num_threads(),
         "torch_num_interop_threads": torch.get_num_interop_threads(),

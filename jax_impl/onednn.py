@@ -212,13 +212,15 @@ def available() -> bool:
 
 
 def status() -> dict:
-    """``{"enabled", "reason", "available", "error", "library", "onednn"}``: what ``enabled()``
-    decides and why not (``reason``, None when enabled), and whether the custom calls load
-    (``error``: why not, None when they do; the library's path and oneDNN's version)."""
+    """``{"enabled", "reason", "available", "error", "library", "onednn", "threading"}``: what
+    ``enabled()`` decides and why not (``reason``, None when enabled), whether the custom calls
+    load (``error``: why not, None when they do; the library's path and oneDNN's version),
+    and whose threads run them (``threading_mode()``)."""
     error = _load()
     reason = _disabled_reason()
     return {"enabled": reason is None, "reason": reason, "available": error is None, "error": error,
-            "library": str(_state["path"]) if _state.get("path") else None, "onednn": _state.get("version")}
+            "library": str(_state["path"]) if _state.get("path") else None, "onednn": _state.get("version"),
+            "threading": threading_mode()}
 
 
 def check_environment() -> None:
