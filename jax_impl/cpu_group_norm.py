@@ -29,7 +29,7 @@ unmapped, and maps the plain-JAX formula otherwise.
 
 ``xla_cpu_layers.GroupNorm`` uses it for float32 activations of rank >= 3 when
 ``jax_impl.onednn.enabled()`` (the same library, the same switch ``SCOREDIFF_ONEDNN``);
-outputs equal the plain formula to float32 rounding (the exp is a polynomial within 2 ulp).
+outputs equal the plain formula to float32 rounding (the exp is a polynomial within 1 ulp).
 """
 
 from __future__ import annotations

@@ -48,9 +48,11 @@ def _close(a, b, tol=1e-5):
     assert err <= tol, err
 
 
-# (shape, groups): even and odd batches (split between XLA's threads or not), one group, one
-# channel per group, 1-D and 3-D spatial, a large magnitude in the exp
-CASES = [((4, 6, 6, 16), 4), ((3, 5, 7, 8), 8), ((1, 4, 4, 6), 1), ((2, 9, 12), 3), ((2, 3, 2, 2, 4), 2)]
+# (shape, groups): even and odd batches (split between XLA's threads by examples), batch 1
+# (split by groups, an odd number of them), one group, one channel per group, 1-D and 3-D
+# spatial
+CASES = [((4, 6, 6, 16), 4), ((3, 5, 7, 8), 8), ((1, 5, 5, 12), 3), ((1, 4, 4, 6), 1), ((2, 9, 12), 3),
+         ((2, 3, 2, 2, 4), 2)]
 
 
 @pytest.mark.parametrize("act", [None, "silu"])
