@@ -189,6 +189,7 @@ class GroupNorm(nn.Module):
         return y if act is None else act(y)
 
     def _dots(self, x, scale, bias):
+        """The normalisation with its sums as dots on the CPU (module docstring); [N, ..., C]."""
         C = x.shape[-1]
         dtype = jnp.promote_types(x.dtype, jnp.float32)
         N, M = x.shape[0], math.prod(x.shape[1:-1])
