@@ -75,7 +75,8 @@ from jax._src import dispatch  # eager evaluation of a primitive (as jax.ffi's o
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-__all__ = ["ENV", "THREADING_ENV", "check_environment", "threading_mode", "conv2d", "enabled", "available", "status", "build", "library_path"]
+__all__ = ["ENV", "THREADING_ENV", "check_environment", "threading_mode", "conv2d", "enabled", "available",
+           "status", "build", "library_path"]
 
 #: ``0`` turns the oneDNN convolutions off (``1``, the default, uses them when available)
 ENV = "SCOREDIFF_ONEDNN"
@@ -86,6 +87,8 @@ _THREADING = {"xla": 1, "tbb": 0}
 _SOURCE = Path(__file__).with_name("csrc") / "onednn_conv.cc"
 #: compiled into the same library: GroupNorm (+ SiLU) kernels (``jax_impl/cpu_group_norm.py``)
 _EXTRA_SOURCES = (Path(__file__).with_name("csrc") / "group_norm.cc",)
+#: included by the sources: the work split between XLA's threads
+_HEADERS = (Path(__file__).with_name("csrc") / "xla_threads.h",)
 _DISTS = ("onednn-cpu-tbb", "onednn-devel-cpu-tbb", "tbb-devel")
 _TARGETS = {"fwd": "ScorediffOnednnConvFwd", "bwd_data": "ScorediffOnednnConvBwdData",
             "bwd_weights": "ScorediffOnednnConvBwdWeights"}
@@ -125,8 +128,8 @@ def _dnnl_paths() -> tuple[Path, list[Path]]:
 
 
 def _tag() -> str:
-    h = hashlib.sha256(_SOURCE.read_bytes())
-    for src in _EXTRA_SOURCES:
+    h = hashlib.sha256()
+    for src in (_SOURCE, *_EXTRA_SOURCES, *_HEADERS):
         h.update(src.read_bytes())
     for dist in ("jaxlib", *_DISTS):
         h.update(f"{dist}={importlib.metadata.version(dist)};".encode())

@@ -1,4 +1,4 @@
-"""Shared test helpers: the tolerance table and array conversion."""
+"""Shared test helpers: the tolerance table, array conversion and a float64 GroupNorm."""
 
 from __future__ import annotations
 
@@ -22,3 +22,14 @@ def to_np(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+def numpy_group_norm(x, groups, eps, scale, bias):
+    """float64 oracle: two-pass statistics over (spatial..., channels of the group)."""
+    x = np.asarray(x, np.float64)
+    N, C = x.shape[0], x.shape[-1]
+    h = x.reshape(N, -1, groups, C // groups)
+    mu = h.mean(axis=(1, 3), keepdims=True)
+    var = ((h - mu) ** 2).mean(axis=(1, 3), keepdims=True)
+    y = ((h - mu) / np.sqrt(var + eps)).reshape(x.shape)
+    return y * np.asarray(scale, np.float64) + np.asarray(bias, np.float64)

@@ -10,6 +10,7 @@ import pytest
 
 from jax_impl import cpu_group_norm as G
 from jax_impl import onednn
+from parity_tests.helpers import numpy_group_norm
 
 pytestmark = pytest.mark.skipif(not onednn.available(),
                                 reason=f"CPU kernels unavailable: {onednn.status()['error']}")
@@ -19,12 +20,7 @@ EPS = 1e-6
 
 def oracle(x, scale, bias, groups, act):
     """float64: two-pass statistics per example and group, then the affine map and SiLU."""
-    x = np.asarray(x, np.float64)
-    N, C = x.shape[0], x.shape[-1]
-    h = x.reshape(N, -1, groups, C // groups)
-    mu = h.mean(axis=(1, 3), keepdims=True)
-    var = ((h - mu) ** 2).mean(axis=(1, 3), keepdims=True)
-    z = ((h - mu) / np.sqrt(var + EPS)).reshape(x.shape) * np.float64(scale) + np.float64(bias)
+    z = numpy_group_norm(x, groups, EPS, scale, bias)
     return z / (1 + np.exp(-z)) if act == "silu" else z
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from jax_impl.models import xla_cpu_layers as XL
+from parity_tests.helpers import numpy_group_norm
 
 
 @contextlib.contextmanager
@@ -42,17 +43,6 @@ def _perturbed(variables, rng):
 
 def _max_diff(a, b) -> float:
     return max(float(jnp.max(jnp.abs(p - q))) for p, q in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def numpy_group_norm(x, groups, eps, scale, bias):
-    """float64 oracle: two-pass statistics over (spatial..., channels of the group)."""
-    x = np.asarray(x, np.float64)
-    N, C = x.shape[0], x.shape[-1]
-    h = x.reshape(N, -1, groups, C // groups)
-    mu = h.mean(axis=(1, 3), keepdims=True)
-    var = ((h - mu) ** 2).mean(axis=(1, 3), keepdims=True)
-    y = ((h - mu) / np.sqrt(var + eps)).reshape(x.shape)
-    return y * np.asarray(scale, np.float64) + np.asarray(bias, np.float64)
 
 
 @pytest.mark.parametrize("which", ["cpu", "other"])

@@ -20,18 +20,14 @@
 // within 1 float32 ulp of exp (0.99 ulp at most over [-87, 88], measured).
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <functional>
-#include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+#include "xla_threads.h"
 
 namespace ffi = xla::ffi;
 
@@ -254,32 +250,6 @@ void BackwardExample(const Dims& d, const Range& r, const float* x, const float*
                     dx + r.c0);
 }
 
-// work(part) for part in [0, parts): on this thread and on parts - 1 tasks of XLA's pool; a
-// part is claimed before it runs and this thread waits only for claimed parts (so a busy pool
-// never deadlocks it: it runs every part itself and the late tasks find nothing left).
-void Parallel(ffi::ThreadPool& pool, int parts, const std::function<void(int)>& work) {
-  if (parts == 1) {
-    work(0);
-    return;
-  }
-  struct Shared {
-    std::atomic<int> next{0}, done{0};
-    int parts;
-    const std::function<void(int)>* work;
-    void Drain() {
-      for (int i; (i = next.fetch_add(1)) < parts; done.fetch_add(1)) (*work)(i);
-    }
-  };
-  auto shared = std::make_shared<Shared>();
-  shared->parts = parts;
-  shared->work = &work;
-  for (int t = 1; t < parts; ++t) pool.Schedule([shared] { shared->Drain(); });
-  shared->Drain();
-  for (int spins = 0; shared->done.load() < parts; ++spins) {
-    if (spins > 64) std::this_thread::yield();
-  }
-}
-
 // How the work is split between XLA's threads: by examples when there are at least as many
 // as threads, else by groups (batch 1 still uses every thread).
 struct Split {
@@ -334,7 +304,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   float* yp = y->typed_data();
   const int64_t stride = d.m * d.c;
   const Split split(pool, d);
-  Parallel(pool, split.parts, [&](int p) {
+  scorediff::Parallel(pool, split.parts, [&](int p) {
     int64_t n0, n1;
     Range r;
     split.Of(d, p, n0, n1, r);
@@ -360,7 +330,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   const int64_t stride = d.m * d.c;
   const Split split(pool, d);
   std::vector<double> sums(2 * split.parts * d.c, 0.0);  // per part: dscale, dbias
-  Parallel(pool, split.parts, [&](int p) {
+  scorediff::Parallel(pool, split.parts, [&](int p) {
     int64_t n0, n1;
     Range r;
     split.Of(d, p, n0, n1, r);

@@ -17,21 +17,19 @@
 // built once per shape and kept (a mutex-guarded map); each thread has its own stream and
 // scratchpad, so concurrent calls from XLA's threads are safe.
 
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <tuple>
-#include <thread>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "oneapi/tbb/task_arena.h"
 #include "xla/ffi/api/ffi.h"
+#include "xla_threads.h"
 
 namespace ffi = xla::ffi;
 using dt = dnnl::memory::data_type;
@@ -211,40 +209,6 @@ void Execute(const Plan& plan, int kind, const float* a, const float* b, float* 
   stream.wait();
 }
 
-// Runs work(0) ... work(parts - 1), one part at a time per thread, on this thread and on
-// parts - 1 tasks scheduled on XLA's pool. A part is claimed before it runs, and this thread
-// waits only for parts another thread has claimed (and so is running): when the pool's
-// threads are busy (another custom call waiting the same way), this thread runs every part
-// itself and the late tasks find nothing left. Returns the first part's error, if any.
-std::string Parallel(ffi::ThreadPool& pool, int parts, const std::function<void(int)>& work) {
-  struct Shared {
-    std::atomic<int> next{0}, done{0};
-    int parts;
-    const std::function<void(int)>* work;
-    std::mutex mutex;
-    std::string error;
-    void Drain() {
-      for (int i; (i = next.fetch_add(1)) < parts; done.fetch_add(1)) {
-        try {
-          (*work)(i);
-        } catch (const dnnl::error& err) {
-          std::lock_guard<std::mutex> lock(mutex);
-          if (error.empty()) error = std::string("oneDNN: ") + err.what();
-        }
-      }
-    }
-  };
-  auto shared = std::make_shared<Shared>();
-  shared->parts = parts;
-  shared->work = &work;
-  for (int t = 1; t < parts; ++t) pool.Schedule([shared] { shared->Drain(); });
-  shared->Drain();
-  for (int spins = 0; shared->done.load() < parts; ++spins) {
-    if (spins > 64) std::this_thread::yield();
-  }
-  return shared->error;
-}
-
 // kind 0: (x, w) -> y; kind 1: (dy, w) -> dx; kind 2: (x, dy) -> dw.
 ffi::Error Run(ffi::ThreadPool& pool, int kind, const float* a, ffi::Span<const int64_t> ad, const float* b,
                ffi::Span<const int64_t> bd, float* out, ffi::Span<const int64_t> od, int64_t sh,
@@ -309,9 +273,17 @@ ffi::Error Run(ffi::ThreadPool& pool, int kind, const float* a, ffi::Span<const 
         Execute(*plan, 2, a + i * x_part, b + i * y_part, nullptr, direct_dw ? static_cast<void*>(out) : dw + i * wei_size);
       }
     };
-    std::string error;
+    std::string error;  // the first part's
+    std::mutex error_mutex;
     if (parts > 1) {
-      error = Parallel(pool, parts, [&](int i) { OneThread().execute([&] { work(i); }); });
+      scorediff::Parallel(pool, parts, [&](int i) {
+        try {
+          OneThread().execute([&] { work(i); });
+        } catch (const dnnl::error& err) {
+          std::lock_guard<std::mutex> lock(error_mutex);
+          if (error.empty()) error = std::string("oneDNN: ") + err.what();
+        }
+      });
     } else {
       work(0);
     }
