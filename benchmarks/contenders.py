@@ -380,8 +380,7 @@ def _forward_flops(ctx, case, variables) -> float | None:
     if key not in ctx.flops:
         fc = dataclasses.replace(case, job="forward")
         inp = forward_inputs(ctx.sizes, fc, 0)
-        compiled = jax.jit(C.jax_forward(ctx.sizes, fc)).lower(variables, inp["x"], inp["labels"]).compile()
-        ctx.flops[key] = C.jax_flops(compiled)
+        ctx.flops[key] = C.jax_flops(C.jax_forward(ctx.sizes, fc), variables, inp["x"], inp["labels"])
     return ctx.flops[key]
 
 
@@ -432,7 +431,7 @@ def run_case(ctx: _Ctx, case: C.Case, *, contenders=None, worker: SplitWorker | 
             # do: the first call (the compared one) starts from the initial state
             compiled = jax.jit(fn, donate_argnums=0).lower(state, x).compile()
             compile_s = time.perf_counter() - t0
-            flops_per_call = C.jax_flops(compiled)
+            flops_per_call = C.jax_flops(fn, state, x)
             carried = {"state": jax.tree_util.tree_map(jnp.copy, state)}
 
             def run_jax_train():
@@ -447,7 +446,7 @@ def run_case(ctx: _Ctx, case: C.Case, *, contenders=None, worker: SplitWorker | 
             t0 = time.perf_counter()
             compiled = jax.jit(fn).lower(*args).compile()
             compile_s = time.perf_counter() - t0
-            flops_per_call = C.jax_flops(compiled)
+            flops_per_call = C.jax_flops(fn, *args)
             ctx.flops[(case.net, case.batch)] = flops_per_call
             nfe = 1
             variants.append(Variant("jax", lambda: _sync(compiled(*args)), compile_s))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 
@@ -81,6 +82,10 @@ def machine_line(env: dict) -> str:
         threads = {"xla": " on XLA's threads", "tbb": " on its own threads"}.get(dnnl.get("threading"), "")
         split_txt += (f"; `jax` 2-D convolutions: oneDNN {dnnl['onednn']}{threads}" if dnnl["enabled"]
                       else f"; `jax` 2-D convolutions: XLA ({dnnl['reason']})")
+    malloc = env.get("host_malloc")
+    if malloc:  # results before 2026-12-04 04:00 do not record it (glibc's defaults)
+        split_txt += ("; malloc keeps freed memory (`jax_impl/host_malloc.py`)" if malloc["applied"]
+                      else f"; malloc: glibc's defaults ({malloc['why']})")
     return (f"{env['cpu_model']}, {env['usable_cores']} usable cores (cpu_count {env['cpu_count']}); "
             f"JAX backend `{env['jax_backend']}` ({env['jax_device_kind']}, {len(env['jax_devices'])} "
             f"device(s) in the main process){split_txt}; torch {env['torch_device']}, "
@@ -187,9 +192,16 @@ def detail(b: dict) -> str:
                     f"{s['ratio_to_baseline']:.2f} | {_s(s['compile_s'])} | {_s(s['first_call_s'])} | {mem} | "
                     f"{frac} | {diff} |")
     n_rep = len(next(iter(b["variants"].values()))["times_s"])
-    extra = [f"Medians of {n_rep} round-robin repeats after the first call; outputs' max |value| "
+    settled = {k: s for k, s in b["variants"].items() if s.get("after_switch_s")}
+    how = ("" if not settled else "; every contender's timed call right after an untimed settle call "
+           "of its own (calls under 0.5 s)" if len(settled) == len(b["variants"]) else
+           "; the contenders under 0.5 s timed right after an untimed settle call of their own")
+    extra = [f"Medians of {n_rep} round-robin repeats after the first call{how}; outputs' max |value| "
              f"{b['output_max_abs']:.3g}, agreement tolerance {b['tolerance']:g} x (1 + max |value|); "
              f"work per call {_n(b.get('flops_per_call'), 'FLOP')}."]
+    if settled:
+        extra.append("Right after another contender's call (the settle calls' median): " + ", ".join(
+            f"{k} {_s(statistics.median(s['after_switch_s']))}" for k, s in settled.items()) + ".")
     load = b.get("load", {}).get("foreign_cores_during")
     if load is not None:
         flag = " **(contended: timings unreliable, torch's most)**" if load >= 0.25 else ""
@@ -222,7 +234,8 @@ def markdown(doc: dict, source: str = "") -> str:
         "",
         "Cells: median time of one whole call (a full sampler trajectory, one network evaluation, or one "
         "training step) and, in brackets, that median over the `jax` row's (lower is faster); every "
-        "contender runs the same weights, inputs and noise, round-robin in the same run. JAX compile: "
+        "contender runs the same weights, inputs and noise, round-robin in the same run (a call under "
+        "0.5 s is timed right after an untimed call of its own: `benchmarks/timing.py`). JAX compile: "
         "`lower().compile()` of `jax` / `jax-split`.",
         "",
         summary(doc),

@@ -8,6 +8,9 @@ automatic batch sharding (``scorediff.sampling.JaxSampler``).
   ~20-40 s of CPU even for the tiny MLP: ``test_torch_compile_row``, marked slow); each
   contender's output must agree with the ``jax`` row's, and the JSON result and the
   markdown table must be written. No timing is asserted.
+* ``test_measure_settles_short_calls``: ``timing.measure`` on a fake clock (settle calls
+  before the timed calls of short contenders, not of long ones; decided in round one where
+  the first call compiled).
 * ``test_only_whole_runs_are_latest``, ``test_readme_block``: which runs become ``latest.md``
   and the README's table, and that the README's generated block is replaced in place.
 * ``test_kernels_*``: ``benchmarks.kernels`` (a convolution's three kernels under both XLA:CPU
@@ -88,6 +91,49 @@ def test_torch_compile_row(tmp_path):
     _check_result(tmp_path, [case.name], {case.name: ["jax", "torch", "torch-compile"]})
 
 
+def test_measure_settles_short_calls(monkeypatch):
+    """``timing.measure`` on a fake clock: a short variant runs an untimed settle call before
+    each timed call (its time kept in ``after_switch_s``), a long one does not, and one whose
+    first call compiled decides in its first round; the medians come from the timed calls."""
+    from benchmarks import timing
+
+    clock = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+
+    def variant(name, durations):
+        calls = []
+
+        def run():
+            d = durations[min(len(calls), len(durations) - 1)]
+            calls.append(d)
+            clock[0] += d
+            return name
+        return timing.Variant(name, run), calls
+
+    # short: first 0.1 s, then alternating after-switch 0.03 / settled 0.01 s
+    short, short_calls = variant("short", [0.1] + [0.03, 0.01] * 3)
+    long_, long_calls = variant("long", [2.0, 1.0, 1.1, 1.2])
+    # compiles on the first call (5 s), then 0.02 s calls: decided in round one
+    comp, comp_calls = variant("compiled", [5.0, 0.04, 0.02, 0.04, 0.02, 0.04, 0.02])
+    stats, outs = timing.measure([short, long_, comp], repeats=3)
+    assert outs == {"short": "short", "long": "long", "compiled": "compiled"}
+    assert len(short_calls) == 1 + 2 * 3 and len(long_calls) == 1 + 3 and len(comp_calls) == 1 + 2 * 3
+    s, lg, c = stats["short"], stats["long"], stats["compiled"]
+    assert s["settle"] and s["times_s"] == pytest.approx([0.01] * 3)
+    assert s["after_switch_s"] == pytest.approx([0.03] * 3) and s["median_s"] == pytest.approx(0.01)
+    assert not lg["settle"] and lg["after_switch_s"] == [] and lg["times_s"] == pytest.approx([1.0, 1.1, 1.2])
+    assert c["settle"] and c["times_s"] == pytest.approx([0.02] * 3)
+    assert c["after_switch_s"] == pytest.approx([0.04] * 3) and c["first_call_s"] == pytest.approx(5.0)
+    # settle_below_s=0 turns it off
+    short, short_calls = variant("short", [0.1, 0.03, 0.01])
+    stats, _ = timing.measure([short], repeats=2, settle_below_s=0)
+    assert len(short_calls) == 3 and stats["short"]["settle"] is False
+    with pytest.raises(ValueError, match="settle_below_s"):
+        timing.measure([short], repeats=1, settle_below_s=-1)
+    with pytest.raises(ValueError, match="repeats"):
+        timing.measure([short], repeats=0)
+
+
 def test_report_renders_a_saved_result(tmp_path):
     from benchmarks import report
 
@@ -109,6 +155,12 @@ def test_report_renders_a_saved_result(tmp_path):
     assert "**24.0x** torch eager (target >= 20x: met)" in md
     assert "1.20x diffusionjax (ahead)" in md
     assert "5%" in md  # 1e9 FLOP/s of a 2e10 peak
+    assert "settle" not in md  # a saved result from before the settle calls renders as it was
+    bench["variants"]["jax"] = dict(stats, settle=True, after_switch_s=[0.7, 0.9, 0.8])
+    md = report.markdown({"mode": "full", "started_utc": "now", "wall_s": 1.0, "environment": env,
+                          "benchmarks": [bench]}, source="r.json")
+    assert "the contenders under 0.5 s timed right after an untimed settle call" in md
+    assert "(the settle calls' median): jax 800 ms." in md
 
 
 def test_only_whole_runs_are_latest():
@@ -297,3 +349,36 @@ def test_kernels_oracle_is_the_convolution():
     np.testing.assert_allclose(ref["forward"], y, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(ref["weight-grad"], dw.reshape(3, 3, 3, 5), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.sum(ref["input-grad"] * probe), np.sum(y_probe * dy), rtol=1e-10)
+
+
+def test_flops_count_the_custom_calls():
+    """``cases.jax_flops`` counts a convolution and a dense product that run as oneDNN custom
+    calls (XLA's cost analysis gives a custom call none): 2 x the multiply-adds (XLA leaves a
+    padded convolution's taps on the zero border out: 484 of 576 here)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from benchmarks import cases as C
+    from jax_impl import cpu_matmul
+    from jax_impl.models import xla_cpu_layers as XL
+
+    x = jnp.ones((2, 8, 8, 4), jnp.float32)
+    conv = XL.Conv(6, (3, 3), padding=1)
+    p = conv.init(jax.random.key(0), x)
+    assert C.jax_flops(conv.apply, p, x) >= 2 * 2 * 4 * 6 * 22 * 22
+    rows = cpu_matmul.MIN_ROWS
+    h = jnp.ones((rows, 16), jnp.float32)
+    dense = XL.Dense(32)
+    q = dense.init(jax.random.key(0), h)
+    assert C.jax_flops(dense.apply, q, h) >= 2 * rows * 16 * 32
+    assert os.environ.get("SCOREDIFF_ONEDNN") != "0"  # restored
+    # the same program, run, still takes the custom calls
+    assert "scorediff_onednn_matmul" in jax.jit(dense.apply).lower(q, h).as_text() or not _onednn_enabled()
+    np.testing.assert_allclose(np.asarray(dense.apply(q, h)), np.asarray(h @ q["params"]["kernel"]), rtol=1e-5)
+
+
+def _onednn_enabled():
+    from jax_impl import onednn
+
+    return onednn.enabled()
