@@ -83,10 +83,11 @@ def _parse(argv=None) -> argparse.Namespace:
                 raise ValueError
         except ValueError:
             p.error(f"--host-devices must be 'auto' or an int >= 1, got {args.host_devices!r}")
-    from jax_impl import onednn
+    from jax_impl import host_malloc, onednn
 
     try:
         onednn.check_environment()
+        host_malloc.check_environment()
     except ValueError as err:
         p.error(str(err))
     if not args.list:
@@ -121,7 +122,7 @@ def environment(threads: int) -> dict:
     import jax
     import torch
 
-    from jax_impl import onednn
+    from jax_impl import host_malloc, onednn
 
     devices = jax.devices()
     dnnl = onednn.status()
@@ -140,6 +141,8 @@ def environment(threads: int) -> dict:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         # the `jax` row's 2-D convolutions: oneDNN custom calls when enabled (jax_impl/onednn.py)
         "onednn_convolutions": {k: dnnl[k] for k in ("enabled", "reason", "onednn", "threading")},
+        # the process's malloc keeps freed memory (jax_impl/host_malloc.py), for every row
+        "host_malloc": host_malloc.state(),
         "torch_device": "cuda" if torch.cuda.is_available() else "cpu",
         "torch_num_threads": torch.get_num_threads(),
         "torch_num_interop_threads": torch.get_num_interop_threads(),
@@ -188,6 +191,9 @@ def main(argv=None) -> int:
     from jax_impl import xla_cpu
 
     xla_cpu.configure_cpu_convolutions()  # the library's default set-up (jax_impl/xla_cpu.py)
+    from jax_impl import host_malloc
+
+    host_malloc.configure_host_allocator()  # the command line's (jax_impl/host_malloc.py): every row
     import jax
     import torch
 

@@ -151,6 +151,9 @@ def _child_main(argv) -> None:
     from scorediff import distributed
 
     xla_cpu.configure_cpu_convolutions()  # the command line's XLA:CPU set-up
+    from jax_impl import host_malloc
+
+    host_malloc.configure_host_allocator()  # and its allocator setting
     distributed.configure_host_devices()
     launch = distributed.launch_spec(a.coordinator, a.num_processes, a.process_id, 120.0)
     distributed.initialize(launch, prog="scaleout")

@@ -121,8 +121,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.worker")
     p.add_argument("--host-devices", default="auto")
     args = p.parse_args(argv)
-    from jax_impl import sharding
+    from jax_impl import host_malloc, sharding
 
+    host_malloc.configure_host_allocator()  # as the main process (benchmarks/run.py)
     n = args.host_devices if args.host_devices == "auto" else int(args.host_devices)
     n = sharding.configure_host_devices(n)
     import jax

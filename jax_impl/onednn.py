@@ -86,14 +86,17 @@ THREADING_ENV = "SCOREDIFF_ONEDNN_THREADING"
 _THREADING = {"xla": 1, "tbb": 0}
 _SOURCE = Path(__file__).with_name("csrc") / "onednn_conv.cc"
 #: compiled into the same library: GroupNorm (+ SiLU) kernels (``jax_impl/cpu_group_norm.py``)
-_EXTRA_SOURCES = (Path(__file__).with_name("csrc") / "group_norm.cc",)
+#: and matrix products (``jax_impl/cpu_matmul.py``)
+_EXTRA_SOURCES = (Path(__file__).with_name("csrc") / "group_norm.cc",
+                  Path(__file__).with_name("csrc") / "onednn_matmul.cc")
 #: included by the sources: the work split between XLA's threads
 _HEADERS = (Path(__file__).with_name("csrc") / "xla_threads.h",)
 _DISTS = ("onednn-cpu-tbb", "onednn-devel-cpu-tbb", "tbb-devel")
 _TARGETS = {"fwd": "ScorediffOnednnConvFwd", "bwd_data": "ScorediffOnednnConvBwdData",
             "bwd_weights": "ScorediffOnednnConvBwdWeights"}
 _EXTRA_TARGETS = {"scorediff_group_norm_fwd": "ScorediffGroupNormFwd",
-                  "scorediff_group_norm_bwd": "ScorediffGroupNormBwd"}
+                  "scorediff_group_norm_bwd": "ScorediffGroupNormBwd",
+                  "scorediff_onednn_matmul": "ScorediffOnednnMatmul"}
 
 _lock = threading.Lock()
 _state: dict = {}

@@ -978,15 +978,16 @@ def _default_host_devices(args) -> int | None:
 
 
 def _start_and_run(args) -> int:
-    """XLA:CPU's convolutions, the host-device split, jax.distributed (train / sample), then
-    the command."""
+    """XLA:CPU's convolutions, the host allocator, the host-device split, jax.distributed
+    (train / sample), then the command."""
     from jax_impl import xla_cpu
 
-    from jax_impl import onednn
+    from jax_impl import host_malloc, onednn
 
     try:
         xla_cpu.configure_cpu_convolutions()  # before JAX starts; see jax_impl/xla_cpu.py
         onednn.check_environment()  # SCOREDIFF_ONEDNN / SCOREDIFF_ONEDNN_THREADING
+        host_malloc.configure_host_allocator()  # SCOREDIFF_MALLOC; see jax_impl/host_malloc.py
     except ValueError as err:
         raise distributed.LaunchError(str(err)) from None
     distributed.configure_host_devices(default=_default_host_devices(args))

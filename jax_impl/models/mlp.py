@@ -36,6 +36,7 @@ import numpy as np
 
 from jax_impl.models.layers import default_init, get_act, get_timestep_embedding
 from jax_impl.models.layerspp import GaussianFourierProjection
+from jax_impl.models.xla_cpu_layers import Dense
 from jax_impl.validate import is_concrete
 from spec.model_configs import MLPConfig
 
@@ -45,8 +46,9 @@ __all__ = [
 ]
 
 
-def _dense(features: int, name: str | None = None) -> nn.Dense:
-    return nn.Dense(features, kernel_init=default_init(), bias_init=nn.initializers.zeros, name=name)
+def _dense(features: int, name: str | None = None) -> Dense:
+    # flax.linen.Dense's parameters; oneDNN's products for large float32 batches on the CPU
+    return Dense(features, kernel_init=default_init(), bias_init=nn.initializers.zeros, name=name)
 
 
 def _check_y(cfg: MLPConfig, y, batch: int):

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jax_impl import cpu_group_norm, onednn
+from jax_impl import cpu_group_norm, cpu_matmul, onednn
 
 __all__ = [
     "sum_rows",
@@ -63,6 +63,7 @@ __all__ = [
     "channel_dense",
     "GroupNorm",
     "Conv",
+    "Dense",
 ]
 
 _HIGHEST = lax.Precision.HIGHEST
@@ -258,6 +259,39 @@ class Conv(nn.Module):
         else:
             y = lax.conv_general_dilated(x.astype(dtype), kernel.astype(dtype), strides, padding,
                                          dimension_numbers=dims)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+            y = add_bias(y, bias.astype(dtype))
+        return y
+
+
+class Dense(nn.Module):
+    """``y = x kernel + bias`` over the last axis, ``x`` [..., K] -> [..., features]:
+    ``flax.linen.Dense``, whose bias is added by ``add_bias``.
+
+    Params ``kernel`` [K, features] (``kernel_init``, flax's ``lecun_normal`` by default) and
+    ``bias`` [features] (``bias_init``), float32, as flax's, so the same key gives the same
+    initial values and checkpoints and the torch converter are unchanged.
+
+    A float32 product with at least ``cpu_matmul.MIN_ROWS`` rows runs as oneDNN's sgemm
+    (``jax_impl.cpu_matmul.dense``) when ``onednn.enabled()``, else as XLA's dot; the two
+    agree to float32 rounding. The choice is made when the layer is traced (measurements:
+    ``jax_impl/cpu_matmul.py``).
+    """
+
+    features: int
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jnp.asarray(x)
+        if x.ndim < 1:
+            raise ValueError(f"Dense: inputs need a feature axis, got shape {x.shape}")
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        dtype = jnp.promote_types(x.dtype, kernel.dtype)
+        y = cpu_matmul.dense(x.astype(dtype), kernel.astype(dtype))
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
             y = add_bias(y, bias.astype(dtype))
