@@ -23,14 +23,15 @@ FORMS = [(0, 0), (0, 1), (1, 0)]
 
 
 def _operands(ta, tb, rows, k=13, n=6, seed=0):
-    """op(a) [M, K] op(b) [K, N]; ``rows`` is M for ta = 0 and the contraction for ta = 1."""
+    """op(a) [M, K] op(b) [K, N] with M = ``rows`` (the result's rows, which the custom call
+    splits between threads)."""
     rng = np.random.default_rng(seed)
     if not ta:
         a = rng.standard_normal((rows, k))
         b = rng.standard_normal((n, k) if tb else (k, n))
-    else:  # a [R, M], b [R, N]
-        a = rng.standard_normal((rows, k))
-        b = rng.standard_normal((rows, n))
+    else:  # a [K, M], b [K, N]
+        a = rng.standard_normal((k, rows))
+        b = rng.standard_normal((k, n))
     return rng, a.astype(np.float32), b.astype(np.float32)
 
 
@@ -45,7 +46,7 @@ def _close(got, want, tol=1e-5):
 
 
 # 1, 7, 100: one call (below the per-part minimum of 64 rows on 2 threads);
-# 300, 1001: split (uneven parts with 1001)
+# 300, 1001: split (uneven parts with 1001); for A^T B a part reads a band of A's columns
 ROWS = [1, 7, 100, 300, 1001]
 
 

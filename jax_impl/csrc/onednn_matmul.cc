@@ -9,10 +9,10 @@
 //
 // jax_impl/cpu_matmul.py registers it and wraps it as a differentiable JAX primitive.
 // Threading (the ``threading`` attribute, as the convolutions of onednn_conv.cc): 1 splits
-// the rows (the products' M, or the contraction R of ta = 1, whose parts' products are
-// summed) into one part per thread of XLA's intra-op pool, each part a one-thread sgemm on
-// one of those threads; a product with fewer than ``kMinRowsPerPart`` rows per part runs as
-// one one-thread sgemm on the calling thread. 0 lets oneDNN thread every call itself (TBB).
+// C's rows (M) into one part per thread of XLA's intra-op pool, each part a one-thread
+// sgemm on one of those threads (for ta = 1 a part reads a band of A's columns); a product
+// with fewer than ``kMinRowsPerPart`` rows per part runs as one one-thread sgemm on the
+// calling thread. 0 lets oneDNN thread every call itself (TBB).
 
 #include <cstdint>
 #include <string>
@@ -62,30 +62,18 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi
     for (int64_t i = 0; i < M * N; ++i) C[i] = 0.0f;
     return ffi::Error::Success();
   }
-  // the rows split: C's rows (ta = 0) or the contraction's (ta = 1)
-  const int64_t rows = ta ? K : M;
+  // C's rows split into parts: rows m0..m1 of C are rows m0..m1 of op(A) (of A, or its
+  // columns m0..m1 when ta = 1) times op(B)
   int parts = 1;
   if (threading == 1) {
     const int64_t t = pool.num_threads();
-    if (t >= 2 && rows >= t * kMinRowsPerPart) parts = static_cast<int>(t);
+    if (t >= 2 && M >= t * kMinRowsPerPart) parts = static_cast<int>(t);
   }
   std::vector<dnnl_status_t> status(parts, dnnl_success);
-  std::vector<float> partial;  // ta = 1: the parts' products after the first, summed into C
-  if (ta && parts > 1) partial.resize(static_cast<size_t>(parts - 1) * M * N);
-  auto part_rows = [&](int p, int64_t& r0, int64_t& r1) {
-    r0 = rows * p / parts;
-    r1 = rows * (p + 1) / parts;
-  };
   auto work = [&](int p) {
-    int64_t r0, r1;
-    part_rows(p, r0, r1);
-    if (r1 == r0) return;
-    if (!ta) {  // rows r0..r1 of A and C
-      status[p] = Gemm(false, tb, r1 - r0, N, K, A + r0 * lda, lda, B, ldb, C + r0 * N, N);
-    } else {    // rows r0..r1 of A and B: a partial product over those rows
-      float* out = p == 0 ? C : partial.data() + static_cast<size_t>(p - 1) * M * N;
-      status[p] = Gemm(true, false, M, N, r1 - r0, A + r0 * lda, lda, B + r0 * ldb, ldb, out, N);
-    }
+    const int64_t m0 = M * p / parts, m1 = M * (p + 1) / parts;
+    const float* a_part = ta ? A + m0 : A + m0 * lda;
+    status[p] = Gemm(ta, tb, m1 - m0, N, K, a_part, lda, B, ldb, C + m0 * N, N);
   };
   if (parts > 1) {
     scorediff::Parallel(pool, parts, [&](int p) { OneThread().execute([&] { work(p); }); });
@@ -97,16 +85,6 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi
   for (int p = 0; p < parts; ++p) {
     if (status[p] != dnnl_success)
       return ffi::Error::Internal("oneDNN sgemm failed with status " + std::to_string(static_cast<int>(status[p])));
-  }
-  if (ta && parts > 1) {
-    // when the contraction had fewer rows than parts, a part left empty wrote nothing
-    for (int p = 1; p < parts; ++p) {
-      int64_t r0, r1;
-      part_rows(p, r0, r1);
-      if (r1 == r0) continue;
-      const float* q = partial.data() + static_cast<size_t>(p - 1) * M * N;
-      for (int64_t i = 0; i < M * N; ++i) C[i] += q[i];
-    }
   }
   return ffi::Error::Success();
 }
