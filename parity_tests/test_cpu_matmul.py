@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not onednn.available(),
 FORMS = [(0, 0), (0, 1), (1, 0)]
 
 
-def _operands(ta, tb, rows, k=13, n=6, seed=0):
+def _operands(ta, tb, rows, k=64, n=48, seed=0):
     """op(a) [M, K] op(b) [K, N] with M = ``rows`` (the result's rows, which the custom call
     splits between threads)."""
     rng = np.random.default_rng(seed)
@@ -45,8 +45,9 @@ def _close(got, want, tol=1e-5):
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * (1 + np.max(np.abs(want), initial=0)))
 
 
-# 1, 7, 100: one call (below the per-part minimum of 64 rows on 2 threads);
-# 300, 1001: split (uneven parts with 1001); for A^T B a part reads a band of A's columns
+# on 2 threads, with K = 64 and N = 48: 1, 7 one call (under 8 rows per part), 100 one call
+# (under 5e5 flops per part), 300 and 1001 split (uneven parts with 1001; for A^T B a part
+# reads a band of A's columns)
 ROWS = [1, 7, 100, 300, 1001]
 
 

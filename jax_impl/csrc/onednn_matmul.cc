@@ -11,7 +11,7 @@
 // Threading (the ``threading`` attribute, as the convolutions of onednn_conv.cc): 1 splits
 // C's rows (M) into one part per thread of XLA's intra-op pool, each part a one-thread
 // sgemm on one of those threads (for ta = 1 a part reads a band of A's columns); a product
-// with fewer than ``kMinRowsPerPart`` rows per part runs as one one-thread sgemm on the
+// too small to split (kMinRowsPerPart, kMinFlopsPerPart) runs as one one-thread sgemm on the
 // calling thread. 0 lets oneDNN thread every call itself (TBB).
 
 #include <cstdint>
@@ -27,9 +27,12 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// Below this many rows per part a split costs more (scheduling, the partial sums) than the
-// second thread gains.
-constexpr int64_t kMinRowsPerPart = 64;
+// A split needs at least this many rows and this much work (flops) per part, about 5 us of
+// one core: below, scheduling the part costs more than the second thread gains. (The MLP
+// samplers at batch 64, products of 32 x 128 x 128 per part: Euler-Maruyama 177 -> 150 ms
+// against no split below 128 rows.)
+constexpr int64_t kMinRowsPerPart = 8;
+constexpr double kMinFlopsPerPart = 5e5;
 
 tbb::task_arena& OneThread() {
   thread_local tbb::task_arena arena(1);
@@ -67,7 +70,7 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi
   int parts = 1;
   if (threading == 1) {
     const int64_t t = pool.num_threads();
-    if (t >= 2 && M >= t * kMinRowsPerPart) parts = static_cast<int>(t);
+    if (t >= 2 && M >= t * kMinRowsPerPart && 2.0 * M * N * K >= t * kMinFlopsPerPart) parts = static_cast<int>(t);
   }
   std::vector<dnnl_status_t> status(parts, dnnl_success);
   auto work = [&](int p) {
