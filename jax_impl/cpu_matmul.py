@@ -29,7 +29,8 @@ transposition's own lowering where no custom call is registered, the plain ``jnp
 ``MIN_ROWS`` rows when ``onednn.enabled()``; smaller products stay XLA's dots. In the
 benchmark (2026-12-04, the ``jax`` row alone, medians of 7) the MLP's samplers at batch 64,
 1000 steps, took 210 -> 174 ms (Euler-Maruyama) and 409 -> 349 ms (PC) with the products
-from 64 rows on in oneDNN, the training step at batch 64 1.65 -> 1.63 ms; at batch 4096 the
+from 64 rows on in oneDNN, and 150 / 298 ms once products of 32 rows per thread were split
+too (``csrc/onednn_matmul.cc``); the training step at batch 64 1.65 -> 1.63 ms; at batch 4096 the
 training step 35 -> 30 ms (and 20 ms with ``jax_impl.host_malloc``, torch eager 27 ms). The
 ``make run`` preset's MLP (digits/improved-ddpm, 512 wide, batch 128) gradient step: XLA's
 dots 3.9-4.0 ms, oneDNN 3.3-3.5 ms with the result's rows split (4.3 ms when the kernel

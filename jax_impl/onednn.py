@@ -75,7 +75,7 @@ from jax._src import dispatch  # eager evaluation of a primitive (as jax.ffi's o
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-__all__ = ["ENV", "THREADING_ENV", "check_environment", "threading_mode", "conv2d", "enabled", "available",
+__all__ = ["ENV", "THREADING_ENV", "check_environment", "threading_mode", "conv2d", "enabled", "expected", "available",
            "status", "build", "library_path"]
 
 #: ``0`` turns the oneDNN convolutions off (``1``, the default, uses them when available)
@@ -250,6 +250,22 @@ def _disabled_reason() -> str | None:
     if jax.device_count() != 1:
         return f"{jax.device_count()} devices (a split host or several processes shard the batch)"
     return _load()
+
+
+def expected() -> bool:
+    """Whether ``enabled()`` would hold on a one-device CPU backend, decided without starting
+    JAX or building anything: ``SCOREDIFF_ONEDNN`` is not ``0`` and the library is built, or
+    its packages and a C++ compiler are there to build it. (The command line asks before it
+    chooses a host split, which must be set before JAX starts.)"""
+    if os.environ.get(ENV, "1").strip() == "0":
+        return False
+    try:
+        if library_path() is not None:
+            return True
+        _dnnl_paths()
+    except (FileNotFoundError, importlib.metadata.PackageNotFoundError, OSError):
+        return False
+    return bool(os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++"))
 
 
 def enabled() -> bool:

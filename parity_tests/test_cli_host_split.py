@@ -1,14 +1,16 @@
 """The command line's default host split (``scorediff.distributed``, issue 11): with
-``SCOREDIFF_HOST_DEVICES`` unset, ``sample`` / ``evaluate`` split a CPU host into per-core
-devices, and the samples equal the one-device samples; training, torch and multi-process
+``SCOREDIFF_HOST_DEVICES`` unset, ``sample`` / ``evaluate`` of an MLP (and of a conv net
+where oneDNN's kernels cannot run) split a CPU host into per-core devices, and the samples
+equal the one-device samples; training, conv nets with oneDNN, torch and multi-process
 runs are left alone. ``test_cpu_convolution_setting``: the
 XLA:CPU convolution flag of ``jax_impl.xla_cpu``.
 
 * ``test_default_host_devices``: the largest divisor of the batch <= the cores.
 * ``test_which_commands_split``: the choice from parsed arguments (no JAX started).
 * ``test_conv_sample_splits_and_matches``: a tiny U-Net run trained in this process (one
-  device), sampled by ``scorediff sample`` in a fresh process with the variable unset (2 host
-  devices), equals the same plan sampled here on one device.
+  device), sampled by ``scorediff sample`` in a fresh process with the variable unset: on
+  one device with oneDNN, and with ``SCOREDIFF_ONEDNN=0`` on 2 host devices, equal to the
+  same plan sampled here on one device.
 """
 
 from __future__ import annotations
@@ -36,13 +38,22 @@ def test_default_host_devices():
     assert 1 <= distributed.usable_cores() <= (os.cpu_count() or 1)
 
 
+from jax_impl import onednn as _onednn
+
+_real_expected = _onednn.expected
+
+
 def _choice(monkeypatch, argv, cores=2):
     monkeypatch.setattr(distributed, "usable_cores", lambda: cores)
     return cli._default_host_devices(cli.build_parser().parse_args(argv))
 
 
 def test_which_commands_split(monkeypatch, tmp_path):
+    from jax_impl import onednn
+
     conv = ["sample", "--checkpoint", str(tmp_path / "ckpt"), "--preset", "digits/ddpm-unet"]
+    # a conv net splits only where oneDNN's kernels cannot run on one device
+    monkeypatch.setattr(onednn, "expected", lambda: False)
     assert _choice(monkeypatch, conv + ["--num", "64"]) == 2  # 64 samples on 2 cores
     assert _choice(monkeypatch, conv + ["--num", "63"]) == 1
     assert _choice(monkeypatch, conv + ["--num", "12"], cores=8) == 6
@@ -56,10 +67,20 @@ def test_which_commands_split(monkeypatch, tmp_path):
     assert _choice(monkeypatch, ["sample", "--checkpoint", "x", "--preset", "no/such-preset"]) is None
     assert _choice(monkeypatch, ["sample", "--workdir", str(tmp_path / "missing")]) is None
     assert _choice(monkeypatch, ["presets"]) is None
+    monkeypatch.setattr(onednn, "expected", lambda: True)
+    assert _choice(monkeypatch, conv + ["--num", "64"]) is None  # oneDNN: one device uses both cores
+    assert _choice(monkeypatch, ["sample", "--checkpoint", str(tmp_path / "ckpt"), "--preset",
+                                 "digits/improved-ddpm", "--num", "64"]) == 2  # an MLP still splits
+    monkeypatch.setenv(onednn.ENV, "0")
+    monkeypatch.setattr(onednn, "expected", _real_expected)
+    assert _choice(monkeypatch, conv + ["--num", "64"]) == 2  # SCOREDIFF_ONEDNN=0: XLA's kernels, split
     assert not (tmp_path / "a").exists() and not (tmp_path / "ckpt").exists()  # choosing wrote nothing
 
 
 def test_conv_sample_splits_and_matches(tmp_path, monkeypatch):
+    """With oneDNN off (``SCOREDIFF_ONEDNN=0``) a conv net's ``sample`` splits the host and
+    equals the one-device samples; with oneDNN (the default where it is built) it stays on
+    one device."""
     import jax
 
     from scorediff import runs, sampling
@@ -69,6 +90,15 @@ def test_conv_sample_splits_and_matches(tmp_path, monkeypatch):
                      *TINY_UNET]) == 0
     out = tmp_path / "split.npz"
     env = {k: v for k, v in os.environ.items() if k != distributed.HOST_DEVICES_ENV}
+    from jax_impl import onednn
+
+    if onednn.expected():
+        one = subprocess.run([sys.executable, "-m", "scorediff.cli", "sample", "--workdir", str(wd), "--num", "4",
+                              "--seed", "5", "--no-progress", "--out", str(tmp_path / "one.npz")],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
+        assert "sampling on" not in one.stdout, one.stdout  # one device: no "on N devices"
+    env[onednn.ENV] = "0"
     proc = subprocess.run([sys.executable, "-m", "scorediff.cli", "sample", "--workdir", str(wd), "--num", "4",
                            "--seed", "5", "--no-progress", "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -949,16 +949,20 @@ def main(argv=None) -> int:
 
 def _default_host_devices(args) -> int | None:
     """The host split this command chooses when ``SCOREDIFF_HOST_DEVICES`` is unset (see
-    ``scorediff.distributed``): for a single-process ``sample`` or ``evaluate``,
-    ``distributed.default_host_devices(batch)``; None otherwise (``train``, another command,
-    several processes, or a config that cannot be read yet: the command then reports its
-    own error). Training stays on one device: with XLA's own convolutions
-    (``jax_impl.xla_cpu``) one device already uses every core, and split training steps
-    were mixed (benchmarks/results/cpu-20261203T122608Z.json and cpu-20261203T152418Z.json:
-    the MLP at batch 64 0.74-0.75x, the U-Net 32x32 0.83-0.84x, NCSN++ 0.88-1.07x, the 8x8
-    U-Net 1.16-1.32x). Sampling splits for every network: the conv-net samplers ran
-    0.97-1.63x as fast split in those runs, the MLP's samplers at batch 64 0.98-1.92x
-    (median 1.44x) over the seven full runs of 2026-12-02 / 03."""
+    ``scorediff.distributed``): for a single-process ``sample`` or ``evaluate`` of an MLP,
+    or of a conv net when oneDNN's kernels cannot run (``jax_impl.onednn.expected()``),
+    ``distributed.default_host_devices(batch)``; None otherwise (``train``, a conv net
+    with oneDNN, another command, several processes, or a config that cannot be read yet:
+    the command then reports its own error).
+
+    Measured on the 2-core host (2026-12-04, after oneDNN's convolutions, dense products,
+    the C++ GroupNorm and the allocator setting, all of which a split host gives up as a
+    custom call does not follow a sharding): the conv-net samplers ran 1-10% faster on one
+    device in every configuration of ``benchmarks/results/cpu-20261204T040541Z.json`` (and
+    the run after), and the digits U-Net's RK4 sampler 0.98x split
+    (``scaleout-cpu-2026-12-04-late.md``); the MLP's samplers still gain from the split
+    (batch 64 Euler-Maruyama 1.4x in the benchmark, the digits MLP's DDIM 1.04x). Training
+    stays on one device (split steps 0.5-0.8x)."""
     if args.command not in ("sample", "evaluate") or getattr(args, "coordinator", None):
         return None
     try:
@@ -974,6 +978,11 @@ def _default_host_devices(args) -> int | None:
         batch = _evaluate_num(config, args.num) if args.command == "evaluate" else args.num
     except Exception:  # noqa: BLE001 -- any problem is the command's to report
         return None
+    from jax_impl import onednn
+    from spec.model_configs import MLPConfig
+
+    if not isinstance(config.model, MLPConfig) and onednn.expected():
+        return None  # a conv net: oneDNN's kernels use every core of one device
     return distributed.default_host_devices(batch)
 
 

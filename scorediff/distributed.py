@@ -31,16 +31,16 @@ platform only and must run before JAX starts. "1" leaves JAX's own setting (``XL
 alone.
 
 When the variable is unset the command chooses (``default=`` of :func:`configure_host_devices`,
-computed by ``scorediff.cli``): a single-process ``sample`` or ``evaluate`` splits the host
-into :func:`default_host_devices` devices, the largest count <= the usable cores that divides
-the batch (on 2 cores, ``benchmarks/results/cpu-20261203T122608Z.json`` and
-``cpu-20261203T152418Z.json``: conv-net samplers 0.97-1.63x as fast as on one device, a split
-host running YNNPACK's convolutions as XLA's own were nondeterministic there; the MLP's
-samplers at batch 64 0.98-1.92x, median 1.44x, over the seven full runs of 2026-12-02 / 03).
-``train`` stays on one device: with XLA's own convolutions (``jax_impl.xla_cpu``, which the
-command line applies) one device already uses every core for convolutions and dots, and
-split training steps were mixed (the MLP at batch 64 0.74-0.75x, the U-Net 32x32
-0.83-0.84x, NCSN++ 0.88-1.07x; the 8x8 U-Net 1.16-1.32x). Results equal the one-device run's to float32 reduction
+computed by ``scorediff.cli``): a single-process ``sample`` or ``evaluate`` of an MLP (or
+of a conv net where oneDNN's kernels cannot run, ``jax_impl.onednn.expected()``) splits the
+host into :func:`default_host_devices` devices, the largest count <= the usable cores that
+divides the batch; a conv net with oneDNN and ``train`` stay on one device. Measured on 2
+cores (2026-12-04, ``benchmarks/results/cpu-20261204T040541Z.json`` and
+``scaleout-cpu-2026-12-04-late.md``): a split host gives up oneDNN's convolutions and dense
+products and the C++ GroupNorm (a custom call does not follow a sharding), and the conv-net
+samplers ran 1-10% faster on one device in every configuration, the digits U-Net 0.98x
+split; the MLP's samplers still gain (batch 64 Euler-Maruyama 1.4x, the digits MLP 1.04x);
+split training steps ran 0.5-0.8x. Results equal the one-device run's to float32 reduction
 order (per-sample noise, global batch statistics). A backend that has already started (the
 CLI called in-process after JAX ran) keeps its devices without an error.
 """
