@@ -89,8 +89,8 @@ _SOURCE = Path(__file__).with_name("csrc") / "onednn_conv.cc"
 #: and matrix products (``jax_impl/cpu_matmul.py``)
 _EXTRA_SOURCES = (Path(__file__).with_name("csrc") / "group_norm.cc",
                   Path(__file__).with_name("csrc") / "onednn_matmul.cc")
-#: included by the sources: the work split between XLA's threads
-_HEADERS = (Path(__file__).with_name("csrc") / "xla_threads.h",)
+#: included by the sources: the work split between XLA's threads, the one-thread arena
+_HEADERS = (Path(__file__).with_name("csrc") / "xla_threads.h", Path(__file__).with_name("csrc") / "one_thread.h")
 _DISTS = ("onednn-cpu-tbb", "onednn-devel-cpu-tbb", "tbb-devel")
 _TARGETS = {"fwd": "ScorediffOnednnConvFwd", "bwd_data": "ScorediffOnednnConvBwdData",
             "bwd_weights": "ScorediffOnednnConvBwdWeights"}
@@ -157,6 +157,11 @@ def library_path() -> Path | None:
     return None
 
 
+def _compiler() -> str | None:
+    """The C++ compiler to build with: ``$CXX``, else ``g++`` or ``c++`` on PATH (None: none)."""
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+
 def build(force: bool = False) -> Path:
     """Compile ``csrc/onednn_conv.cc`` (once per source / jaxlib / oneDNN version); returns
     the shared library's path. FileNotFoundError (the oneDNN packages, ``g++``) or
@@ -166,7 +171,7 @@ def build(force: bool = False) -> Path:
     if found is not None and not force:
         return found
     lib, incs = _dnnl_paths()
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    cxx = _compiler()
     if not cxx:
         raise FileNotFoundError("no C++ compiler (g++ / c++ on PATH, or $CXX) to build the oneDNN convolutions")
     errors = []
@@ -265,7 +270,7 @@ def expected() -> bool:
         _dnnl_paths()
     except (FileNotFoundError, importlib.metadata.PackageNotFoundError, OSError):
         return False
-    return bool(os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++"))
+    return _compiler() is not None
 
 
 def enabled() -> bool:

@@ -27,8 +27,8 @@
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
-#include "oneapi/tbb/task_arena.h"
 #include "xla/ffi/api/ffi.h"
+#include "one_thread.h"
 #include "xla_threads.h"
 
 namespace ffi = xla::ffi;
@@ -88,12 +88,7 @@ dnnl::convolution_forward::primitive_desc ForwardPd(const Shape& s, tag wei_tag)
       {s.sh, s.sw}, {s.pt, s.pl}, {s.pb, s.pr}, UserScratchpad());
 }
 
-// A one-thread TBB arena per calling thread: oneDNN sizes a primitive's work split by the
-// arena it is created in and runs it on the arena it executes in.
-tbb::task_arena& OneThread() {
-  thread_local tbb::task_arena arena(1);
-  return arena;
-}
+using scorediff::OneThread;
 
 std::shared_ptr<Plan> MakePlan(int kind, const Shape& s);
 

@@ -19,8 +19,8 @@
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
-#include "oneapi/tbb/task_arena.h"
 #include "xla/ffi/api/ffi.h"
+#include "one_thread.h"
 #include "xla_threads.h"
 
 namespace ffi = xla::ffi;
@@ -34,10 +34,7 @@ namespace {
 constexpr int64_t kMinRowsPerPart = 8;
 constexpr double kMinFlopsPerPart = 5e5;
 
-tbb::task_arena& OneThread() {
-  thread_local tbb::task_arena arena(1);
-  return arena;
-}
+using scorediff::OneThread;
 
 // C[m, n] (leading dimension ldc) = op(A) op(B), row-major, beta 0.
 dnnl_status_t Gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
