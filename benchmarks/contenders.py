@@ -476,7 +476,7 @@ def run_case(ctx: _Ctx, case: C.Case, *, contenders=None, worker: SplitWorker | 
             def split_run(first=[True]):  # noqa: B006 -- the first call keeps its output
                 msg = worker.call(op="run", keep=out_path if first[0] else None)
                 first[0] = False
-                return timing.SelfTimed(msg["dt"], msg.get("peak_rss_mib"))
+                return timing.SelfTimed(msg["dt"], msg.get("peak_rss_mib"), msg.get("cpu_s"))
             variants.append(Variant("jax-split", split_run, info.get("compile_s"),
                                     note=f"{info['devices']} host devices" + (
                                         "" if info.get("compile_s") is not None else

@@ -177,20 +177,21 @@ def detail(b: dict) -> str:
     rate = "samples/s" if sampler else ("steps/s" if b["job"] == "train" else "calls/s")
     rows = [f"**{b['title']}** (`{b['name']}`)", "",
             f"| contender | median | min | {rate} | per NFE | x jax | compile | first call | peak RSS | "
-            f"% of peak | max abs diff vs jax |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            f"cores | % of peak | max abs diff vs jax |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     peak = b.get("_peak")
     for name, s in b["variants"].items():
         r = s.get("samples_per_s") or s.get("steps_per_s") or 1.0 / s["median_s"]
         frac = "—" if peak is None or s.get("flops_per_s") is None else f"{100 * s['flops_per_s'] / peak:.0f}%"
         mem = "—" if s.get("peak_rss_mib") is None else f"{s['peak_rss_mib']:.0f} MiB"
+        cores = "—" if s.get("cores_used") is None else f"{s['cores_used']:.2f}"
         label = name + (f" ({s['note']})" if s.get("note") else "")
         diff = _e(s["max_abs_diff_vs_jax"]) + ("" if s["agrees"] else " **differs**")
         if name == "jax":
             diff = "(reference)"
         rows.append(f"| {label} | {_s(s['median_s'])} | {_s(s['min_s'])} | {_n(r)} | {_s(s.get('per_nfe_s'))} | "
                     f"{s['ratio_to_baseline']:.2f} | {_s(s['compile_s'])} | {_s(s['first_call_s'])} | {mem} | "
-                    f"{frac} | {diff} |")
+                    f"{cores} | {frac} | {diff} |")
     n_rep = len(next(iter(b["variants"].values()))["times_s"])
     settled = {k: s for k, s in b["variants"].items() if s.get("after_switch_s")}
     how = ("" if not settled else "; every contender's timed call right after an untimed settle call "
@@ -198,7 +199,8 @@ def detail(b: dict) -> str:
            "; the contenders under 0.5 s timed right after an untimed settle call of their own")
     extra = [f"Medians of {n_rep} round-robin repeats after the first call{how}; outputs' max |value| "
              f"{b['output_max_abs']:.3g}, agreement tolerance {b['tolerance']:g} x (1 + max |value|); "
-             f"work per call {_n(b.get('flops_per_call'), 'FLOP')}."]
+             f"work per call {_n(b.get('flops_per_call'), 'FLOP')}; cores: the process's CPU seconds over "
+             f"wall seconds in the timed calls (median; spin-waiting threads count)."]
     if settled:
         extra.append("Right after another contender's call (the settle calls' median): " + ", ".join(
             f"{k} {_s(statistics.median(s['after_switch_s']))}" for k, s in settled.items()) + ".")

@@ -54,19 +54,29 @@ class Variant:
 @dataclasses.dataclass
 class SelfTimed:
     """What a variant returns when it timed itself (another process: the ``jax-split``
-    worker): its own ``dt`` and, for the first call, its peak RSS growth."""
+    worker): its own ``dt``, the CPU seconds its process used in that time (``cpu_s``) and,
+    for the first call, its peak RSS growth."""
 
     dt: float
     peak_rss_mib: float | None = None
+    cpu_s: float | None = None
+
+
+def timed_cpu(fn: Callable[[], Any]) -> tuple[float, float | None, Any]:
+    """``(seconds, cpu_seconds, fn())``: wall time on a ``perf_counter`` clock and the CPU
+    time all threads of this process used meanwhile (``time.process_time``, nanosecond
+    resolution; spin-waiting threads count); a ``SelfTimed`` result gives its own."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if isinstance(out, SelfTimed):
+        return out.dt, out.cpu_s, out
+    return dt, cpu, out
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     """``(seconds, fn())`` with a ``perf_counter`` clock (a ``SelfTimed`` result's own dt)."""
-    t0 = time.perf_counter()
-    out = fn()
-    dt = time.perf_counter() - t0
-    if isinstance(out, SelfTimed):
-        return out.dt, out
+    dt, _, out = timed_cpu(fn)
     return dt, out
 
 
@@ -120,7 +130,9 @@ def measure(variants: list[Variant], repeats: int,
 
     Returns ``(stats, outputs)``: ``stats[name]`` holds ``first_call_s``, ``compile_s``,
     ``peak_rss_mib``, ``times_s`` (all repeats), ``median_s``, ``min_s``, ``max_s``,
-    ``settle`` (bool) and ``after_switch_s`` (the settle calls' times, empty without);
+    ``settle`` (bool), ``after_switch_s`` (the settle calls' times, empty without),
+    ``cpu_s`` (each timed call's process CPU seconds) and ``cores_used`` (the median of
+    ``cpu_s / times_s``: how many cores' worth the call kept busy; None where unknown);
     ``outputs[name]`` is the first call's output (used for the agreement checks).
     """
     if repeats < 1:
@@ -136,22 +148,25 @@ def measure(variants: list[Variant], repeats: int,
         outputs[v.name] = out
         stats[v.name] = {"first_call_s": first, "compile_s": v.compile_s, "note": v.note,
                          "peak_rss_mib": peak, "times_s": [], "settle": True if first < settle_below_s else None,
-                         "after_switch_s": []}
+                         "after_switch_s": [], "cpu_s": []}
     for _ in range(repeats):
         for v in variants:
             s = stats[v.name]
             if s["settle"]:
                 s["after_switch_s"].append(timed(v.run)[0])
-            dt, _ = timed(v.run)
+            dt, cpu, _ = timed_cpu(v.run)
             if s["settle"] is None:  # a long first call (torch.compile's compiles): decide now
                 s["settle"] = dt < settle_below_s
                 if s["settle"]:  # this call was the round's settle call
                     s["after_switch_s"].append(dt)
-                    dt, _ = timed(v.run)
+                    dt, cpu, _ = timed_cpu(v.run)
             s["times_s"].append(dt)
+            s["cpu_s"].append(cpu)
     for s in stats.values():
         ts = s["times_s"]
         s.update(median_s=statistics.median(ts), min_s=min(ts), max_s=max(ts))
+        known = [c / t for c, t in zip(s["cpu_s"], ts) if c is not None and t > 0]
+        s["cores_used"] = statistics.median(known) if known and len(known) == len(ts) else None
     return stats, outputs
 
 

@@ -60,7 +60,10 @@ def _check_result(out_dir: Path, names, contenders_of):
         for name, s in b["variants"].items():
             assert s["agrees"], (b["name"], name, s["max_abs_diff_vs_jax"], b["output_max_abs"])
             assert len(s["times_s"]) == 1
+            # every row, the jax-split worker's too, knows its process's CPU time
+            assert len(s["cpu_s"]) == 1 and s["cores_used"] is not None and s["cores_used"] >= 0, name
         assert f"`{b['name']}`" in md
+    assert "| cores |" in md
     assert "## Targets (issue 11)" in md
     return doc
 
@@ -97,16 +100,18 @@ def test_measure_settles_short_calls(monkeypatch):
     first call compiled decides in its first round; the medians come from the timed calls."""
     from benchmarks import timing
 
-    clock = [0.0]
+    clock, cpu = [0.0], [0.0]
     monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(timing.time, "process_time", lambda: cpu[0])
 
-    def variant(name, durations):
+    def variant(name, durations, cores=1.5):
         calls = []
 
         def run():
             d = durations[min(len(calls), len(durations) - 1)]
             calls.append(d)
             clock[0] += d
+            cpu[0] += cores * d
             return name
         return timing.Variant(name, run), calls
 
@@ -124,6 +129,15 @@ def test_measure_settles_short_calls(monkeypatch):
     assert not lg["settle"] and lg["after_switch_s"] == [] and lg["times_s"] == pytest.approx([1.0, 1.1, 1.2])
     assert c["settle"] and c["times_s"] == pytest.approx([0.02] * 3)
     assert c["after_switch_s"] == pytest.approx([0.04] * 3) and c["first_call_s"] == pytest.approx(5.0)
+    # CPU seconds of the timed calls only, and their median over wall seconds
+    assert s["cpu_s"] == pytest.approx([0.015] * 3) and s["cores_used"] == pytest.approx(1.5)
+    assert lg["cpu_s"] == pytest.approx([1.5, 1.65, 1.8]) and lg["cores_used"] == pytest.approx(1.5)
+    # a variant that timed itself (the jax-split worker) brings its own CPU seconds
+    selfs = timing.Variant("self", lambda: timing.SelfTimed(0.2, None, 0.38))
+    stats, outs = timing.measure([selfs], repeats=2)
+    assert stats["self"]["times_s"] == pytest.approx([0.2, 0.2]) and stats["self"]["cores_used"] == pytest.approx(1.9)
+    unknown = timing.Variant("unknown", lambda: timing.SelfTimed(0.2))
+    assert timing.measure([unknown], repeats=1)[0]["unknown"]["cores_used"] is None
     # settle_below_s=0 turns it off
     short, short_calls = variant("short", [0.1, 0.03, 0.01])
     stats, _ = timing.measure([short], repeats=2, settle_below_s=0)
